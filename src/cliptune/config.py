@@ -313,23 +313,15 @@ def dump_config(config: RunConfig) -> str:
 # --------------------------------------------------------------------------- overrides
 
 
-def apply_override(config: RunConfig, assignment: str) -> None:
-    """Apply one `section.key=value` assignment in place; the value is parsed as YAML.
+def set_value(config: RunConfig, key: str, value: Any) -> None:
+    """Set the dotted `key` (e.g. `train.lr`) to `value`, type-checked.
 
     `model.preset=NAME` replaces the whole model section with that preset.
     """
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. train.lr=3e-4")
-    key, raw = assignment.split("=", 1)
-    key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    parts = key.split(".")
     if key == "model.preset":
         config.model = model_preset(str(value))
         return
+    parts = key.split(".")
     target: Any = config
     for part in parts[:-1]:
         if not dataclasses.is_dataclass(target) or part not in {f.name for f in fields(target)}:
@@ -338,6 +330,18 @@ def apply_override(config: RunConfig, assignment: str) -> None:
         if not dataclasses.is_dataclass(target):
             raise ConfigError(f"unknown config key {key!r}: {part} is not a section")
     _set_field(target, parts[-1], value, key)
+
+
+def apply_override(config: RunConfig, assignment: str) -> None:
+    """Apply one `section.key=value` assignment in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. train.lr=3e-4")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    set_value(config, key.strip(), value)
 
 
 def apply_overrides(config: RunConfig, assignments: list[str] | None) -> RunConfig:
