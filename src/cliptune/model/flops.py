@@ -1,0 +1,46 @@
+"""Analytic FLOP count of a CLIP forward pass, for model-FLOPs utilisation (MFU).
+
+Every matmul of shapes (m, k) @ (k, n) counts 2*m*n*k, including the patch conv and
+attention scores and values over the full L x L matrix (causal or not). Norms,
+activations, softmax and embedding lookups are left out, as is the batch-sized
+similarity matrix of the loss.
+"""
+
+from __future__ import annotations
+
+from cliptune.config import ModelConfig
+
+
+def transformer_flops(width: int, layers: int, length: int, mlp_ratio: float) -> float:
+    """Forward FLOPs of `layers` pre-LN blocks over one sequence of `length` tokens."""
+    hidden = int(width * mlp_ratio)
+    qkv = 2 * length * width * 3 * width
+    scores_and_values = 2 * (2 * length * length * width)
+    out_proj = 2 * length * width * width
+    mlp = 2 * (2 * length * width * hidden)
+    return float(layers * (qkv + scores_and_values + out_proj + mlp))
+
+
+def vision_flops(config: ModelConfig) -> float:
+    """Forward FLOPs of the image tower for one image."""
+    patches = (config.image_size // config.patch_size) ** 2
+    patch_conv = 2 * patches * (3 * config.patch_size**2) * config.vision_width
+    blocks = transformer_flops(
+        config.vision_width, config.vision_layers, patches + 1, config.mlp_ratio
+    )
+    projection = 2 * config.vision_width * config.embed_dim
+    return float(patch_conv + blocks + projection)
+
+
+def text_flops(config: ModelConfig) -> float:
+    """Forward FLOPs of the text tower for one caption of `context_length` tokens."""
+    blocks = transformer_flops(
+        config.text_width, config.text_layers, config.context_length, config.mlp_ratio
+    )
+    projection = 2 * config.text_width * config.embed_dim
+    return float(blocks + projection)
+
+
+def training_flops_per_sample(config: ModelConfig) -> float:
+    """FLOPs of one training step per image-text pair: forward plus a backward of twice that."""
+    return 3.0 * (vision_flops(config) + text_flops(config))
