@@ -1,0 +1,138 @@
+"""Checkpoint files: round trip, atomic writes, damaged files, rebuilding the model."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+import torch
+
+from cliptune import checkpoint as checkpoint_module
+from cliptune.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
+from cliptune.errors import CheckpointError
+
+
+def sample_state() -> dict:
+    """A state shaped like the Trainer's, small enough to write in milliseconds."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return {
+        "config": {"name": "unit", "seed": 3, "train": {"betas": [0.9, 0.98]}},
+        "tokenizer": '{"model": "bpe"}',
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        "scaler": None,
+        "epoch": 2,
+        "step": 40,
+        "rng": {"torch": torch.get_rng_state()},
+        "metrics": {"val_rsum": 123.5, "val_loss": 2.25},
+        "best": {"value": 123.5, "epoch": 2.0},
+        "history": [{"val_rsum": 100.0}, {"val_rsum": 123.5}],
+    }
+
+
+def test_round_trip(tmp_path):
+    state = sample_state()
+    path = tmp_path / "run" / "last.pt"
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)
+    assert loaded["format"] == FORMAT and loaded["version"] == VERSION
+    assert "format" not in state  # the caller's dict is not modified
+    for key in ("config", "tokenizer", "scaler", "epoch", "step", "metrics", "best", "history"):
+        assert loaded[key] == state[key]
+    for name, tensor in state["model"].items():
+        assert torch.equal(loaded["model"][name], tensor)
+    assert torch.equal(loaded["rng"]["torch"], state["rng"]["torch"])
+    assert loaded["optimizer"]["state"][0]["step"] == state["optimizer"]["state"][0]["step"]
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def test_failed_write_leaves_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+    before = path.read_bytes()
+
+    def disk_full(obj, file):
+        file.write(b"PK\x03\x04partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last\.pt.*No space"):
+        save_checkpoint({"epoch": 2}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_interrupted_write_removes_temp_file(tmp_path, monkeypatch):
+    def interrupted(obj, file):
+        file.write(b"PK")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def write_checkpoint_bytes(tmp_path: Path) -> bytes:
+    path = tmp_path / "good.pt"
+    save_checkpoint(sample_state(), path)
+    return path.read_bytes()
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: .*nope\.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_text_file_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("epoch: 3\n")
+    with pytest.raises(CheckpointError, match=r"notes\.pt is not a cliptune checkpoint"):
+        load_checkpoint(path)
+
+
+def test_torch_file_without_our_tag(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(CheckpointError, match=r"weights\.pt is not a cliptune checkpoint"):
+        load_checkpoint(path)
+    torch.save(torch.zeros(3), path)  # not even a dict
+    with pytest.raises(CheckpointError, match="is not a cliptune checkpoint"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.98])
+def test_truncated_file(tmp_path, keep):
+    data = write_checkpoint_bytes(tmp_path)
+    path = tmp_path / "cut.pt"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match=r"cut\.pt is corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_corrupt_file(tmp_path):
+    data = bytearray(write_checkpoint_bytes(tmp_path))
+    # The pickled object graph comes first in the archive; scramble part of it.
+    start = data.index(b"data.pkl") + 40
+    data[start : start + 200] = bytes((7 * i + 13) % 256 for i in range(200))
+    path = tmp_path / "bad.pt"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"bad\.pt is corrupt"):
+        load_checkpoint(path)
+
+
+def test_newer_version_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "future.pt"
+    monkeypatch.setattr(checkpoint_module, "VERSION", VERSION + 1)
+    save_checkpoint({"epoch": 1}, path)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="upgrade cliptune"):
+        load_checkpoint(path)
