@@ -1,0 +1,100 @@
+"""Evaluation of a model on one data split: embeddings, retrieval metrics, loss."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+from torch import Tensor, nn
+
+from cliptune.data import Split, eval_batches, normalize_images
+from cliptune.errors import DataError
+from cliptune.loss import clip_loss
+from cliptune.metrics import retrieval_metrics
+from cliptune.runtime import autocast, check_precision
+
+
+@torch.no_grad()
+def embed_split(
+    model: nn.Module,
+    split: Split,
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    precision: str = "bf16",
+) -> tuple[Tensor, Tensor]:
+    """Embed every image and every caption of `split`, in order.
+
+    Returns `(image_emb (N, D), text_emb (M, D))`, float32 on the CPU. The model runs
+    in eval mode; its previous train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    check_precision(precision, device)
+    if len(split.image_names) == 0 or len(split.tokens) == 0:
+        raise DataError(f"the {split.name} split has no images or no captions to evaluate")
+    tokens = torch.as_tensor(split.tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(device, precision):
+            images = [
+                model.encode_image(normalize_images(batch.to(device, non_blocking=True)))
+                .float()
+                .cpu()
+                for batch in eval_batches(split, batch_size)
+            ]
+            texts = [
+                model.encode_text(tokens[start : start + batch_size].to(device)).float().cpu()
+                for start in range(0, len(tokens), batch_size)
+            ]
+    finally:
+        model.train(was_training)
+    return torch.cat(images), torch.cat(texts)
+
+
+def split_loss(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    split: Split,
+    logit_scale: Tensor | float,
+    batch_size: int,
+) -> float:
+    """Contrastive loss of a split, independent of the batch size used for training.
+
+    Each image is paired with its first caption; the pairs are cut, in order, into
+    consecutive chunks of `batch_size` (a last chunk of one pair, which would have no
+    negatives, joins the previous chunk); the result is the size-weighted mean of
+    `clip_loss` over the chunks.
+    """
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {batch_size}")
+    texts = text_emb[torch.as_tensor(split.first_caption_index(), device=text_emb.device)]
+    scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=image_emb.device)
+    count = len(image_emb)
+    bounds = [*range(0, count, batch_size), count]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    total = sum(
+        clip_loss(image_emb[start:end], texts[start:end], scale).item() * (end - start)
+        for start, end in pairwise(bounds)
+    )
+    return total / count
+
+
+def evaluate_split(
+    model: nn.Module,
+    split: Split,
+    *,
+    batch_size: int,
+    device: str | torch.device,
+    precision: str = "bf16",
+) -> dict[str, float]:
+    """Retrieval metrics (see `retrieval_metrics`) plus `loss` (see `split_loss`) of `split`."""
+    image_emb, text_emb = embed_split(
+        model, split, batch_size=batch_size, device=device, precision=precision
+    )
+    metrics = retrieval_metrics(image_emb, text_emb, torch.as_tensor(split.caption_image))
+    metrics["loss"] = split_loss(
+        image_emb, text_emb, split, model.logit_scale.detach().float().cpu(), batch_size
+    )
+    return metrics
