@@ -1,0 +1,89 @@
+"""Shared fixtures: a fake KaggleHub cache laid out like the real Flickr30k download,
+small datasets in each folder format, a small Shapes dataset, and a network guard."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FLICKR_HANDLE = "hsankesara/flickr-image-dataset/versions/1"
+MALFORMED_IMAGE = "2199200615.jpg"
+MALFORMED_ROW = f"{MALFORMED_IMAGE}| 4   A dog runs across the grass ."
+
+
+def write_jpeg(path: Path, size: tuple[int, int] = (60, 45), seed: int = 0) -> None:
+    """A small JPEG whose pixels depend on `seed` (so different files have different bytes)."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=3)
+    pixels = np.clip(base + rng.integers(-20, 20, size=(size[1], size[0], 3)), 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+
+
+@dataclass
+class FakeFlickr:
+    """Where the fake Flickr30k lives and what it holds."""
+
+    cache: Path  # KAGGLEHUB_CACHE
+    version_dir: Path  # <cache>/datasets/hsankesara/flickr-image-dataset/versions/1
+    image_dir: Path  # version_dir/flickr30k_images/flickr30k_images
+    image_names: list[str]
+    n_captions: int
+
+
+def build_fake_flickr(cache: Path, n_images: int = 12) -> FakeFlickr:
+    """Lay out a KaggleHub cache like the real download, duplicates and malformed row included."""
+    dataset = cache / "datasets" / "hsankesara" / "flickr-image-dataset"
+    version_dir = dataset / "versions" / "1"
+    outer = version_dir / "flickr30k_images"
+    image_dir = outer / "flickr30k_images"
+    names = [f"{1000092795 + 7919 * i}.jpg" for i in range(n_images - 1)] + [MALFORMED_IMAGE]
+    lines = ["image_name| comment_number| comment"]
+    for index, name in enumerate(names):
+        for k in range(5):
+            if name == MALFORMED_IMAGE and k == 4:
+                lines.append(MALFORMED_ROW)
+            else:
+                lines.append(f"{name}| {k}| Photo {index} , caption {k} : a dog and a man .")
+    csv_text = "\n".join(lines) + "\n"
+    for i, name in enumerate(names):
+        write_jpeg(image_dir / name, seed=i)
+        write_jpeg(image_dir / "flickr30k_images" / name, seed=i)  # the nested duplicate folder
+    (outer / "results.csv").write_text(csv_text, encoding="utf-8")
+    (image_dir / "results.csv").write_text(csv_text, encoding="utf-8")  # the duplicate csv
+    (dataset / "1.complete").touch()
+    return FakeFlickr(cache, version_dir, image_dir, sorted(names), 5 * n_images)
+
+
+@pytest.fixture
+def fake_flickr(tmp_path, monkeypatch) -> FakeFlickr:
+    """A fake Flickr30k in a KaggleHub cache at tmp_path, with KAGGLEHUB_CACHE pointing there."""
+    fake = build_fake_flickr(tmp_path / "kagglehub")
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(fake.cache))
+    return fake
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail any attempt to open a network connection or resolve a host name."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def empty_kagglehub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty KaggleHub cache (Flickr30k not downloaded)."""
+    cache = tmp_path / "empty-kagglehub"
+    cache.mkdir()
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
+    return cache
