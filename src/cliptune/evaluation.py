@@ -7,7 +7,8 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
-from cliptune.data import Split, eval_batches, normalize_images
+from cliptune.checkpoint import LoadedModel
+from cliptune.data import Split, eval_batches, normalize_images, prepare_data
 from cliptune.errors import DataError
 from cliptune.loss import clip_loss
 from cliptune.metrics import retrieval_metrics
@@ -98,3 +99,19 @@ def evaluate_split(
         image_emb, text_emb, split, model.logit_scale.detach().float().cpu(), batch_size
     )
     return metrics
+
+
+def checkpoint_split(loaded: LoadedModel, name: str, *, quiet: bool = False) -> Split:
+    """The split `name` exactly as the checkpoint's run saw it: its data config (as the
+    caller may have edited it in `loaded.config.data`), its seed and its tokenizer."""
+    config = loaded.config
+    data = prepare_data(
+        config.data,
+        image_size=config.model.image_size,
+        seed=config.seed,
+        vocab_size=config.model.vocab_size,
+        context_length=config.model.context_length,
+        tokenizer=loaded.tokenizer,
+        quiet=quiet,
+    )
+    return data.split(name)
