@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from cliptune.config import RunConfig, validate
 from cliptune.errors import ConfigError
 from cliptune.hpo.best_checkpoint import settle_trial_checkpoint, study_checkpoint_dir
-from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings, TrialFailed
+from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings
 from cliptune.hpo.progress import StudyProgress
 from cliptune.hpo.reports import (
     PLOT_INTERVAL_S,
@@ -36,6 +36,7 @@ from cliptune.hpo.retrain import retrain_best
 from cliptune.hpo.search_space import SearchSpace, describe
 from cliptune.hpo.study import (
     METRICS,
+    TrialFailed,
     default_journal_path,
     fail_orphaned_trials,
     has_heartbeat,

@@ -15,21 +15,12 @@ from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData
 from cliptune.errors import ConfigError, TrainingDiverged
 from cliptune.hpo.search_space import SearchSpace
-from cliptune.hpo.study import METRICS
+from cliptune.hpo.study import METRICS, TrialFailed
 from cliptune.trainer import Trainer
 
 # The Trainer's callback key of each objective metric.
 CALLBACK_KEYS = {"val_loss": "val_loss", "rsum": "val_rsum"}
 SCRATCH_DIR = ".hpo-scratch"  # under checkpoints_dir: trial checkpoints until judged
-
-
-class TrialFailed(Exception):
-    """A trial that cannot finish (diverged, out of memory, impossible config).
-
-    The study catches it (`study.optimize(catch=(TrialFailed,))`): the trial is
-    recorded FAIL with the reason in its `fail_reason` user attribute, and the study
-    goes on.
-    """
 
 
 def trial_run_name(study_name: str, number: int) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import optuna
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -16,11 +18,18 @@ from cliptune.errors import ConfigError
 SAMPLERS = ("tpe", "random", "gp")
 PRUNERS = ("hyperband", "median", "sha", "none")
 METRICS = {"val_loss": "minimize", "rsum": "maximize"}
-# The Trainer's name for each objective metric (train.best_metric) and its callback key.
-METRIC_KEYS = {"val_loss": ("loss", "val_loss"), "rsum": ("rsum", "val_rsum")}
 HYPERBAND_REDUCTION_FACTOR = 3
 HEARTBEAT_INTERVAL_S = 60
 HEARTBEAT_GRACE_S = 180
+
+
+class TrialFailed(Exception):
+    """A trial that cannot finish (diverged, out of memory, impossible config).
+
+    The study catches it (`study.optimize(catch=(TrialFailed,))`): the trial is
+    recorded FAIL with the reason in its `fail_reason` user attribute, and the study
+    goes on.
+    """
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -67,7 +76,9 @@ def make_pruner(name: str, epochs: int, patience: int | None = None) -> optuna.p
     if patience is not None:
         if patience < 0:
             raise ConfigError(f"--patience must be >= 0, got {patience}")
-        return optuna.pruners.PatientPruner(pruner, patience=patience)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return optuna.pruners.PatientPruner(pruner, patience=patience)
     return pruner or optuna.pruners.NopPruner()
 
 
@@ -94,11 +105,11 @@ def make_storage(storage: str | None, results_dir: str | Path, study_name: str):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return RDBStorage(
-            storage,
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=HEARTBEAT_GRACE_S,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return RDBStorage(
+                storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S
+            )
     except ImportError as err:
         raise ConfigError(
             f"--storage {storage}: the database driver is missing ({err}); "

@@ -1,0 +1,181 @@
+"""Reports from a study with a synthetic objective (no training): files, contents, notes."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from PIL import Image
+
+from cliptune.config import RunConfig, config_to_dict, load_config
+from cliptune.hpo.best_checkpoint import settle_trial_checkpoint
+from cliptune.hpo.progress import trial_line
+from cliptune.hpo.reports import ReportContext, StudyReporter, summarize
+from cliptune.hpo.study import TrialFailed
+
+BUDGET = 4
+
+
+def synthetic_objective(trial: optuna.Trial) -> float:
+    """Loss curves that depend on lr; trial 2 fails like a diverged run."""
+    lr = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    depth = trial.suggest_int("depth", 1, 3)
+    config = RunConfig(name=f"s/trial_{trial.number:04d}")
+    config.train.lr, config.train.epochs = lr, BUDGET
+    trial.set_user_attr("config", config_to_dict(config))
+    if trial.number == 2:
+        trial.set_user_attr("fail_reason", "diverged: loss became nan")
+        raise TrialFailed("diverged")
+    value = math.inf
+    for epoch in range(1, BUDGET + 1):
+        value = abs(math.log10(lr) + 2.5) + depth / 10 + 1 / epoch
+        trial.report(value, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    trial.set_user_attr("best_epoch", BUDGET)
+    trial.set_user_attr("metrics", {"val_loss": value, "val_rsum": 100 / value})
+    return value
+
+
+def make_study(tmp_path: Path, n_trials: int) -> optuna.Study:
+    study = optuna.create_study(
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal"))),
+        study_name="s",
+        sampler=optuna.samplers.RandomSampler(seed=1),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    )
+    study.optimize(synthetic_objective, n_trials=n_trials, catch=(TrialFailed,))
+    return study
+
+
+def context(tmp_path: Path) -> ReportContext:
+    return ReportContext(study_name="s", out_dir=tmp_path / "results" / "s", metric="val_loss",
+                         budget=BUDGET, runs_dir=str(tmp_path / "runs"),
+                         checkpoints_dir=str(tmp_path / "ckpt"), storage_label="s.journal",
+                         search_space=["lr: float [0.0001, 0.01] log -> train.lr"])
+
+
+def test_full_report_from_a_study(tmp_path):
+    study = make_study(tmp_path, 12)
+    states = [t.state for t in study.trials]
+    assert TrialState.PRUNED in states and states[2] == TrialState.FAIL
+    ctx = context(tmp_path)
+    StudyReporter(ctx).write(study, plots=True)
+    out = ctx.out_dir
+
+    frame = pd.read_csv(out / "trials.csv")
+    assert len(frame) == 12
+    assert {"number", "value", "state", "params_lr", "epochs", "fail_reason",
+            "last_value", "duration_s"} <= set(frame.columns)
+    assert frame.loc[2, "fail_reason"].startswith("diverged")
+    pruned = frame[frame.state == "PRUNED"]
+    assert (pruned.epochs < BUDGET).all() and pruned.last_value.notna().all()
+
+    best = study.best_trial
+    assert json.loads((out / "best_params.json").read_text()) == best.params
+    results = json.loads((out / "best_results.json").read_text())
+    assert results["trial"] == best.number and results["value"] == pytest.approx(best.value)
+    assert results["metrics"]["val_loss"] == pytest.approx(best.value)
+    assert results["direction"] == "minimize" and results["duration_s"] >= 0
+    text = (out / "best_hyperparameters.txt").read_text()
+    assert re.search(rf"^lr\s+= {re.escape(repr(best.params['lr']))}$", text, re.M)
+
+    config = load_config(out / "best_config.yaml")
+    assert config.train.lr == pytest.approx(best.params["lr"])
+    assert config.name == "s-best" and config.checkpoints_dir == str(tmp_path / "ckpt")
+
+    traces = {"optimization_history": "scatter", "param_importances": "bar",
+              "intermediate_values": "scatter", "parallel_coordinate": "parcoords",
+              "contour": "contour", "slice": "scatter", "timeline": "bar"}
+    for name, trace in traces.items():
+        html = (out / "plots" / f"{name}.html").read_text()
+        assert len(html) > 1_000_000  # plotly.js embedded: opens offline
+        assert "Plotly.newPlot" in html and f'"type":"{trace}"' in html
+    for name in ("optimization_history", "param_importances", "intermediate_values"):
+        with Image.open(out / "plots" / f"{name}.png") as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+
+    report = (out / "report.md").read_text()
+    summary = summarize(study, BUDGET)
+    assert f"| 12 | {summary.complete} | {summary.pruned} | 1 | 0 |" in report
+    assert f"pruning saved {summary.epochs_saved} epochs" in report
+    assert f"Trial **{best.number}**" in report
+    assert "## Parameter importances (PED-ANOVA)" in report and "| lr |" in report
+    assert "plots/optimization_history.html" in report
+    assert "python src/main.py --config" in report and "tensorboard --logdir" in report
+    assert "optuna-dashboard s.journal" in report
+    assert not list(out.glob(".*tmp*")) and not list((out / "plots").glob(".*tmp*"))
+
+
+def test_epochs_saved_counts_what_pruned_trials_did_not_run(tmp_path):
+    study = make_study(tmp_path, 8)
+    summary = summarize(study, BUDGET)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    run = sum(len(t.intermediate_values) for t in finished)
+    assert summary.epochs_run == run and summary.epochs_unpruned == BUDGET * len(finished)
+    assert summary.saved_fraction == pytest.approx(1 - run / (BUDGET * len(finished)))
+    assert summary.failed == 1
+
+
+def test_too_few_trials_give_notes_not_errors(tmp_path):
+    study = make_study(tmp_path, 1)
+    ctx = context(tmp_path)
+    StudyReporter(ctx).write(study, plots=True)
+    report = (ctx.out_dir / "report.md").read_text()
+    assert "importances need at least 2 complete trials (have 1)" in report
+    assert "Parameter importances: not drawn" in report
+    assert not (ctx.out_dir / "plots" / "param_importances.html").exists()
+    assert (ctx.out_dir / "plots" / "optimization_history.html").is_file()
+
+
+def test_plots_are_throttled_between_trials(tmp_path):
+    study = make_study(tmp_path, 3)
+    ctx = context(tmp_path)
+    reporter = StudyReporter(ctx, plot_interval_s=3600)
+    reporter.write(study)  # first write draws
+    history = ctx.out_dir / "plots" / "optimization_history.html"
+    first = history.stat().st_mtime_ns
+    study.optimize(synthetic_objective, n_trials=1, catch=(TrialFailed,))
+    reporter.write(study)  # within the interval: cheap files only
+    assert history.stat().st_mtime_ns == first
+    assert len(pd.read_csv(ctx.out_dir / "trials.csv")) == 4
+
+
+def test_best_checkpoint_is_promoted_only_when_better(tmp_path):
+    study = make_study(tmp_path, 0)
+    folder = tmp_path / "ckpt" / "s"
+
+    def finished(value: float, number_tag: str):
+        scratch = tmp_path / "scratch" / number_tag
+        scratch.mkdir(parents=True)
+        (scratch / "best.pt").write_text(number_tag)
+        trial = study.ask()
+        trial.set_user_attr("checkpoint", str(scratch / "best.pt"))
+        study.tell(trial, value)
+        return study.trials[trial.number], scratch
+
+    trial, scratch = finished(2.0, "a")
+    assert settle_trial_checkpoint(trial, folder, minimize=True)
+    assert (folder / "best.pt").read_text() == "a" and not scratch.exists()
+    trial, scratch = finished(3.0, "b")
+    assert not settle_trial_checkpoint(trial, folder, minimize=True)
+    assert (folder / "best.pt").read_text() == "a" and not scratch.exists()
+    trial, _ = finished(1.0, "c")
+    assert settle_trial_checkpoint(trial, folder, minimize=True)
+    assert json.loads((folder / "best.json").read_text()) == {"trial": 2, "value": 1.0}
+
+
+def test_trial_line_shows_state_value_epochs_and_reason(tmp_path):
+    study = make_study(tmp_path, 4)
+    failed = trial_line(study.trials[2], "val_loss", BUDGET)
+    assert "fail" in failed and "diverged" in failed
+    complete = next(t for t in study.trials if t.state == TrialState.COMPLETE)
+    line = trial_line(complete, "val_loss", BUDGET)
+    assert f"val_loss {complete.value:.4f}" in line and f"{BUDGET}/{BUDGET} epochs" in line
