@@ -9,8 +9,18 @@ import pytest
 import torch
 
 from cliptune import checkpoint as checkpoint_module
-from cliptune.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
+from cliptune.checkpoint import (
+    FORMAT,
+    VERSION,
+    LoadedModel,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from cliptune.config import config_from_dict, config_to_dict
 from cliptune.errors import CheckpointError
+from cliptune.model import CLIP
+from cliptune.tokenizer import Tokenizer
 
 
 def sample_state() -> dict:
@@ -136,3 +146,74 @@ def test_newer_version_is_refused(tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(CheckpointError, match="upgrade cliptune"):
         load_checkpoint(path)
+
+
+TINY_MODEL = {
+    "preset": "tiny", "embed_dim": 32, "image_size": 32, "patch_size": 8,
+    "vision_width": 32, "vision_layers": 1, "vision_heads": 2,
+    "text_width": 32, "text_layers": 1, "text_heads": 2,
+    "context_length": 16, "vocab_size": 300,
+}
+TINY_CAPTIONS = [
+    "a red circle above a blue square", "a green triangle left of a red circle",
+    "two blue squares", "a yellow star on a white background", "a small red circle",
+    "a large green square below a triangle", "three circles in a row",
+]
+
+
+def write_tiny_checkpoint(path: Path, cache_dir: Path, *, shapes_images: int = 60) -> Path:
+    """A randomly initialised tiny CLIP saved in the Trainer's checkpoint format, with a
+    Shapes data config of `shapes_images` images cached under `cache_dir`."""
+    config = config_from_dict({
+        "name": "tiny-test", "seed": 5, "model": TINY_MODEL,
+        "data": {"source": "shapes", "shapes_images": shapes_images, "cache_dir": str(cache_dir)},
+        "train": {"eval_batch_size": 16, "precision": "fp32"},
+    })
+    torch.manual_seed(0)
+    model = CLIP(config.model)
+    tokenizer = Tokenizer.train(TINY_CAPTIONS, config.model.vocab_size, config.model.context_length)
+    state = sample_state()
+    state.update(config=config_to_dict(config), tokenizer=tokenizer.to_json(), model=model.state_dict())
+    save_checkpoint(state, path)
+    return path
+
+
+def test_load_model_rebuilds_the_model(tmp_path):
+    path = write_tiny_checkpoint(tmp_path / "tiny.pt", tmp_path / "cache")
+    loaded = load_model(path)
+    assert isinstance(loaded, LoadedModel)
+    assert not loaded.model.training
+    assert loaded.config.model.vision_width == 32 and loaded.config.seed == 5
+    assert loaded.config.data.source == "shapes"
+    tokens = loaded.tokenizer.encode(["a red circle"])
+    assert tokens.shape == (1, 16)
+
+    torch.manual_seed(0)
+    reference = CLIP(loaded.config.model).eval()  # same seed: the weights that were saved
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.encode_image(images), reference.encode_image(images))
+        assert torch.allclose(loaded.model.encode_text(tokens), reference.encode_text(tokens))
+        assert loaded.model.encode_image(images).shape == (2, 32)
+
+
+def test_load_model_rejects_incomplete_or_mismatched_checkpoints(tmp_path):
+    path = write_tiny_checkpoint(tmp_path / "tiny.pt", tmp_path / "cache")
+    state = load_checkpoint(path)
+
+    del state["tokenizer"]
+    save_checkpoint(state, tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match=r"partial\.pt lacks tokenizer"):
+        load_model(tmp_path / "partial.pt")
+
+    state = load_checkpoint(path)
+    state["config"]["model"]["vision_width"] = 64
+    save_checkpoint(state, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match=r"mismatch\.pt: weights do not match"):
+        load_model(tmp_path / "mismatch.pt")
+
+    state = load_checkpoint(path)
+    state["tokenizer"] = "{not json"
+    save_checkpoint(state, tmp_path / "badtok.pt")
+    with pytest.raises(CheckpointError, match=r"badtok\.pt: its saved tokenizer is invalid"):
+        load_model(tmp_path / "badtok.pt")

@@ -114,6 +114,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not match the saved config: {err}") from None
+    try:
+        tokenizer = Tokenizer.from_json(checkpoint["tokenizer"])
+    except CliptuneError as err:
+        raise CheckpointError(f"{path}: its saved tokenizer is invalid: {err}") from None
     model.to(resolve_device(str(device))).eval()
-    tokenizer = Tokenizer.from_json(checkpoint["tokenizer"])
     return LoadedModel(model=model, tokenizer=tokenizer, config=config, checkpoint=checkpoint)
