@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from cliptune.checkpoint import LoadedModel
 from cliptune.data import normalize_images
+from cliptune.data.image_cache import decode_image
 from cliptune.errors import CliptuneError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -40,21 +41,19 @@ class Match:
 
 
 def load_image(path: str | Path, image_size: int) -> Tensor:
-    """Read an image as uint8 (3, S, S): RGB, shorter side resized to S, centre crop."""
+    """Read an image as uint8 (3, S, S), resized exactly as the data pipeline's cache does
+    (shorter side to S, centre crop)."""
     path = Path(path)
     if not path.is_file():
         raise CliptuneError(f"image not found: {path}")
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+        pixels = decode_image(path, image_size)
+    # PIL reports an unreadable file as OSError, ValueError or SyntaxError; decode_image
+    # turns an image over PIL's pixel limit into a DecompressionBomb error or warning
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:
         raise CliptuneError(f"{path} is not a readable image ({err})") from None
-    scale = image_size / min(image.size)
-    width, height = (max(image_size, round(side * scale)) for side in image.size)
-    image = image.resize((width, height), Image.Resampling.BICUBIC)
-    left, top = (width - image_size) // 2, (height - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
