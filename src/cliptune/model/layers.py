@@ -36,14 +36,25 @@ class SelfAttention(nn.Module):
         self.out_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
+        qkv = self.qkv(x)
+        if qkv.device.type == "cpu" and qkv.dtype != torch.float32:
+            # The CPU flash-attention backward is ~3x slower in bf16 than in fp32 (torch
+            # 2.14, see docs/BENCHMARKS.md), so attention runs in fp32 there.
+            with torch.autocast("cpu", enabled=False):
+                y = self._attend(qkv.float()).to(qkv.dtype)
+        else:
+            y = self._attend(qkv)
+        return self.out_dropout(self.out_proj(y))
+
+    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(B, L, 3*W) packed projections -> (B, L, W) attention output."""
+        batch, length, _ = qkv.shape
         # (B, L, 3, H, Dh) -> three (B, H, L, Dh) views, no copies
-        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
         )
-        y = y.transpose(1, 2).reshape(batch, length, width)
-        return self.out_dropout(self.out_proj(y))
+        return y.transpose(1, 2).reshape(batch, length, -1)
 
 
 class MLP(nn.Module):
