@@ -87,3 +87,22 @@ def empty_kagglehub_cache(tmp_path, monkeypatch) -> Path:
     cache.mkdir()
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(cache))
     return cache
+
+
+SHAPES_SMALL = {"image_size": 32, "vocab_size": 128, "context_length": 16}
+
+
+@pytest.fixture(scope="session")
+def shapes_cache_dir(tmp_path_factory) -> Path:
+    """A cache folder shared by the session's Shapes fixtures (dataset generated once)."""
+    return tmp_path_factory.mktemp("cliptune-cache")
+
+
+@pytest.fixture(scope="session")
+def shapes_data(shapes_cache_dir):
+    """PreparedData of a 60-image Shapes set at 32 px (split 48/6/6), vocab 128, context 16."""
+    from cliptune.config import DataConfig
+    from cliptune.data import prepare_data
+
+    config = DataConfig(source="shapes", shapes_images=60, cache_dir=str(shapes_cache_dir))
+    return prepare_data(config, seed=0, quiet=True, **SHAPES_SMALL)

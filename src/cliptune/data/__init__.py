@@ -1,0 +1,20 @@
+"""Datasets (Shapes, Flickr30k, local folders), image-level splits, the image cache, loaders.
+
+Most code needs only `prepare_data`, the `Split`/`PreparedData` it returns, `TrainLoader`,
+`eval_batches` and `normalize_images`.
+"""
+
+from cliptune.data.issues import DataWarning
+from cliptune.data.loader import TrainLoader, eval_batches, normalize_images
+from cliptune.data.prepare import prepare_data
+from cliptune.data.prepared import PreparedData, Split
+
+__all__ = [
+    "DataWarning",
+    "PreparedData",
+    "Split",
+    "TrainLoader",
+    "eval_batches",
+    "normalize_images",
+    "prepare_data",
+]

@@ -1,0 +1,53 @@
+"""What `prepare_data` hands to training and evaluation: splits of images, captions, tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cliptune.errors import DataError
+from cliptune.tokenizer import Tokenizer
+
+
+@dataclass
+class Split:
+    """The images of one split (uint8, aligned with `image_names`) and all their captions."""
+
+    name: str  # "train" | "val" | "test"
+    image_names: list[str]  # relative to PreparedData.root
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    captions: list[str]
+    caption_image: np.ndarray  # int64 (M,): index into images of each caption
+    tokens: torch.Tensor  # int64 (M, context_length)
+
+    def __len__(self) -> int:
+        return len(self.image_names)
+
+    def first_caption_index(self) -> np.ndarray:
+        """int64 (N,): the index of each image's first caption."""
+        images, first = np.unique(self.caption_image, return_index=True)
+        if len(images) != len(self):
+            raise ValueError(f"{self.name} split: some images have no caption")
+        return first.astype(np.int64)
+
+
+@dataclass
+class PreparedData:
+    """A dataset ready for training: three splits, the tokenizer, and where it came from."""
+
+    source: str  # "shapes" | "flickr30k" | "folder": the dataset actually used
+    root: str  # folder the images came from
+    flip_safe: bool  # False when captions speak of left and right (Shapes)
+    train: Split
+    val: Split
+    test: Split
+    tokenizer: Tokenizer
+    image_size: int
+
+    def split(self, name: str) -> Split:
+        """The split called `name` (train, val or test)."""
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split {name!r}; expected train, val or test")
+        return getattr(self, name)
