@@ -41,12 +41,12 @@ class SelfAttention(nn.Module):
             # The CPU flash-attention backward is ~3x slower in bf16 than in fp32 (torch
             # 2.14, see docs/BENCHMARKS.md), so attention runs in fp32 there.
             with torch.autocast("cpu", enabled=False):
-                y = self._attend(qkv.float()).to(qkv.dtype)
+                y = self.attend(qkv.float()).to(qkv.dtype)
         else:
-            y = self._attend(qkv)
+            y = self.attend(qkv)
         return self.out_dropout(self.out_proj(y))
 
-    def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
+    def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """(B, L, 3*W) packed projections -> (B, L, W) attention output."""
         batch, length, _ = qkv.shape
         # (B, L, 3, H, Dh) -> three (B, H, L, Dh) views, no copies

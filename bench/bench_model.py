@@ -1,0 +1,234 @@
+"""Training-step throughput of cliptune's CLIP against OpenCLIP on the same architecture.
+
+One step = forward + loss + backward + AdamW step (+ temperature clamp), bf16 autocast.
+Variants are timed interleaved, `--repeats` rounds of `--steps` steps each, and the
+medians are reported with the ratio to OpenCLIP and the MFU against a bf16 matmul peak
+measured in the same run.
+
+    python bench/bench_model.py                      # tiny preset, batch 128, eager
+    python bench/bench_model.py --compile            # also torch.compile'd variants
+    python bench/bench_model.py --ablation           # also cliptune minus each speed-up
+
+`open_clip` is a benchmark-only dependency (requirements-dev.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from cliptune.config import ModelConfig, model_preset  # noqa: E402
+from cliptune.loss import ClipLoss  # noqa: E402
+from cliptune.model import CLIP  # noqa: E402
+from cliptune.model.layers import SelfAttention  # noqa: E402
+
+Step = Callable[[], None]
+
+
+@dataclass
+class Variant:
+    name: str
+    step: Step
+    timings: list[float]
+
+
+def openclip_model(config: ModelConfig) -> torch.nn.Module:
+    """OpenCLIP's CLIP with the same widths, depths, heads, patch, sizes and vocab."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    vision = CLIPVisionCfg(
+        layers=config.vision_layers,
+        width=config.vision_width,
+        head_width=config.vision_width // config.vision_heads,
+        mlp_ratio=config.mlp_ratio,
+        patch_size=config.patch_size,
+        image_size=config.image_size,
+    )
+    text = CLIPTextCfg(
+        context_length=config.context_length,
+        vocab_size=config.vocab_size,
+        width=config.text_width,
+        heads=config.text_heads,
+        layers=config.text_layers,
+        mlp_ratio=config.mlp_ratio,
+    )
+    return open_clip.CLIP(
+        config.embed_dim,
+        vision_cfg=vision,
+        text_cfg=text,
+        quick_gelu=config.activation == "quick_gelu",
+    )
+
+
+def make_batch(config: ModelConfig, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and captions `<start> words <end> pad...` of random lengths.
+
+    The end token is the largest id, so OpenCLIP's argmax pooling finds it too.
+    """
+    gen = torch.Generator().manual_seed(0)
+    size = config.image_size
+    images = torch.randn(batch_size, 3, size, size, generator=gen)
+    end_id = config.vocab_size - 1
+    tokens = torch.zeros(batch_size, config.context_length, dtype=torch.long)
+    lengths = torch.randint(4, config.context_length + 1, (batch_size,), generator=gen)
+    for row, length in enumerate(lengths.tolist()):
+        tokens[row, :length] = torch.randint(3, end_id, (length,), generator=gen)
+        tokens[row, 0], tokens[row, length - 1] = 1, end_id
+    return images, tokens
+
+
+def training_step(
+    model: torch.nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    after_step: Callable[[], None],
+) -> Step:
+    """A closure running one full optimisation step under bf16 autocast."""
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(*model(images, tokens))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        after_step()
+
+    return step
+
+
+def low_precision_attention(attention: SelfAttention, x: torch.Tensor) -> torch.Tensor:
+    """SelfAttention.forward without the CPU fp32 upcast: SDPA sees bf16 under autocast."""
+    return attention.out_dropout(attention.out_proj(attention.attend(attention.qkv(x))))
+
+
+def cliptune_step(
+    config, images, tokens, compiled: bool = False, fused: bool = True, fp32_attention: bool = True
+) -> Step:
+    torch.manual_seed(0)
+    model = CLIP(config).train()
+    if not fp32_attention:
+        for module in model.modules():
+            if isinstance(module, SelfAttention):
+                module.forward = types.MethodType(low_precision_attention, module)
+    # fused=None is torch's default (a per-parameter loop on the CPU), as OpenCLIP gets
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, fused=fused or None)
+    forward = torch.compile(model) if compiled else model
+    return training_step(forward, ClipLoss(), optimizer, images, tokens, model.clamp_logit_scale)
+
+
+def openclip_step(config, images, tokens, compiled: bool = False) -> Step:
+    from open_clip.loss import ClipLoss as OpenClipLoss
+
+    torch.manual_seed(0)
+    model = openclip_model(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+
+    def clamp() -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+
+    forward = torch.compile(model) if compiled else model
+    return training_step(forward, OpenClipLoss(), optimizer, images, tokens, clamp)
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
+    """Best observed FLOP/s of a square bf16 matmul: the machine's practical peak."""
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def time_steps(step: Step, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - start
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile both models")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also cliptune with the default (unfused) AdamW, and with bf16 attention",
+    )
+    return parser.parse_args(argv)
+
+
+def build_variants(args: argparse.Namespace, config: ModelConfig) -> list[Variant]:
+    images, tokens = make_batch(config, args.batch_size)
+    steps = {
+        "openclip": openclip_step(config, images, tokens),
+        "cliptune": cliptune_step(config, images, tokens),
+    }
+    if args.ablation:
+        steps["cliptune-default-adamw"] = cliptune_step(config, images, tokens, fused=False)
+        steps["cliptune-bf16-attention"] = cliptune_step(
+            config, images, tokens, fp32_attention=False
+        )
+    if args.compile:
+        steps["openclip-compiled"] = openclip_step(config, images, tokens, compiled=True)
+        steps["cliptune-compiled"] = cliptune_step(config, images, tokens, compiled=True)
+    return [Variant(name, step, []) for name, step in steps.items()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = model_preset(args.preset)
+    with torch.device("meta"):
+        flops_per_sample = CLIP(config).flops_per_sample()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}, "
+        f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats"
+    )
+    variants = build_variants(args, config)
+    for variant in variants:
+        start = time.perf_counter()
+        time_steps(variant.step, args.warmup)
+        print(f"  warmup {variant.name}: {time.perf_counter() - start:.1f} s", flush=True)
+    peaks = []
+    for repeat in range(args.repeats):
+        peaks.append(matmul_peak_flops())
+        for variant in variants:
+            variant.timings.append(args.batch_size * args.steps / time_steps(variant.step, args.steps))
+        row = "  ".join(f"{v.name} {v.timings[-1]:.0f}" for v in variants)
+        print(f"  repeat {repeat + 1}: {row} samples/s", flush=True)
+    peak = statistics.median(peaks)
+    baseline = statistics.median(variants[0].timings)
+    print(f"bf16 matmul peak (2048^2, median): {peak / 1e9:.0f} GFLOP/s")
+    print(f"training FLOPs per sample: {flops_per_sample / 1e9:.3f} GFLOP")
+    print(f"{'variant':<24}{'samples/s':>10}{'vs openclip':>13}{'MFU':>8}")
+    for variant in variants:
+        rate = statistics.median(variant.timings)
+        mfu = rate * flops_per_sample / peak
+        print(f"{variant.name:<24}{rate:>10.0f}{rate / baseline:>12.2f}x{mfu:>8.1%}")
+
+
+if __name__ == "__main__":
+    main()
