@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="results to show")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
-    by_image = args.image is not None and (args.captions or args.prompts or args.classes)
+    by_image = args.image is not None and any((args.captions, args.prompts, args.classes))
     by_text = args.text is not None and args.images is not None
     if by_image == by_text:
         parser.error("give either --image with --captions, --prompts or --classes, "
