@@ -139,13 +139,20 @@ def test_plots_are_throttled_between_trials(tmp_path):
     study = make_study(tmp_path, 3)
     ctx = context(tmp_path)
     reporter = StudyReporter(ctx, plot_interval_s=3600)
-    reporter.write(study)  # first write draws
+    reporter.write(study)  # within the interval: cheap files only
     history = ctx.out_dir / "plots" / "optimization_history.html"
+    assert (ctx.out_dir / "trials.csv").is_file() and not history.exists()
+    assert "Optimization history: drawn at the next plot refresh" in (
+        ctx.out_dir / "report.md").read_text()
+    reporter.write(study, plots=True)  # the end of a study draws everything
     first = history.stat().st_mtime_ns
     study.optimize(synthetic_objective, n_trials=1, catch=(TrialFailed,))
-    reporter.write(study)  # within the interval: cheap files only
+    reporter.write(study)
     assert history.stat().st_mtime_ns == first
     assert len(pd.read_csv(ctx.out_dir / "trials.csv")) == 4
+    fast = StudyReporter(ctx, plot_interval_s=0)
+    fast.write(study)  # interval elapsed: plots redrawn with the new trial
+    assert history.stat().st_mtime_ns > first
 
 
 def test_best_checkpoint_is_promoted_only_when_better(tmp_path):

@@ -21,7 +21,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from cliptune.config import config_from_dict, dump_config
+from cliptune.config import RunConfig, config_from_dict, dump_config
 from cliptune.hpo.plots import PLOTS, write_plots
 from cliptune.hpo.study import METRICS
 
@@ -147,18 +147,24 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return frame
 
 
-def best_config_yaml(trial: FrozenTrial, ctx: ReportContext) -> str:
-    """The best trial's full config as an experiment file that `src/main.py` retrains."""
+def best_config(trial: FrozenTrial, ctx: ReportContext) -> RunConfig:
+    """The best trial's full config as its own experiment (`<study>-best`, the study's
+    folders and per-trial epoch budget)."""
     data = dict(trial.user_attrs["config"])
     data["name"] = f"{ctx.study_name}-best"
     data["runs_dir"] = ctx.runs_dir
     data["checkpoints_dir"] = ctx.checkpoints_dir
+    return config_from_dict(data)
+
+
+def best_config_yaml(trial: FrozenTrial, ctx: ReportContext) -> str:
+    """best_config.yaml: an experiment file that `src/main.py --config` retrains."""
     header = (
         f"# Best configuration of Optuna study {ctx.study_name!r} (trial {trial.number}, "
         f"{ctx.metric} = {trial.value:.6g}).\n"
         f"# Retrain: python src/main.py --config {ctx.out_dir / 'best_config.yaml'}\n"
     )
-    return header + dump_config(config_from_dict(data))
+    return header + dump_config(best_config(trial, ctx))
 
 
 def _fmt(value: Any) -> str:
@@ -332,12 +338,16 @@ def report_markdown(
 
 
 class StudyReporter:
-    """Rewrites the report files; plots at most every `plot_interval_s` seconds."""
+    """Rewrites the report files; plots at most every `plot_interval_s` seconds.
+
+    The interval starts at creation: a study's first minutes get cheap files only,
+    and `write(study, plots=True)` at the end draws everything.
+    """
 
     def __init__(self, ctx: ReportContext, plot_interval_s: float = PLOT_INTERVAL_S):
         self.ctx = ctx
         self.plot_interval_s = plot_interval_s
-        self._last_plot = -math.inf
+        self._last_plot = time.monotonic()
         self._plots: dict[str, list[str] | str] = {}
 
     def write(self, study: optuna.Study, *, plots: bool | None = None) -> None:

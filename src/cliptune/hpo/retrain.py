@@ -7,16 +7,22 @@ import time
 
 import optuna
 
-from cliptune.config import config_from_dict
 from cliptune.errors import CliptuneError
-from cliptune.hpo.reports import RETRAIN_FILE, ReportContext, best_trial, write_text_atomic
+from cliptune.hpo.reports import (
+    RETRAIN_FILE,
+    ReportContext,
+    best_config,
+    best_trial,
+    write_text_atomic,
+)
 from cliptune.trainer import Trainer
 
 
 def retrain_best(
     study: optuna.Study, ctx: ReportContext, epochs: int, *, show_progress: bool = True
 ) -> dict:
-    """Train the best trial's config for `epochs` epochs, evaluate val and test.
+    """Train the best trial's config (as in best_config.yaml) for `epochs` epochs and
+    evaluate its best checkpoint on val and test.
 
     The run is `runs/<study>/retrain_trial_<n>` (next to the trials in TensorBoard),
     its checkpoints `checkpoints/<study>/retrain_trial_<n>/`; an interrupted retrain
@@ -27,10 +33,8 @@ def retrain_best(
         raise CliptuneError(
             f"--retrain-best: study {ctx.study_name!r} has no complete trial yet; run trials first"
         )
-    config = config_from_dict(best.user_attrs["config"])
+    config = best_config(best, ctx)  # what best_config.yaml holds
     config.name = f"{ctx.study_name}/retrain_trial_{best.number:04d}"
-    config.runs_dir = ctx.runs_dir
-    config.checkpoints_dir = ctx.checkpoints_dir
     config.train.epochs = epochs
     if show_progress:
         print(f"retraining trial {best.number} for {epochs} epochs as run {config.name!r}")
