@@ -53,7 +53,7 @@ def retrieval_metrics(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor
     metrics: dict[str, float] = {}
     for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
         for k in RECALL_KS:
-            metrics[f"{direction}_r{k}"] = (ranks <= k).float().mean().item()
+            metrics[f"{direction}_r{k}"] = (ranks <= k).double().mean().item()
     metrics["rsum"] = 100.0 * sum(metrics[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS)
     metrics["i2t_medr"] = _median_rank(i2t)
     metrics["t2i_medr"] = _median_rank(t2i)
