@@ -45,6 +45,6 @@ def augment_batch(images: torch.Tensor, rng: np.random.Generator, *, flip: bool)
     for k, (top, left, h, w) in enumerate(boxes.tolist()):
         out[k] = TF.resized_crop(images[k], top, left, h, w, [height, width], antialias=True)
     if flip:
-        mirrored = torch.from_numpy(rng.random(n) < 0.5)
-        out[mirrored] = TF.horizontal_flip(out[mirrored])
+        mirrored = torch.from_numpy(np.flatnonzero(rng.random(n) < 0.5))
+        out.index_copy_(0, mirrored, TF.horizontal_flip(out.index_select(0, mirrored)))
     return out
