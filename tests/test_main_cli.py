@@ -1,0 +1,75 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import main
+from cliptune.checkpoint import load_checkpoint
+from cliptune.errors import CliptuneError
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_FLAGS = [
+    "--data", "shapes", "--epochs", "2", "--batch-size", "16", "--image-size", "32",
+    "--run-name", "cli", "--set", "data.shapes_images=60", "--set", "data.val_size=12",
+    "--set", "data.test_size=12", "--set", "model.vision_width=32", "--set", "model.text_width=32",
+    "--set", "model.vision_layers=1", "--set", "model.text_layers=1", "--set", "model.vision_heads=2",
+    "--set", "model.text_heads=2", "--set", "model.embed_dim=32", "--set", "model.vocab_size=128",
+    "--set", "model.context_length=16",
+]
+
+
+def run_main(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CLIPTUNE_CACHE": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, str(REPO / "src" / "main.py"), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_main_trains_evaluates_and_resumes(tmp_path):
+    done = run_main(tmp_path, *TINY_FLAGS)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "checkpoints" / "cli" / "metrics.json").read_text())
+    assert {"val", "test"} <= metrics.keys()
+    assert 0 <= metrics["test"]["rsum"] <= 600
+    assert "epoch 2/2" in done.stdout + done.stderr
+    assert "tensorboard --logdir runs" in done.stdout + done.stderr
+    assert list((tmp_path / "runs" / "cli").glob("events.out.tfevents.*"))
+    state = load_checkpoint(tmp_path / "checkpoints" / "cli" / "best.pt")
+    assert state["config"]["data"]["source"] == "shapes"
+    assert state["config"]["model"]["image_size"] == 32
+
+    # the same command again finds a finished run and trains nothing more
+    again = run_main(tmp_path, *TINY_FLAGS)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout + again.stderr
+    assert "epoch 1/2" not in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
+        (["--epochs", "0"], "train.epochs must be positive"),
+        (["--config", "missing.yaml"], "config file not found: missing.yaml"),
+        (["--preset", "huge"], "unknown model preset 'huge'"),
+        (["--resume", "nowhere.pt"], "nowhere.pt: no such file"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]),
+)
+def test_user_mistakes_raise_a_clear_error(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CliptuneError) as info:
+        main.main(args)
+    assert message in str(info.value)
+
+
+def test_a_user_mistake_exits_2_without_traceback(tmp_path):
+    done = run_main(tmp_path, "--set", "train.lrr=1")
+    assert done.returncode == 2
+    assert "error: unknown config key 'train.lrr'" in done.stderr
+    assert "Traceback" not in done.stderr
