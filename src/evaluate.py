@@ -30,7 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", metavar="OUT",
                         help="metrics JSON (default: eval_<split>.json next to the checkpoint)")
     add_data_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 2:
+        parser.error("--batch-size must be at least 2 (the loss needs negatives)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
