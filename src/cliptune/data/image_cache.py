@@ -12,9 +12,10 @@ notice a file replaced by another with the same size and time stamp. Any change 
 content or size gives a new key: the file is rebuilt and the stale one deleted.
 
 A build writes into a temporary file and renames it into place when complete, so an
-interrupted build is never reused. Work is spread over a process pool (one process
-per core). Resize: shorter side to `size` (bicubic, antialiased), then the central
-square; JPEGs are decoded at the smallest DCT scale that still covers `size` (PIL's
+interrupted build is never reused. Decoding is spread over a process pool (one process
+per core), hashing over threads (hashlib releases the GIL).
+
+Resize: shorter side to `size` (bicubic, antialiased), then the central square; JPEGs are decoded at the smallest DCT scale that still covers `size` (PIL's
 draft mode), which makes downscaling several times faster.
 
 Unreadable images (corrupt, truncated, over PIL's decompression-bomb pixel limit) are
@@ -29,7 +30,7 @@ import math
 import multiprocessing
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,10 +96,6 @@ def _read_error(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
         return None, f"too large ({err})"
     except (OSError, ValueError, SyntaxError) as err:  # PIL's ways of saying "corrupt"
         return None, f"unreadable ({type(err).__name__}: {err})"
-
-
-def _digest_chunk(paths: list[Path]) -> list[str]:
-    return [file_digest(path) for path in paths]
 
 
 def _decode_chunk(target: Path, rows: list[int], paths: list[Path], size: int) -> dict[int, str]:
@@ -171,8 +168,8 @@ def load_or_build(root: Path, names: list[str], size: int, cache_dir: Path, *, s
     """The cache of images `root/names` at `size` px: reused when the content key matches."""
     workers = workers or _workers()
     paths = [Path(root) / name for name in names]
-    digests = [d for chunk in _parallel(_digest_chunk, len(paths),
-                                        lambda c: ([paths[i] for i in c],), workers) for d in chunk]
+    with ThreadPoolExecutor(workers) as pool:  # hashlib and file reads release the GIL
+        digests = list(pool.map(file_digest, paths, chunksize=64))
     folder_hash = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
     folder = Path(cache_dir) / "images" / f"{slot}-{folder_hash}"
     folder.mkdir(parents=True, exist_ok=True)
