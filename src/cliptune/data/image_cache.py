@@ -15,8 +15,9 @@ A build writes into a temporary file and renames it into place when complete, so
 interrupted build is never reused. Decoding is spread over a process pool (one process
 per core), hashing over threads (hashlib releases the GIL).
 
-Resize: shorter side to `size` (bicubic, antialiased), then the central square; JPEGs are decoded at the smallest DCT scale that still covers `size` (PIL's
-draft mode), which makes downscaling several times faster.
+Resize: shorter side to `size` (bicubic, antialiased), then the central square. JPEGs
+are decoded at the smallest DCT scale that still covers `size` (PIL's draft mode),
+which makes downscaling several times faster.
 
 Unreadable images (corrupt, truncated, over PIL's decompression-bomb pixel limit) are
 left as zeros, marked bad, and reported with a warning that counts them.
