@@ -91,9 +91,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
 def _read_error(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
     try:
         return decode_image(path, size), None
-    except Image.DecompressionBombError as err:
-        return None, f"too large ({err})"
-    except Image.DecompressionBombWarning as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return None, f"too large ({err})"
     except (OSError, ValueError, SyntaxError) as err:  # PIL's ways of saying "corrupt"
         return None, f"unreadable ({type(err).__name__}: {err})"
@@ -122,14 +120,18 @@ def _chunks(n: int, parts: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
-def _parallel(function, n: int, args_of, workers: int) -> list:
-    """`function(*args_of(chunk))` for chunks of range(n), in a process pool when worthwhile."""
-    if n < SERIAL_BELOW or workers <= 1:
-        return [function(*args_of(range(n)))]
+def _decode_all(target: Path, paths: list[Path], size: int, workers: int) -> dict[int, str]:
+    """Decode every path into its row of `target`, in a process pool when worthwhile."""
+    if len(paths) < SERIAL_BELOW or workers <= 1:
+        return _decode_chunk(target, list(range(len(paths))), paths, size)
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    errors: dict[int, str] = {}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-        futures = [pool.submit(function, *args_of(chunk)) for chunk in _chunks(n, workers * 8)]
-        return [future.result() for future in futures]
+        futures = [pool.submit(_decode_chunk, target, list(rows), [paths[i] for i in rows], size)
+                   for rows in _chunks(len(paths), workers * 8)]
+        for future in futures:
+            errors.update(future.result())
+    return errors
 
 
 def cache_key(names: list[str], digests: list[str], size: int) -> str:
@@ -149,13 +151,8 @@ def _build(path: Path, paths: list[Path], size: int, workers: int) -> dict[int, 
     images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
                                        shape=(len(paths), size, size, 3))
     del images  # workers open it themselves; the file is already full size
-    errors: dict[int, str] = {}
     try:
-        for chunk_errors in _parallel(
-            _decode_chunk, len(paths),
-            lambda c: (partial, list(c), [paths[i] for i in c], size), workers,
-        ):
-            errors.update(chunk_errors)
+        errors = _decode_all(partial, paths, size, workers)
         with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, path)
