@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 
 import optuna
@@ -29,6 +30,14 @@ def test_tpe_is_seeded_multivariate_with_constant_liar():
         draws.append([t.params["x"] for t in study.trials])
     assert draws[0] == draws[1]
     assert isinstance(make_sampler("random", 0), optuna.samplers.RandomSampler)
+
+
+def test_gp_sampler_or_a_clear_missing_scipy_error():
+    if importlib.util.find_spec("scipy") is None:
+        with pytest.raises(ConfigError, match="pip install scipy"):
+            make_sampler("gp", 0)
+    else:
+        assert isinstance(make_sampler("gp", 0), optuna.samplers.GPSampler)
 
 
 def test_unknown_sampler_and_pruner_are_config_errors():

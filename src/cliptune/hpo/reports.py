@@ -221,16 +221,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _metrics_table(results: dict[str, dict[str, float]]) -> list[str]:
-    keys = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "loss")
-    rows = []
-    for split, metrics in results.items():
-        if not isinstance(metrics, dict):
-            continue
-        rows.append([split] + [
-            _fmt(100 * metrics[k]) if k.endswith(("r1", "r5", "r10")) and k in metrics
-            else _fmt(metrics.get(k, "-")) for k in keys
-        ])
-    return _table(["split", *keys], rows)
+    """Recalls in percent with one decimal, R-sum with one, loss with four."""
+    recalls = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+
+    def cell(metrics: dict[str, float], key: str) -> str:
+        if key not in metrics:
+            return "-"
+        if key in recalls:
+            return f"{100 * metrics[key]:.1f}"
+        return f"{metrics[key]:.4f}" if key == "loss" else f"{metrics[key]:.1f}"
+
+    keys = (*recalls, "rsum", "loss")
+    return _table(["split", *keys], [[split] + [cell(m, k) for k in keys]
+                                     for split, m in results.items()])
 
 
 def report_markdown(
