@@ -61,6 +61,14 @@ def test_each_format_detected_and_read(tmp_path, fmt):
     assert load_folder(tmp_path, fmt).captions == catalog.captions
 
 
+def test_coco_layout_with_annotations_beside_the_image_folder(tmp_path):
+    _write_images(tmp_path / "val2014")
+    (tmp_path / "annotations").mkdir()
+    _write_format(tmp_path / "annotations", "coco")
+    catalog = load_folder(tmp_path)
+    assert catalog.root == tmp_path / "val2014" and len(catalog.captions) == 6
+
+
 def test_named_format_that_is_not_there(tmp_path):
     _write_images(tmp_path)
     _write_format(tmp_path, "tsv")

@@ -2,9 +2,9 @@
 
 The caption file is searched for in the folder and up to two levels below it
 (shallowest first, so Kaggle's duplicate `results.csv` inside the image folder is
-never read). Images are looked up in the caption file's folder, then in each of its
-sub-folders; the first that holds the named images is used and the others (such as
-Kaggle's nested duplicate image folder) are ignored.
+never read). Images are looked up in the caption file's folder and its sub-folders,
+then in the dataset folder and its sub-folders; the first that holds the named images
+is used and the others (such as Kaggle's nested duplicate image folder) are ignored.
 """
 
 from __future__ import annotations
@@ -67,10 +67,16 @@ def find_caption_file(folder: Path, fmt: str = "auto") -> tuple[Path, str]:
     )
 
 
-def find_image_dir(caption_dir: Path, names: list[str]) -> Path:
-    """The folder, `caption_dir` or one of its sub-folders, holding most of `names`."""
+def find_image_dir(caption_dir: Path, folder: Path, names: list[str]) -> Path:
+    """The folder holding most of `names`: `caption_dir`, one of its sub-folders, or else
+    `folder` (the dataset root) or one of its sub-folders (COCO keeps its captions in
+    `annotations/` next to the image folders)."""
     sample = names[:: max(1, len(names) // _SAMPLE_NAMES)][:_SAMPLE_NAMES]
-    candidates = [caption_dir] + sorted(p for p in caption_dir.iterdir() if p.is_dir())
+    candidates = []
+    for parent in (caption_dir, folder):
+        for candidate in [parent] + sorted(p for p in parent.iterdir() if p.is_dir()):
+            if candidate not in candidates:
+                candidates.append(candidate)
     best, best_hits = caption_dir, 0
     for candidate in candidates:
         hits = sum((candidate / name).is_file() for name in sample)
@@ -106,7 +112,7 @@ def load_folder(folder: Path, fmt: str = "auto", *, source: str = "folder",
     if not pairs:
         raise DataError(f"{caption_file}: no captions found")
     names = sorted({name for name, _ in pairs})
-    image_dir = find_image_dir(caption_file.parent, names)
+    image_dir = find_image_dir(caption_file.parent, Path(folder), names)
     catalog = Catalog.from_pairs(pairs, source=source, root=image_dir, flip_safe=flip_safe)
     return drop_missing_images(catalog)
 
