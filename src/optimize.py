@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     for error in outcome.worker_errors:
         print(f"error: {error}")
     if outcome.interrupted:
+        print("interrupted: the running trial(s) are marked failed; the same command "
+              "continues the study")
         return 130
     return 1 if outcome.worker_errors else 0
 

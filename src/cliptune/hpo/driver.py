@@ -270,6 +270,12 @@ def run_study(settings: StudySettings, base: RunConfig, space: SearchSpace) -> S
         study.set_user_attr("runs_dir", base.runs_dir)
         study.set_user_attr("checkpoints_dir", base.checkpoints_dir)
     study.set_user_attr("search_space", describe(space))
+    if settings.show_progress:
+        state = f"continued, {existing} trials so far" if recorded is not None else "new"
+        print(f"study {settings.study_name!r} ({state}): {settings.trials} trials of up to "
+              f"{budget} epochs, {settings.metric} ({METRICS[settings.metric]}), sampler "
+              f"{settings.sampler}, pruner {settings.pruner}, {settings.workers} worker(s); "
+              f"storage {storage_label(settings)}", flush=True)
 
     ctx = ReportContext(
         study_name=settings.study_name,

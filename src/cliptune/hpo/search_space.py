@@ -345,7 +345,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
 
 
 def describe(space: SearchSpace) -> list[str]:
-    """One human-readable line per parameter (for reports and --help epilogs)."""
+    """One human-readable line per parameter (for the reports and the study's attributes)."""
     lines = []
     for p in space.parameters:
         if p.kind == "categorical":
