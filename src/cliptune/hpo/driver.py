@@ -245,17 +245,24 @@ def prepare_base(base: RunConfig, space: SearchSpace, budget: int, metric: str) 
     return base
 
 
-def run_study(settings: StudySettings, base: RunConfig, space: SearchSpace) -> StudyOutcome:
-    """Create or continue the study, run `settings.trials` trials, write the reports.
+@dataclass
+class OpenedStudy:
+    """A study ready for trials: the Optuna study and what its trials share."""
 
-    Ctrl-C stops after the running trial(s); the reports then cover what finished.
-    """
+    study: optuna.Study
+    base: RunConfig  # the config every trial starts from
+    budget: int  # epochs per trial
+    existing: int  # trials it had before this run
+    continued: bool
+
+
+def open_for_trials(settings: StudySettings, base: RunConfig, space: SearchSpace) -> OpenedStudy:
+    """Create or load the study, settle its budget, fail orphaned trials, record attributes."""
     _check_settings(settings)
     storage = make_storage(settings.storage, settings.results_dir, settings.study_name)
     recorded, existing = _existing_study(storage, settings.study_name)
     budget = resolve_budget(settings, recorded, base)
     base = prepare_base(base, space, budget, settings.metric)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
     study = open_study(storage, settings.study_name, settings.metric,
                        make_sampler(settings.sampler, sampler_seed(settings.seed, existing, 0)),
                        make_pruner(settings.pruner, budget, settings.patience))
@@ -270,46 +277,69 @@ def run_study(settings: StudySettings, base: RunConfig, space: SearchSpace) -> S
         study.set_user_attr("runs_dir", base.runs_dir)
         study.set_user_attr("checkpoints_dir", base.checkpoints_dir)
     study.set_user_attr("search_space", describe(space))
+    return OpenedStudy(study, base, budget, existing, recorded is not None)
+
+
+def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSpace) -> ReportContext:
+    """What the reports of this study need to know."""
+    pruner = settings.pruner
+    if settings.patience is not None:
+        pruner += f" (patience {settings.patience})"
+    return ReportContext(
+        study_name=settings.study_name,
+        out_dir=Path(settings.results_dir) / settings.study_name,
+        metric=settings.metric, budget=opened.budget, runs_dir=opened.base.runs_dir,
+        checkpoints_dir=opened.base.checkpoints_dir, storage_label=storage_label(settings),
+        search_space=describe(space), settings={"sampler": settings.sampler, "pruner": pruner},
+    )
+
+
+def _run_trials(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
+                monitor: TrialMonitor) -> tuple[bool, list[str]]:
+    """Run the trials in this process or in worker processes; (interrupted, worker errors)."""
+    if settings.workers == 1:
+        objective = Objective(space, opened.base,
+                              ObjectiveSettings(settings.study_name, settings.metric, opened.budget))
+        try:
+            _optimize(opened.study, objective, settings.trials, settings.timeout, [monitor])
+        except KeyboardInterrupt:
+            return True, []
+        return False, []
+    threads = max(1, torch.get_num_threads() // settings.workers)
+    jobs = [
+        WorkerJob(settings, opened.base, space, opened.budget, index, n,
+                  sampler_seed(settings.seed, opened.existing, index), threads)
+        for index, n in enumerate(split_trials(settings.trials, settings.workers)) if n
+    ]
+    return _run_workers(opened.study, jobs, monitor)
+
+
+def run_study(settings: StudySettings, base: RunConfig, space: SearchSpace) -> StudyOutcome:
+    """Create or continue the study, run `settings.trials` trials, write the reports.
+
+    Ctrl-C stops after the running trial(s); the reports then cover what finished.
+    """
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
+    opened = open_for_trials(settings, base, space)
+    study, budget = opened.study, opened.budget
     if settings.show_progress:
-        state = f"continued, {existing} trials so far" if recorded is not None else "new"
+        state = f"continued, {opened.existing} trials so far" if opened.continued else "new"
         print(f"study {settings.study_name!r} ({state}): {settings.trials} trials of up to "
               f"{budget} epochs, {settings.metric} ({METRICS[settings.metric]}), sampler "
               f"{settings.sampler}, pruner {settings.pruner}, {settings.workers} worker(s); "
               f"storage {storage_label(settings)}", flush=True)
-
-    ctx = ReportContext(
-        study_name=settings.study_name,
-        out_dir=Path(settings.results_dir) / settings.study_name,
-        metric=settings.metric, budget=budget, runs_dir=base.runs_dir,
-        checkpoints_dir=base.checkpoints_dir, storage_label=storage_label(settings),
-        search_space=describe(space),
-        settings={"sampler": settings.sampler, "pruner": settings.pruner
-                  + (f" (patience {settings.patience})" if settings.patience is not None else "")},
-    )
+    ctx = report_context(settings, opened, space)
     reporter = StudyReporter(ctx, settings.plot_interval_s)
-    progress = StudyProgress(settings.trials or None, settings.metric, budget, settings.show_progress)
-    minimize = METRICS[settings.metric] == "minimize"
+    progress = StudyProgress(settings.trials or None, settings.metric, budget,
+                             settings.show_progress)
     monitor = TrialMonitor(
-        reporter, progress, study_checkpoint_dir(base.checkpoints_dir, settings.study_name),
-        minimize, {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)},
+        reporter, progress, study_checkpoint_dir(opened.base.checkpoints_dir, settings.study_name),
+        METRICS[settings.metric] == "minimize",
+        {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)},
     )
     interrupted, errors = False, []
     if settings.trials > 0:
-        if settings.workers == 1:
-            objective = Objective(space, base, ObjectiveSettings(settings.study_name,
-                                                                 settings.metric, budget))
-            try:
-                _optimize(study, objective, settings.trials, settings.timeout, [monitor])
-            except KeyboardInterrupt:
-                interrupted = True
-        else:
-            threads = max(1, torch.get_num_threads() // settings.workers)
-            jobs = [
-                WorkerJob(settings, base, space, budget, index, n,
-                          sampler_seed(settings.seed, existing, index), threads)
-                for index, n in enumerate(split_trials(settings.trials, settings.workers)) if n
-            ]
-            interrupted, errors = _run_workers(study, jobs, monitor)
+        interrupted, errors = _run_trials(settings, opened, space, monitor)
     progress.close()
     reporter.write(study, plots=True)
     retrain = None
@@ -319,8 +349,7 @@ def run_study(settings: StudySettings, base: RunConfig, space: SearchSpace) -> S
         reporter.write(study, plots=False)
     best = best_trial(study)
     return StudyOutcome(
-        study_name=settings.study_name, out_dir=ctx.out_dir,
-        summary=summarize(study, budget),
+        study_name=settings.study_name, out_dir=ctx.out_dir, summary=summarize(study, budget),
         best_value=best.value if best else None, best_trial=best.number if best else None,
         interrupted=interrupted, worker_errors=errors, retrain=retrain,
     )
