@@ -18,9 +18,10 @@ from cliptune.errors import ConfigError
 SAMPLERS = ("tpe", "random", "gp")
 PRUNERS = ("hyperband", "median", "sha", "none")
 METRICS = {"val_loss": "minimize", "rsum": "maximize"}
-# Keep the top 1/4 at each rung: with 12-epoch trials that is rungs at 1 and 4 epochs
-# (and 4 for the second bracket); see docs/BENCHMARKS.md for the measured saving.
-REDUCTION_FACTOR = 4
+# Keep the best fifth at each rung: with 12-epoch trials Hyperband has two brackets,
+# one judging trials after 1 and 5 epochs, one after 5 (docs/BENCHMARKS.md has the
+# measured saving).
+REDUCTION_FACTOR = 5
 HEARTBEAT_INTERVAL_S = 60
 HEARTBEAT_GRACE_S = 180
 
@@ -56,7 +57,7 @@ def make_pruner(name: str, epochs: int, patience: int | None = None) -> optuna.p
     """The pruner `name` for trials of `epochs` epochs (one step per epoch).
 
     hyperband: brackets of successive halving between 1 and `epochs` epochs, keeping
-    the best quarter at each rung;
+    the best fifth at each rung;
     median: prune below the median of earlier trials at the same epoch (after 5 trials);
     sha: successive halving from epoch 1; none: never prune. `patience` wraps the
     pruner in a PatientPruner (also prunes a trial that stopped improving for that
