@@ -1,8 +1,9 @@
 """Training-step throughput of cliptune's CLIP against OpenCLIP on the same architecture.
 
 One step = forward + loss + backward + AdamW step (+ temperature clamp), bf16 autocast.
-Variants are timed interleaved, `--repeats` rounds of `--steps` steps each, and the
-medians are reported with the ratio to OpenCLIP and the MFU against a bf16 matmul peak
+Variants are timed interleaved, `--repeats` rounds of `--steps` steps each. Reported:
+median samples/s, its ratio to OpenCLIP's median, the median of per-round ratios
+(robust to load from other processes), and MFU against the best bf16 matmul rate
 measured in the same run.
 
     python bench/bench_model.py                      # tiny preset, batch 128, eager
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -40,7 +42,7 @@ Step = Callable[[], None]
 class Variant:
     name: str
     step: Step
-    timings: list[float]
+    rates: list[float]  # samples/s, one per repeat
 
 
 def openclip_model(config: ModelConfig) -> torch.nn.Module:
@@ -205,29 +207,34 @@ def main(argv: list[str] | None = None) -> None:
         flops_per_sample = CLIP(config).flops_per_sample()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}, "
-        f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats"
+        f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     variants = build_variants(args, config)
     for variant in variants:
         start = time.perf_counter()
         time_steps(variant.step, args.warmup)
         print(f"  warmup {variant.name}: {time.perf_counter() - start:.1f} s", flush=True)
-    peaks = []
+    peak = 0.0
     for repeat in range(args.repeats):
-        peaks.append(matmul_peak_flops())
+        peak = max(peak, matmul_peak_flops())
         for variant in variants:
-            variant.timings.append(args.batch_size * args.steps / time_steps(variant.step, args.steps))
-        row = "  ".join(f"{v.name} {v.timings[-1]:.0f}" for v in variants)
+            variant.rates.append(args.batch_size * args.steps / time_steps(variant.step, args.steps))
+        row = "  ".join(f"{v.name} {v.rates[-1]:.0f}" for v in variants)
         print(f"  repeat {repeat + 1}: {row} samples/s", flush=True)
-    peak = statistics.median(peaks)
-    baseline = statistics.median(variants[0].timings)
-    print(f"bf16 matmul peak (2048^2, median): {peak / 1e9:.0f} GFLOP/s")
+    baseline = variants[0].rates
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    print(f"bf16 matmul peak (2048^2, best of {args.repeats}): {peak / 1e9:.0f} GFLOP/s")
     print(f"training FLOPs per sample: {flops_per_sample / 1e9:.3f} GFLOP")
-    print(f"{'variant':<24}{'samples/s':>10}{'vs openclip':>13}{'MFU':>8}")
+    print(f"{'variant':<24}{'samples/s':>10}{'vs openclip':>13}{'paired':>9}{'MFU':>8}")
     for variant in variants:
-        rate = statistics.median(variant.timings)
+        rate = statistics.median(variant.rates)
+        ratio = rate / statistics.median(baseline)
+        # The median of per-repeat ratios is robust to load from other processes that
+        # slows every variant of one repeat alike.
+        paired = statistics.median(r / b for r, b in zip(variant.rates, baseline, strict=True))
         mfu = rate * flops_per_sample / peak
-        print(f"{variant.name:<24}{rate:>10.0f}{rate / baseline:>12.2f}x{mfu:>8.1%}")
+        print(f"{variant.name:<24}{rate:>10.0f}{ratio:>12.2f}x{paired:>8.2f}x{mfu:>8.1%}")
 
 
 if __name__ == "__main__":
