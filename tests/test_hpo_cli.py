@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 
 import optimize
-from cliptune.errors import ConfigError
+from cliptune.errors import ConfigError, DataError
+from cliptune.hpo.study import make_storage
 
 
 def test_defaults_run_the_shipped_experiment():
@@ -45,3 +47,13 @@ def test_user_errors_are_config_errors(tmp_path):
         optimize.main(["--workers", "0", "--results-dir", str(tmp_path), "--trials", "0"])
     with pytest.raises(SystemExit):
         optimize.parse_args(["--pruner", "asha"])
+
+
+def test_data_errors_stop_the_study_before_its_first_trial(tmp_path):
+    results = tmp_path / "results"
+    with pytest.raises(DataError):
+        optimize.main(["--data", "folder", "--data-dir", str(tmp_path / "missing"),
+                       "--results-dir", str(results), "--study-name", "d", "--trials", "2",
+                       "--quiet"])
+    study = optuna.load_study(study_name="d", storage=make_storage(None, results, "d"))
+    assert study.trials == []

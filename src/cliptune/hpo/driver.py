@@ -46,6 +46,7 @@ from cliptune.hpo.study import (
     make_storage,
     open_study,
 )
+from cliptune.runtime import check_precision, resolve_device
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 POLL_INTERVAL_S = 1.0
@@ -200,6 +201,7 @@ def _worker_main(job: WorkerJob) -> None:
     )
     objective = Objective(job.space, job.base, ObjectiveSettings(s.study_name, s.metric, job.budget))
     try:
+        objective.load_data()
         _optimize(study, objective, job.trials, s.timeout)
     except KeyboardInterrupt:
         pass  # the driver writes the reports; the interrupted trial is already marked FAIL
@@ -236,11 +238,13 @@ def _run_workers(study: optuna.Study, jobs: list[WorkerJob], monitor: TrialMonit
 
 
 def prepare_base(base: RunConfig, space: SearchSpace, budget: int, metric: str) -> RunConfig:
-    """The config every trial starts from: the budget and objective set, checked against the space."""
+    """The config every trial starts from: the budget and objective set, checked against
+    the space and the machine (device, precision)."""
     base = copy.deepcopy(base)
     base.train.epochs = budget
     base.train.best_metric = CALLBACK_KEYS[metric]
     validate(base)
+    check_precision(base.train.precision, resolve_device(base.train.device))
     space.check_against(base)
     return base
 
@@ -295,11 +299,10 @@ def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSp
 
 
 def _run_trials(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
-                monitor: TrialMonitor) -> tuple[bool, list[str]]:
-    """Run the trials in this process or in worker processes; (interrupted, worker errors)."""
-    if settings.workers == 1:
-        objective = Objective(space, opened.base,
-                              ObjectiveSettings(settings.study_name, settings.metric, opened.budget))
+                monitor: TrialMonitor, objective: Objective | None) -> tuple[bool, list[str]]:
+    """Run the trials with `objective` in this process, or in worker processes when it is
+    None; returns (interrupted, worker errors)."""
+    if objective is not None:
         try:
             _optimize(opened.study, objective, settings.trials, settings.timeout, [monitor])
         except KeyboardInterrupt:
@@ -328,6 +331,11 @@ def run_study(settings: StudySettings, base: RunConfig, space: SearchSpace) -> S
               f"{budget} epochs, {settings.metric} ({METRICS[settings.metric]}), sampler "
               f"{settings.sampler}, pruner {settings.pruner}, {settings.workers} worker(s); "
               f"storage {storage_label(settings)}", flush=True)
+    objective = None
+    if settings.trials > 0 and settings.workers == 1:  # load the data before the first trial
+        objective = Objective(space, opened.base,
+                              ObjectiveSettings(settings.study_name, settings.metric, budget))
+        objective.load_data(quiet=not settings.show_progress)
     ctx = report_context(settings, opened, space)
     reporter = StudyReporter(ctx, settings.plot_interval_s)
     progress = StudyProgress(settings.trials or None, settings.metric, budget,
@@ -339,7 +347,7 @@ def run_study(settings: StudySettings, base: RunConfig, space: SearchSpace) -> S
     )
     interrupted, errors = False, []
     if settings.trials > 0:
-        interrupted, errors = _run_trials(settings, opened, space, monitor)
+        interrupted, errors = _run_trials(settings, opened, space, monitor, objective)
     progress.close()
     reporter.write(study, plots=True)
     retrain = None

@@ -77,7 +77,13 @@ class Objective:
         config.train.best_metric = CALLBACK_KEYS[self.settings.metric]
         return config
 
-    def _shared_data(self, config: RunConfig) -> PreparedData | None:
+    def load_data(self, *, quiet: bool = True) -> None:
+        """Load the dataset now: data errors stop the study before its first trial."""
+        self._data_for(self.base)
+        self._data = Trainer(self.base, show_progress=not quiet, resume=None).prepare_data()
+
+    def _data_for(self, config: RunConfig) -> PreparedData | None:
+        """The loaded data if `config` needs the same (else None: the trial loads its own)."""
         m = config.model
         key = repr((config_to_dict(config)["data"], config.seed, m.image_size,
                     m.vocab_size, m.context_length))
@@ -120,7 +126,7 @@ class Objective:
 
         trainer = Trainer(
             config,
-            data=self._shared_data(config),
+            data=self._data_for(config),
             callbacks=[report],
             show_progress=False,
             resume=None,
