@@ -112,8 +112,6 @@ def param_importances(study: optuna.Study) -> tuple[dict[str, float], str | None
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if len(complete) < 2:
         return {}, f"importances need at least 2 complete trials (have {len(complete)})"
-    if len({name for t in complete for name in t.params}) < 1:
-        return {}, "no parameter was searched"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         importances = optuna.importance.get_param_importances(
