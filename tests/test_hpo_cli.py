@@ -7,6 +7,7 @@ import pytest
 
 import optimize
 from cliptune.errors import ConfigError, DataError
+from cliptune.hpo.objective import scratch_dir
 from cliptune.hpo.study import make_storage
 
 
@@ -57,3 +58,20 @@ def test_data_errors_stop_the_study_before_its_first_trial(tmp_path):
                        "--quiet"])
     study = optuna.load_study(study_name="d", storage=make_storage(None, results, "d"))
     assert study.trials == []
+
+
+def test_continuing_fails_trials_a_killed_driver_left_running(tmp_path):
+    results, checkpoints = tmp_path / "results", tmp_path / "checkpoints"
+    argv = ["--results-dir", str(results), "--study-name", "k", "--trials", "0", "--quiet",
+            "--set", f"checkpoints_dir={checkpoints}"]
+    assert optimize.main(argv) == 0
+    study = optuna.load_study(study_name="k", storage=make_storage(None, results, "k"))
+    orphan = study.ask()  # what a killed driver leaves behind
+    scratch = scratch_dir(str(checkpoints), "k", orphan.number)
+    scratch.mkdir(parents=True)
+    (scratch / "last.pt").write_bytes(b"half")
+    assert optimize.main(argv) == 0
+    trial = optuna.load_study(study_name="k", storage=make_storage(None, results, "k")).trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("left RUNNING by a driver that stopped")
+    assert not scratch.exists()

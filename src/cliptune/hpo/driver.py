@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from sqlalchemy.engine import make_url
 from cliptune.config import RunConfig, validate
 from cliptune.errors import ConfigError
 from cliptune.hpo.best_checkpoint import settle_trial_checkpoint, study_checkpoint_dir
-from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings
+from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings, scratch_dir
 from cliptune.hpo.progress import StudyProgress
 from cliptune.hpo.reports import (
     PLOT_INTERVAL_S,
@@ -274,6 +275,9 @@ def open_for_trials(settings: StudySettings, base: RunConfig, space: SearchSpace
         orphans = fail_orphaned_trials(
             study, "left RUNNING by a driver that stopped; failed when the study was continued"
         )
+        for number in orphans:  # their half-written checkpoints
+            shutil.rmtree(scratch_dir(base.checkpoints_dir, settings.study_name, number),
+                          ignore_errors=True)
         if orphans and settings.show_progress:
             print(f"marked {len(orphans)} orphaned RUNNING trial(s) as failed: {orphans}")
     if recorded is None:

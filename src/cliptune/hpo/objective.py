@@ -28,6 +28,11 @@ def trial_run_name(study_name: str, number: int) -> str:
     return f"{study_name}/trial_{number:04d}"
 
 
+def scratch_dir(checkpoints_dir: str, study_name: str, number: int) -> Path:
+    """Where trial `number` checkpoints until the driver keeps or deletes its best.pt."""
+    return Path(checkpoints_dir) / SCRATCH_DIR / trial_run_name(study_name, number)
+
+
 def _failure_reason(err: BaseException) -> str | None:
     """Why a trial failed, for the errors a search can run into; None for bugs."""
     if isinstance(err, TrainingDiverged):
