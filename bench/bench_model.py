@@ -9,6 +9,7 @@ measured in the same run.
     python bench/bench_model.py                      # tiny preset, batch 128, eager
     python bench/bench_model.py --compile            # also torch.compile'd variants
     python bench/bench_model.py --ablation           # also cliptune minus each speed-up
+    python bench/bench_model.py --profile cliptune   # top ops of one variant (torch.profiler)
 
 `open_clip` is a benchmark-only dependency (requirements-dev.txt).
 """
@@ -180,6 +181,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also cliptune with the default (unfused) AdamW, and with bf16 attention",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="VARIANT",
+        help="instead of timing, profile --steps steps of one variant and print its top ops",
+    )
     return parser.parse_args(argv)
 
 
@@ -200,6 +206,15 @@ def build_variants(args: argparse.Namespace, config: ModelConfig) -> list[Varian
     return [Variant(name, step, []) for name, step in steps.items()]
 
 
+def profile_variant(variant: Variant, steps: int) -> None:
+    """Print the ops that take the most self CPU time over `steps` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        time_steps(variant.step, steps)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = model_preset(args.preset)
@@ -215,6 +230,12 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         time_steps(variant.step, args.warmup)
         print(f"  warmup {variant.name}: {time.perf_counter() - start:.1f} s", flush=True)
+    if args.profile:
+        by_name = {variant.name: variant for variant in variants}
+        if args.profile not in by_name:
+            raise SystemExit(f"--profile: choose one of {', '.join(by_name)}")
+        profile_variant(by_name[args.profile], args.steps)
+        return
     peak = 0.0
     for repeat in range(args.repeats):
         peak = max(peak, matmul_peak_flops())
