@@ -103,6 +103,21 @@ def test_crop_boxes_inside_the_image_with_the_asked_area():
     assert area.min() > 0.45 and area.max() <= 1.0
 
 
+def test_crop_scale_bounds_the_area_kept():
+    boxes = crop_boxes(np.random.default_rng(0), 500, 32, 32, scale=(0.9, 1.0))
+    area = boxes[:, 2] * boxes[:, 3] / 32**2
+    assert area.min() > 0.85
+
+
+def test_loader_passes_its_crop_scale(shapes_data):
+    gentle = _loader(shapes_data.train, crop_scale=(1.0, 1.0), flip=False)
+    plain = _loader(shapes_data.train, augment=False)
+    strong = _loader(shapes_data.train)
+    # A full-area crop with a square aspect is the identity, up to resampling: identical here.
+    assert torch.equal(gentle.batch(0)[0], plain.batch(0)[0])
+    assert not torch.equal(strong.batch(0)[0], plain.batch(0)[0])
+
+
 def test_flip_only_when_allowed():
     images = torch.zeros(64, 3, 16, 16, dtype=torch.uint8)
     images[:, 0, :, :8] = 255  # red left half, blue right half

@@ -35,6 +35,7 @@ def _folder(tmp_path, n=20, words=None):
 def test_shapes_end_to_end(shapes_data, shapes_cache_dir):
     data = shapes_data
     assert data.source == "shapes" and data.flip_safe is False and data.image_size == 32
+    assert data.crop_scale == (0.9, 1.0)  # gentle crops: captions state positions and sizes
     assert [len(data.split(k)) for k in ("train", "val", "test")] == [48, 6, 6]
     names = [set(data.split(k).image_names) for k in ("train", "val", "test")]
     assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
@@ -85,7 +86,7 @@ def test_tokenizer_is_trained_on_training_captions_only(tmp_path):
     config = DataConfig(source="folder", data_dir=str(folder), split_file=str(split),
                         cache_dir=str(tmp_path / "cache"))
     data = _prepare(config, vocab_size=300)
-    assert data.source == "folder" and data.flip_safe is True
+    assert data.source == "folder" and data.flip_safe is True and data.crop_scale == (0.5, 1.0)
     assert data.test.image_names == names[15:]
     vocab = json.loads(data.tokenizer.to_json())["model"]["vocab"]
     assert "Ġzebra" not in vocab and "Ġdog" in vocab

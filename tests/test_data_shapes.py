@@ -9,7 +9,7 @@ from PIL import Image
 
 from cliptune.data import shapes
 from cliptune.data.parsers import sniff_format
-from cliptune.data.shapes_scenes import CANVAS, Scene, Shape, describe
+from cliptune.data.shapes_scenes import CANVAS, Scene, Shape, describe, sample_scene
 
 
 def _files(root):
@@ -44,15 +44,15 @@ def test_kaggle_layout_five_different_captions_and_unique_caption_sets(tmp_path)
 
 
 def test_relations_in_captions_match_the_geometry():
-    red = Shape("circle", "red", "small", x=20.0, y=60.0)
-    blue = Shape("square", "blue", "large", x=100.0, y=70.0)
+    red = Shape("circle", "red", "small", x=30.0, y=40.0)  # both in the top row
+    blue = Shape("square", "blue", "large", x=100.0, y=30.0)
     rng = np.random.default_rng(0)
     horizontal = " | ".join(c for _ in range(20) for c in describe(Scene("white", (red, blue)), rng))
     assert re.search(r"red circle to the left of an? (\w+ )?blue square", horizontal)
     assert re.search(r"blue square to the right of an? (\w+ )?red circle", horizontal)
     assert not re.search(r"blue square to the left of", horizontal)
-    top = Shape("star", "green", "medium", x=60.0, y=15.0)
-    bottom = Shape("cross", "pink", "medium", x=64.0, y=110.0)
+    top = Shape("star", "green", "medium", x=30.0, y=30.0)  # both in the left column
+    bottom = Shape("cross", "pink", "medium", x=34.0, y=100.0)
     vertical = " | ".join(c for _ in range(20) for c in describe(Scene("black", (bottom, top)), rng))
     assert re.search(r"green star above an? (\w+ )?pink cross", vertical)
     assert not re.search(r"pink cross above", vertical)
@@ -65,3 +65,18 @@ def test_ensure_reuses_the_folder(tmp_path):
     assert (root / "flickr30k_images" / "results.csv").stat().st_mtime_ns == stamp
     assert not list(tmp_path.glob("shapes/*partial*"))
     assert shapes.ensure_shapes(tmp_path, 11) != root
+
+
+def test_scenes_fit_the_canvas_in_distinct_cells_without_overlap():
+    rng = np.random.default_rng(0)
+    counts = set()
+    for _ in range(300):
+        scene = sample_scene(rng)
+        counts.add(len(scene.shapes))
+        cells = [s.cell for s in scene.shapes]
+        assert len(set(cells)) == len(cells)
+        for i, a in enumerate(scene.shapes):
+            assert a.radius <= a.x <= CANVAS - a.radius and a.radius <= a.y <= CANVAS - a.radius
+            for b in scene.shapes[i + 1:]:
+                assert np.hypot(a.x - b.x, a.y - b.y) > a.radius + b.radius
+    assert counts == {1, 2, 3}

@@ -37,10 +37,12 @@ def crop_boxes(rng: np.random.Generator, n: int, height: int, width: int,
     return np.stack([top, left, h, w], axis=1)
 
 
-def augment_batch(images: torch.Tensor, rng: np.random.Generator, *, flip: bool) -> torch.Tensor:
-    """Random resized crop of each uint8 (B, 3, H, W) image back to (H, W); flip half if `flip`."""
+def augment_batch(images: torch.Tensor, rng: np.random.Generator, *, flip: bool,
+                  scale: tuple[float, float] = CROP_SCALE) -> torch.Tensor:
+    """Random resized crop (area fraction in `scale`) of each uint8 (B, 3, H, W) image back
+    to (H, W); flip half of them if `flip`."""
     n, _, height, width = images.shape
-    boxes = crop_boxes(rng, n, height, width)
+    boxes = crop_boxes(rng, n, height, width, scale)
     out = torch.empty((n, 3, height, width), dtype=images.dtype)
     for k, (top, left, h, w) in enumerate(boxes.tolist()):
         out[k] = TF.resized_crop(images[k], top, left, h, w, [height, width], antialias=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from cliptune.data.augment import CROP_SCALE
 
 
 @dataclass
@@ -19,6 +21,7 @@ class Catalog:
     captions: list[str]
     caption_image: np.ndarray  # int64 (M,): index into image_names of each caption
     flip_safe: bool = True  # False when captions speak of left and right
+    crop_scale: tuple[float, float] = CROP_SCALE  # area kept by training crops
 
     @classmethod
     def from_pairs(
@@ -27,7 +30,6 @@ class Catalog:
         *,
         source: str,
         root: Path,
-        flip_safe: bool = True,
     ) -> Catalog:
         """Group `(image name, caption)` pairs by image; captions keep their file order."""
         by_image: dict[str, list[str]] = {}
@@ -37,7 +39,7 @@ class Catalog:
         captions = [caption for name in names for caption in by_image[name]]
         counts = [len(by_image[name]) for name in names]
         caption_image = np.repeat(np.arange(len(names), dtype=np.int64), counts)
-        return cls(source, Path(root), names, captions, caption_image, flip_safe)
+        return cls(source, Path(root), names, captions, caption_image)
 
     def __len__(self) -> int:
         return len(self.image_names)
@@ -49,11 +51,9 @@ class Catalog:
         new_index[keep] = np.arange(len(keep))
         mapped = new_index[self.caption_image]
         kept_captions = np.flatnonzero(mapped >= 0)
-        return Catalog(
-            source=self.source,
-            root=self.root,
+        return replace(
+            self,
             image_names=[self.image_names[i] for i in keep],
             captions=[self.captions[j] for j in kept_captions],
             caption_image=mapped[kept_captions],
-            flip_safe=self.flip_safe,
         )

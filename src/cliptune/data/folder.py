@@ -104,8 +104,7 @@ def drop_missing_images(catalog: Catalog) -> Catalog:
     return catalog.subset(np.flatnonzero(present)) if missing else catalog
 
 
-def load_folder(folder: Path, fmt: str = "auto", *, source: str = "folder",
-                flip_safe: bool = True) -> Catalog:
+def load_folder(folder: Path, fmt: str = "auto", *, source: str = "folder") -> Catalog:
     """Read the dataset under `folder`: captions, image folder, missing images dropped."""
     caption_file, detected = find_caption_file(Path(folder), fmt)
     pairs = read_caption_file(caption_file, detected)
@@ -113,7 +112,7 @@ def load_folder(folder: Path, fmt: str = "auto", *, source: str = "folder",
         raise DataError(f"{caption_file}: no captions found")
     names = sorted({name for name, _ in pairs})
     image_dir = find_image_dir(caption_file.parent, Path(folder), names)
-    catalog = Catalog.from_pairs(pairs, source=source, root=image_dir, flip_safe=flip_safe)
+    catalog = Catalog.from_pairs(pairs, source=source, root=image_dir)
     return drop_missing_images(catalog)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cliptune.data.augment import augment_batch
+from cliptune.data.augment import CROP_SCALE, augment_batch
 from cliptune.data.prepared import Split
 from cliptune.errors import DataError
 
@@ -99,14 +99,15 @@ class TrainLoader:
 
     One random caption per image by default; `all_captions=True` gives every
     (image, caption) pair once. Every batch holds exactly `batch_size` different images.
-    With `augment`: random resized crop (scale 0.5-1) back to the same size, and a
-    horizontal flip of half the images when `flip` (never for left/right captions);
-    without it, the cached pixels as they are.
+    With `augment`: random resized crop (area fraction in `crop_scale`, by default 0.5-1;
+    pass `PreparedData.crop_scale`) back to the same size, and a horizontal flip of half
+    the images when `flip` (never for left/right captions); without it, the cached
+    pixels as they are.
     """
 
     def __init__(self, split: Split, *, batch_size: int, seed: int, epoch: int, augment: bool,
                  flip: bool, all_captions: bool = False, num_workers: int = 0,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, crop_scale: tuple[float, float] = CROP_SCALE) -> None:
         if not 2 <= batch_size <= len(split):
             raise DataError(
                 f"batch size {batch_size} needs 2 to {len(split)} images (the {split.name} split "
@@ -114,7 +115,7 @@ class TrainLoader:
             )
         self.split = split
         self.seed, self.epoch = seed, epoch
-        self.augment, self.flip = augment, flip
+        self.augment, self.flip, self.crop_scale = augment, flip, crop_scale
         self.num_workers = num_workers
         self.pin_memory = pin_memory and torch.cuda.is_available()
         plan = _every_caption if all_captions else _one_caption_per_image
@@ -131,7 +132,8 @@ class TrainLoader:
         captions, images = captions[order], images[order]
         pixels = _to_batch(np.asarray(self.split.images[images]))
         if self.augment:
-            pixels = augment_batch(pixels, _rng(self.seed, self.epoch, index), flip=self.flip)
+            pixels = augment_batch(pixels, _rng(self.seed, self.epoch, index), flip=self.flip,
+                                   scale=self.crop_scale)
         # index_select: advanced indexing costs 100x more here (a parallel gather kernel)
         return pixels, self.split.tokens.index_select(0, torch.from_numpy(captions))
 

@@ -57,7 +57,7 @@ def prepare_data(config: DataConfig, *, image_size: int, seed: int, vocab_size: 
               for name in SPLIT_NAMES}
     data = PreparedData(source=catalog.source, root=str(catalog.root),
                         flip_safe=catalog.flip_safe, tokenizer=tokenizer,
-                        image_size=image_size, **splits)
+                        image_size=image_size, crop_scale=catalog.crop_scale, **splits)
     if not quiet:
         print(summary(data, reused=cache.reused), flush=True)
     return data

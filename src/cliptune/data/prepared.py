@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cliptune.data.augment import CROP_SCALE
 from cliptune.errors import DataError
 from cliptune.tokenizer import Tokenizer
 
@@ -45,6 +46,9 @@ class PreparedData:
     test: Split
     tokenizer: Tokenizer
     image_size: int
+    # Area fraction kept by training crops (TrainLoader's crop_scale): narrower when
+    # captions state positions and sizes, which strong crops would falsify (Shapes).
+    crop_scale: tuple[float, float] = CROP_SCALE
 
     def split(self, name: str) -> Split:
         """The split called `name` (train, val or test)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,8 @@ from cliptune.data.shapes_scenes import (
     sample_scene,
 )
 
-SHAPES_VERSION = 1  # bump when scenes, captions or rendering change
+SHAPES_VERSION = 4  # bump when scenes, captions or rendering change
+CROP_SCALE = (0.9, 1.0)  # training crops keep at least 90% of the area
 DATASET_SEED = 0  # the dataset is fixed, like Flickr30k; the run's seed only draws the split
 COLOUR_JITTER = 14  # per channel, so colours are families rather than exact values
 
@@ -43,13 +45,11 @@ def _polygon(shape: Shape) -> list[tuple[float, float]]:
     x, y, r = shape.x, shape.y, shape.radius
     if shape.kind == "triangle":
         return [(x, y - r), (x + 0.95 * r, y + 0.8 * r), (x - 0.95 * r, y + 0.8 * r)]
-    if shape.kind == "diamond":
-        return [(x, y - r), (x + 0.8 * r, y), (x, y + r), (x - 0.8 * r, y)]
     if shape.kind == "star":
         angles = -np.pi / 2 + np.arange(10) * np.pi / 5
-        radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.42 * r)
         return list(zip(x + radii * np.cos(angles), y + radii * np.sin(angles), strict=True))
-    t, s = 0.35 * r, 0.9 * r
+    t, s = 0.38 * r, 0.9 * r
     if shape.kind == "cross":
         return [(x - t, y - s), (x + t, y - s), (x + t, y - t), (x + s, y - t), (x + s, y + t),
                 (x + t, y + t), (x + t, y + s), (x - t, y + s), (x - t, y + t), (x - s, y + t),
@@ -118,6 +118,7 @@ def ensure_shapes(cache_dir: Path, n_images: int, seed: int = DATASET_SEED) -> P
 
 
 def load(cache_dir: Path, n_images: int) -> Catalog:
-    """The Shapes catalog (generated if needed). Left/right captions make flips unsafe."""
-    return load_folder(ensure_shapes(cache_dir, n_images), "kaggle", source="shapes",
-                       flip_safe=False)
+    """The Shapes catalog (generated if needed). Captions state left and right, positions
+    and sizes: flips would falsify them, and so would strong crops."""
+    catalog = load_folder(ensure_shapes(cache_dir, n_images), "kaggle", source="shapes")
+    return replace(catalog, flip_safe=False, crop_scale=CROP_SCALE)

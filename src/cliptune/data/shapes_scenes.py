@@ -1,10 +1,11 @@
 """Scenes of the Shapes dataset and the captions that describe them.
 
-A scene is a plain background with 1-3 coloured shapes of three sizes that do not
-overlap. Captions name every shape by colour and kind, and mix in sizes, positions
-(a 3x3 grid), spatial relations ("to the left of", "above") and the background,
-with paraphrased templates, so that retrieval needs the whole picture while many
-images share any single attribute.
+A scene is a plain background with 1-3 coloured shapes of three sizes, each in its own
+quarter of the image (a 2x2 grid), so positions and relations are unambiguous and the
+shapes are large enough to tell apart at 64 px. Captions name every shape by colour
+and kind and mix in sizes, positions ("in the top left corner"), spatial relations
+("to the left of", "above") and the background, with paraphrased templates, so that
+retrieval needs the whole picture while many images share any single attribute.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 CANVAS = 128  # pixels; images are square so a center crop never cuts a shape off
-KINDS = ("circle", "square", "triangle", "diamond", "star", "cross")
+CELL = CANVAS // 2  # a 2x2 grid
+KINDS = ("circle", "square", "triangle", "star", "cross")
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -26,15 +28,16 @@ COLOURS = {
     "pink": (250, 140, 200),
 }
 BACKGROUNDS = {"white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128)}
-RADII = {"small": 10, "medium": 15, "large": 21}  # half the shape's extent, on the canvas
-SHAPE_COUNT_PROBABILITIES = (0.25, 0.4, 0.35)  # scenes with 1, 2, 3 shapes
+RADII = {"small": 14, "medium": 20, "large": 26}  # half the shape's extent, on the canvas
+JITTER = 4  # pixels a centre may move from its cell's centre (shapes stay in their cell)
+SHAPE_COUNT_PROBABILITIES = (0.15, 0.4, 0.45)  # scenes with 1, 2, 3 shapes
 CAPTIONS_PER_IMAGE = 5
 
 SIZE_WORDS = {"small": ("small", "little", "tiny"), "medium": ("medium", "medium-sized"),
               "large": ("large", "big")}
 BACKGROUND_WORDS = {"white": ("white",), "black": ("black", "dark"), "gray": ("gray", "grey")}
-ROWS = ("top", "middle", "bottom")
-COLUMNS = ("left", "center", "right")
+ROWS = ("top", "bottom")
+COLUMNS = ("left", "right")
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,8 @@ class Shape:
 
     @property
     def cell(self) -> tuple[str, str]:
-        """(row, column) of the 3x3 grid cell holding the centre."""
-        third = CANVAS / 3
-        return ROWS[min(int(self.y // third), 2)], COLUMNS[min(int(self.x // third), 2)]
+        """(row, column) of the grid cell holding the centre."""
+        return ROWS[int(self.y // CELL)], COLUMNS[int(self.x // CELL)]
 
 
 @dataclass(frozen=True)
@@ -68,29 +70,19 @@ class Scene:
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
-    """A random scene: 1-3 distinct (colour, kind) shapes, non-overlapping, on a background."""
+    """A random scene: 1-3 shapes of different (colour, kind), each in its own grid cell."""
     background = str(rng.choice(list(BACKGROUNDS)))
     count = int(rng.choice([1, 2, 3], p=SHAPE_COUNT_PROBABILITIES))
     while True:
-        shapes: list[Shape] = []
-        for _ in range(count):
-            for _attempt in range(50):
-                kind, colour = str(rng.choice(KINDS)), str(rng.choice(list(COLOURS)))
-                size = str(rng.choice(list(RADII)))
-                r = RADII[size] + 2
-                x, y = rng.uniform(r, CANVAS - r, size=2)
-                candidate = Shape(kind, colour, size, round(float(x), 1), round(float(y), 1))
-                if all(_apart(candidate, other) for other in shapes):
-                    shapes.append(candidate)
-                    break
-        if len(shapes) == count:
+        shapes = []
+        for cell in rng.choice(4, size=count, replace=False):
+            centre = (np.array([cell % 2, cell // 2]) + 0.5) * CELL
+            x, y = centre + rng.uniform(-JITTER, JITTER, size=2)
+            shapes.append(Shape(str(rng.choice(KINDS)), str(rng.choice(list(COLOURS))),
+                                str(rng.choice(list(RADII))), round(float(x), 1),
+                                round(float(y), 1)))
+        if len({(s.kind, s.colour) for s in shapes}) == count:  # each shape can be named
             return Scene(background, tuple(shapes))
-
-
-def _apart(a: Shape, b: Shape) -> bool:
-    """Far enough apart not to overlap, and of a different colour or kind (so nameable)."""
-    distance = float(np.hypot(a.x - b.x, a.y - b.y))
-    return distance > a.radius + b.radius + 6 and (a.kind, a.colour) != (b.kind, b.colour)
 
 
 # --------------------------------------------------------------------------- wording
@@ -105,21 +97,16 @@ def _with_article(phrase: str) -> str:
 
 
 def _name(shape: Shape, rng: np.random.Generator, size: bool | None = None) -> str:
-    """'a small red circle' (the size word included when `size`, else at random)."""
-    include = bool(rng.random() < 0.6) if size is None else size
+    """'a small red circle' (the size word included when `size`, else mostly)."""
+    include = bool(rng.random() < 0.75) if size is None else size
     words = [_pick(rng, SIZE_WORDS[shape.size])] if include else []
     return _with_article(" ".join([*words, shape.colour, shape.kind]))
 
 
 def _place(shape: Shape, rng: np.random.Generator) -> str:
     row, column = shape.cell
-    if (row, column) == ("middle", "center"):
-        return _pick(rng, ("in the center", "in the middle"))
-    if row == "middle":
-        return _pick(rng, (f"on the {column}", f"on the {column} side"))
-    if column == "center":
-        return _pick(rng, (f"at the {row}", f"near the {row}"))
-    return _pick(rng, (f"in the {row} {column} corner", f"at the {row} {column}"))
+    return _pick(rng, (f"in the {row} {column} corner", f"at the {row} {column}",
+                       f"in the {row} {column}"))
 
 
 def _on_background(scene: Scene, rng: np.random.Generator) -> str:
@@ -129,8 +116,10 @@ def _on_background(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def _relation(a: Shape, b: Shape, rng: np.random.Generator) -> str:
-    """'a red circle to the left of a blue square' (or above/below, whichever is clearer)."""
-    if abs(a.x - b.x) >= abs(a.y - b.y):
+    """'a red circle to the left of a blue square', or above/below (diagonal: either)."""
+    (row_a, column_a), (row_b, column_b) = a.cell, b.cell
+    horizontal = column_a != column_b and (row_a == row_b or rng.random() < 0.5)
+    if horizontal:
         left, right = (a, b) if a.x < b.x else (b, a)
         return _pick(rng, (f"{_name(left, rng)} to the left of {_name(right, rng)}",
                            f"{_name(right, rng)} to the right of {_name(left, rng)}",
@@ -141,13 +130,19 @@ def _relation(a: Shape, b: Shape, rng: np.random.Generator) -> str:
                        f"{_name(top, rng)} at the top and {_name(bottom, rng)} at the bottom"))
 
 
-def _listing(shapes: list[Shape], rng: np.random.Generator) -> str:
-    names = [_name(s, rng) for s in shapes]
+def _listing(shapes: list[Shape], rng: np.random.Generator, placed: bool = False) -> str:
+    names = [_name(s, rng) + (f" {_place(s, rng)}" if placed else "") for s in shapes]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _shuffled(scene: Scene, rng: np.random.Generator) -> list[Shape]:
     return [scene.shapes[i] for i in rng.permutation(len(scene.shapes))]
+
+
+def _pair_and_third(scene: Scene, rng: np.random.Generator) -> str:
+    a, b, c = _shuffled(scene, rng)
+    return _pick(rng, (f"{_relation(a, b, rng)}, with {_name(c, rng)} {_place(c, rng)}",
+                       f"{_relation(a, b, rng)} and {_name(c, rng)} {_place(c, rng)}"))
 
 
 Template = Callable[[Scene, np.random.Generator], str]
@@ -166,17 +161,10 @@ TWO: tuple[Template, ...] = (
     lambda s, r: f"{_relation(*s.shapes, r)} {_on_background(s, r)}",
     lambda s, r: f"{_listing(_shuffled(s, r), r)} {_on_background(s, r)}",
     lambda s, r: f"two shapes: {_listing(_shuffled(s, r), r)}",
-    lambda s, r: f"{_name(s.shapes[0], r)} {_place(s.shapes[0], r)} and "
-                 f"{_name(s.shapes[1], r)} {_place(s.shapes[1], r)}",
+    lambda s, r: _listing(_shuffled(s, r), r, placed=True),
 )
-def _pair_and_third(scene: Scene, rng: np.random.Generator) -> str:
-    a, b, c = _shuffled(scene, rng)
-    return _pick(rng, (f"{_relation(a, b, rng)}, with {_name(c, rng)} {_place(c, rng)}",
-                       f"{_relation(a, b, rng)} and {_name(c, rng)} nearby"))
-
-
 THREE: tuple[Template, ...] = (
-    lambda s, r: f"{_listing(sorted(s.shapes, key=lambda t: t.x), r)} from left to right",
+    lambda s, r: _listing(_shuffled(s, r), r, placed=True),
     lambda s, r: f"three shapes {_on_background(s, r)}: {_listing(_shuffled(s, r), r)}",
     lambda s, r: _listing(_shuffled(s, r), r),
     _pair_and_third,
