@@ -209,6 +209,7 @@ class Trainer:
             all_captions=cfg.train.all_captions,
             num_workers=cfg.data.num_workers,
             pin_memory=self.device.type == "cuda",
+            crop_scale=self.data.crop_scale,
         )
 
     # ------------------------------------------------------------------ resume
