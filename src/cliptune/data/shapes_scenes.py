@@ -42,6 +42,8 @@ COLUMNS = ("left", "right")
 
 @dataclass(frozen=True)
 class Shape:
+    """One shape of a scene: what it is, how big, and where its centre lies."""
+
     kind: str
     colour: str
     size: str
@@ -60,6 +62,8 @@ class Shape:
 
 @dataclass(frozen=True)
 class Scene:
+    """A background colour and the shapes drawn on it."""
+
     background: str
     shapes: tuple[Shape, ...]
 
