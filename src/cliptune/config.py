@@ -285,15 +285,20 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return plain(asdict(config))
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML experiment file. Errors name the file and the offending key."""
+def read_yaml(path: str | Path, missing: str) -> Any:
+    """Parse a YAML file; a missing file raises `ConfigError(f"{missing}: {path}")`."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{missing}: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML experiment file. Errors name the file and the offending key."""
+    data = read_yaml(path, "config file not found")
     try:
         return config_from_dict(data)
     except ConfigError as err:

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
-from cliptune.config import RunConfig, config_from_dict, config_to_dict
+from cliptune.config import RunConfig, config_from_dict, config_to_dict, read_yaml
 from cliptune.errors import ConfigError
 
 ParamValue = bool | int | float | str
@@ -334,13 +333,7 @@ def search_space_from_dict(data: Any, source: str = "<search space>") -> SearchS
 
 def load_search_space(path: str | Path) -> SearchSpace:
     """Read a search space YAML file; every error names the file and the entry."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--search-space: file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    data = read_yaml(path, "--search-space: file not found")
     return search_space_from_dict(data, str(path))
 
 
