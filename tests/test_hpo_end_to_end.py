@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+from tiny_model import TINY_MODEL
 
 import optimize
 from cliptune.checkpoint import load_checkpoint
@@ -22,11 +23,7 @@ from cliptune.hpo.driver import StudySettings, run_study
 from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.trainer import Trainer
 
-TINY = [
-    "model.preset=tiny", "model.image_size=32", "model.patch_size=8",
-    "model.vision_width=32", "model.vision_layers=1", "model.vision_heads=2",
-    "model.text_width=32", "model.text_layers=1", "model.text_heads=2",
-    "model.embed_dim=32", "model.context_length=16", "model.vocab_size=128",
+TINY = TINY_MODEL + [
     "data.source=shapes", "data.shapes_images=80", "data.val_size=16", "data.test_size=16",
     "train.batch_size=16", "train.eval_batch_size=16", "train.figure_images=0",
     "train.precision=fp32",

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny_model import TINY_MODEL
 
 from cliptune import trainer as trainer_module
 from cliptune.checkpoint import load_checkpoint
@@ -12,11 +13,7 @@ from cliptune.data import prepare_data
 from cliptune.errors import CheckpointError, TrainingDiverged
 from cliptune.trainer import Trainer
 
-TINY = [
-    "model.preset=tiny", "model.image_size=32", "model.patch_size=8",
-    "model.vision_width=32", "model.vision_layers=1", "model.vision_heads=2",
-    "model.text_width=32", "model.text_layers=1", "model.text_heads=2",
-    "model.embed_dim=32", "model.context_length=16", "model.vocab_size=128",
+TINY = TINY_MODEL + [
     "data.source=shapes", "data.shapes_images=80", "data.val_size=16", "data.test_size=16",
     "train.epochs=2", "train.batch_size=16", "train.eval_batch_size=16", "train.log_every=1",
     "train.figure_images=2", "train.precision=fp32",
