@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from cliptune.checkpoint import load_checkpoint, save_checkpoint
 from cliptune.config import RunConfig, config_to_dict
-from cliptune.data import PreparedData, TrainLoader, normalize_images, prepare_data
+from cliptune.data import PreparedData, TrainLoader, device_batches, prepare_data
 from cliptune.errors import CheckpointError, ConfigError, TrainingDiverged
 from cliptune.evaluation import embed_split, split_loss
 from cliptune.figures import retrieval_figure, similarity_figure
@@ -330,9 +330,7 @@ class Trainer:
             leave=False, disable=not self.show_progress, dynamic_ncols=True,
         )
         postfix: dict[str, str] = {}
-        for index, (images, tokens) in enumerate(loader):
-            images = normalize_images(images.to(self.device, non_blocking=True))
-            tokens = tokens.to(self.device, non_blocking=True)
+        for index, (images, tokens) in enumerate(device_batches(loader, self.device)):
             with autocast(self.device, cfg.precision):
                 image_emb, text_emb, logit_scale = self.train_model(images, tokens)
                 loss = self.loss_fn(image_emb, text_emb, logit_scale)

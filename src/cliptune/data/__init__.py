@@ -4,6 +4,7 @@ Most code needs only `prepare_data`, the `Split`/`PreparedData` it returns, `Tra
 `eval_batches` and `normalize_images`.
 """
 
+from cliptune.data.feed import device_batches
 from cliptune.data.issues import DataWarning
 from cliptune.data.loader import TrainLoader, eval_batches, normalize_images
 from cliptune.data.prepare import prepare_data
@@ -14,6 +15,7 @@ __all__ = [
     "PreparedData",
     "Split",
     "TrainLoader",
+    "device_batches",
     "eval_batches",
     "normalize_images",
     "prepare_data",
