@@ -10,6 +10,7 @@ measured in the same run.
     python bench/bench_model.py --compile            # also torch.compile'd variants
     python bench/bench_model.py --ablation           # also cliptune minus each speed-up
     python bench/bench_model.py --profile cliptune   # top ops of one variant (torch.profiler)
+    python bench/bench_model.py --device cuda --preset vit-b-32 --batch-size 256 --compile
 
 `open_clip` is a benchmark-only dependency (requirements-dev.txt).
 """
@@ -75,7 +76,9 @@ def openclip_model(config: ModelConfig) -> torch.nn.Module:
     )
 
 
-def make_batch(config: ModelConfig, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(
+    config: ModelConfig, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random images and captions `<start> words <end> pad...` of random lengths.
 
     The end token is the largest id, so OpenCLIP's argmax pooling finds it too.
@@ -89,7 +92,7 @@ def make_batch(config: ModelConfig, batch_size: int) -> tuple[torch.Tensor, torc
     for row, length in enumerate(lengths.tolist()):
         tokens[row, :length] = torch.randint(3, end_id, (length,), generator=gen)
         tokens[row, 0], tokens[row, length - 1] = 1, end_id
-    return images, tokens
+    return images.to(device), tokens.to(device)
 
 
 def training_step(
@@ -103,7 +106,7 @@ def training_step(
     """A closure running one full optimisation step under bf16 autocast."""
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16):
             loss = loss_fn(*model(images, tokens))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -122,7 +125,7 @@ def cliptune_step(
     config, images, tokens, compiled: bool = False, fused: bool = True, fp32_attention: bool = True
 ) -> Step:
     torch.manual_seed(0)
-    model = CLIP(config).train()
+    model = CLIP(config).train().to(images.device)
     if not fp32_attention:
         for module in model.modules():
             if isinstance(module, SelfAttention):
@@ -137,7 +140,8 @@ def openclip_step(config, images, tokens, compiled: bool = False) -> Step:
     from open_clip.loss import ClipLoss as OpenClipLoss
 
     torch.manual_seed(0)
-    model = openclip_model(config).train()
+    model = openclip_model(config).train().to(images.device)
+    # OpenCLIP's own training script leaves AdamW at torch's default implementation.
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
 
     def clamp() -> None:
@@ -148,23 +152,34 @@ def openclip_step(config, images, tokens, compiled: bool = False) -> Step:
     return training_step(forward, OpenClipLoss(), optimizer, images, tokens, clamp)
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_flops(device: torch.device, repeats: int = 10) -> float:
     """Best observed FLOP/s of a square bf16 matmul: the machine's practical peak."""
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    b = torch.randn(size, size, dtype=torch.bfloat16)
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
+    b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
     a @ b
     best = math.inf
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
 
-def time_steps(step: Step, steps: int) -> float:
+def time_steps(step: Step, steps: int, device: torch.device) -> float:
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -172,6 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
@@ -190,7 +206,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_variants(args: argparse.Namespace, config: ModelConfig) -> list[Variant]:
-    images, tokens = make_batch(config, args.batch_size)
+    images, tokens = make_batch(config, args.batch_size, torch.device(args.device))
     steps = {
         "openclip": openclip_step(config, images, tokens),
         "cliptune": cliptune_step(config, images, tokens),
@@ -206,46 +222,54 @@ def build_variants(args: argparse.Namespace, config: ModelConfig) -> list[Varian
     return [Variant(name, step, []) for name, step in steps.items()]
 
 
-def profile_variant(variant: Variant, steps: int) -> None:
-    """Print the ops that take the most self CPU time over `steps` steps."""
+def profile_variant(variant: Variant, steps: int, device: torch.device) -> None:
+    """Print the ops that take the most self time over `steps` steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        time_steps(variant.step, steps)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        time_steps(variant.step, steps, device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=15))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = model_preset(args.preset)
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
     with torch.device("meta"):
         flops_per_sample = CLIP(config).flops_per_sample()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{torch.get_num_threads()} CPU threads")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, preset {args.preset}, "
+        f"torch {torch.__version__}, {where}, preset {args.preset}, "
         f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
     variants = build_variants(args, config)
     for variant in variants:
         start = time.perf_counter()
-        time_steps(variant.step, args.warmup)
+        time_steps(variant.step, args.warmup, device)
         print(f"  warmup {variant.name}: {time.perf_counter() - start:.1f} s", flush=True)
     if args.profile:
         by_name = {variant.name: variant for variant in variants}
         if args.profile not in by_name:
             raise SystemExit(f"--profile: choose one of {', '.join(by_name)}")
-        profile_variant(by_name[args.profile], args.steps)
+        profile_variant(by_name[args.profile], args.steps, device)
         return
     peak = 0.0
     for repeat in range(args.repeats):
-        peak = max(peak, matmul_peak_flops())
+        peak = max(peak, matmul_peak_flops(device))
         for variant in variants:
-            variant.rates.append(args.batch_size * args.steps / time_steps(variant.step, args.steps))
+            variant.rates.append(args.batch_size * args.steps / time_steps(variant.step, args.steps, device))
         row = "  ".join(f"{v.name} {v.rates[-1]:.0f}" for v in variants)
         print(f"  repeat {repeat + 1}: {row} samples/s", flush=True)
     baseline = variants[0].rates
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    print(f"bf16 matmul peak (2048^2, best of {args.repeats}): {peak / 1e9:.0f} GFLOP/s")
+    print(f"bf16 matmul peak (best of {args.repeats}): {peak / 1e9:.0f} GFLOP/s")
     print(f"training FLOPs per sample: {flops_per_sample / 1e9:.3f} GFLOP")
     print(f"{'variant':<24}{'samples/s':>10}{'vs openclip':>13}{'paired':>9}{'MFU':>8}")
     for variant in variants:

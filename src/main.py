@@ -7,19 +7,18 @@ evaluates the best checkpoint on the test split and writes metrics.json.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cliptune.cli_common import add_data_args, add_set_arg, apply_data_args, run_cli
 from cliptune.config import apply_overrides, load_config, model_preset, set_value
+from cliptune.experiments import default_experiment
 from cliptune.tables import format_metrics_table
 from cliptune.trainer import Trainer
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "default.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment YAML")
+    parser.add_argument("--config", help="experiment YAML (default: experiments/default.yaml "
+                        "on a CPU, experiments/gpu-flickr30k.yaml or gpu-shapes.yaml on a GPU)")
     parser.add_argument("--preset", help="model preset: tiny, small, vit-b-32")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -40,7 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    """Config file, then preset, then the flags, then `--set` overrides."""
+    """Config file (chosen by the hardware unless --config), then preset, then the flags,
+    then `--set` overrides."""
+    if args.config is None:
+        choice = default_experiment("train", args.device, args.data)
+        print(choice.line(), flush=True)
+        args.config = str(choice.path)
     config = load_config(args.config)
     if args.preset:
         config.model = model_preset(args.preset)
