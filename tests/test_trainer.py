@@ -12,6 +12,7 @@ from cliptune.config import RunConfig, apply_overrides
 from cliptune.data import prepare_data
 from cliptune.errors import CheckpointError, TrainingDiverged
 from cliptune.trainer import Trainer
+from cliptune.training import checkpointer as checkpointer_module
 
 TINY = TINY_MODEL + [
     "data.source=shapes", "data.shapes_images=80", "data.val_size=16", "data.test_size=16",
@@ -140,14 +141,14 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, cache_dir, data, monkeypa
 def test_failed_checkpoint_write_keeps_previous(tmp_path, cache_dir, data, monkeypatch):
     config = tiny_config(tmp_path, cache_dir)
     trainer = Trainer(config, data=data, show_progress=False)
-    real_save = trainer_module.save_checkpoint
+    real_save = checkpointer_module.save_checkpoint
 
     def save_until_epoch_two(state, path):
         if state["epoch"] == 2:
             raise CheckpointError(f"could not write {path}: No space left on device")
         real_save(state, path)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_until_epoch_two)
+    monkeypatch.setattr(checkpointer_module, "save_checkpoint", save_until_epoch_two)
     with pytest.raises(CheckpointError, match="No space left"):
         trainer.fit()
     assert load_checkpoint(trainer.checkpoint_dir / "last.pt")["epoch"] == 1
