@@ -18,9 +18,11 @@ import torch.distributed as dist
 
 from cliptune.errors import ConfigError
 
-# Seconds a collective waits for the other ranks before it fails; a dead peer usually
-# surfaces sooner as a broken connection. Override with CLIPTUNE_DIST_TIMEOUT.
-DEFAULT_TIMEOUT_S = 600
+# Seconds a collective waits for the other ranks before it fails (long enough for rank 0
+# to download and cache the dataset while the others wait); a dead peer surfaces at once
+# as a broken connection, and torchrun stops the other workers when one dies.
+# Override with CLIPTUNE_DIST_TIMEOUT.
+DEFAULT_TIMEOUT_S = 1800
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def current() -> DistContext:
 
 
 def timeout() -> timedelta:
-    """How long a collective waits (CLIPTUNE_DIST_TIMEOUT seconds, default 600)."""
+    """How long a collective waits (CLIPTUNE_DIST_TIMEOUT seconds, default 1800)."""
     raw = os.environ.get("CLIPTUNE_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
     try:
         return timedelta(seconds=float(raw))
@@ -86,6 +88,18 @@ def shutdown() -> None:
     """Leave the process group (no-op without one)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def global_batch_size(batch_size: int, n_train: int) -> int:
+    """The global batch a run trains with: `train.batch_size`, a multiple of the world size
+    (else a clear error), lowered to fit a small training split."""
+    world = current().world_size
+    if batch_size % world:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is the global batch and must divide evenly over "
+            f"the {world} processes; choose a multiple of {world}"
+        )
+    return min(batch_size, n_train - n_train % world)
 
 
 def broadcast_object(value: Any, src: int = 0) -> Any:

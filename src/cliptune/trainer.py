@@ -13,12 +13,9 @@ public methods and the per-epoch callbacks.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,31 +33,27 @@ from cliptune.model import CLIP
 from cliptune.runtime import configure_matmul, resolve_device, resolve_precision, seed_everything
 from cliptune.tokenizer import Tokenizer
 from cliptune.training.callbacks import TensorBoardCallback
-from cliptune.training.checkpointer import Checkpointer, check_resume_config, check_schedule
+from cliptune.training.checkpointer import (
+    Checkpointer,
+    check_resume_config,
+    check_schedule,
+    free_run_name,
+)
 from cliptune.training.loop import train_one_epoch
 from cliptune.training.state import TrainState, saved_schedule
-from cliptune.training.summary import epoch_line, final_metrics, hparams
+from cliptune.training.summary import (
+    FitResult,
+    epoch_line,
+    final_metrics,
+    fit_summary,
+    hparams,
+    is_improvement,
+    metric_is_minimised,
+)
+
+__all__ = ["EpochCallback", "FitResult", "Trainer", "metric_is_minimised"]
 
 EpochCallback = Callable[["Trainer", int, dict[str, float]], None]
-
-
-@dataclass
-class FitResult:
-    """What `Trainer.fit` returns."""
-
-    best_metric: str
-    best_value: float
-    best_epoch: int
-    best_metrics: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
-    epochs_completed: int = 0
-    stopped_early: bool = False
-    wall_time: float = 0.0
-
-
-def metric_is_minimised(name: str) -> bool:
-    """Losses and median ranks improve downwards; recalls and rsum upwards."""
-    return name.endswith("loss") or name.endswith("medr")
 
 
 class Trainer:
@@ -137,7 +130,11 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def prepare_data(self) -> PreparedData:
-        """Load (or reuse) the dataset, its splits, image cache and tokenizer."""
+        """Load (or reuse) the dataset, its splits, image cache and tokenizer. Under torchrun
+        rank 0 prepares (downloads, caches) first; the others then read its cache."""
+        first = self.dist.enabled and self.dist.is_main
+        if self.dist.enabled and not first:
+            distributed.barrier()
         if self.data is None:
             tokenizer = None
             if self._resume_state is not None:
@@ -148,6 +145,8 @@ class Trainer:
                 vocab_size=cfg.model.vocab_size, context_length=cfg.model.context_length,
                 tokenizer=tokenizer, quiet=not (self.show_progress and self.dist.is_main),
             )
+        if first:
+            distributed.barrier()
         if self.data.image_size != self.config.model.image_size:
             raise ConfigError(
                 f"the prepared data has {self.data.image_size}px images but "
@@ -155,20 +154,6 @@ class Trainer:
             )
         self.config.data.source = self.data.source
         return self.data
-
-    def _global_batch_size(self) -> int:
-        cfg, world = self.config.train, self.dist.world_size
-        if cfg.batch_size % world:
-            raise ConfigError(
-                f"train.batch_size={cfg.batch_size} is the global batch and must divide evenly "
-                f"over the {world} processes; choose a multiple of {world}"
-            )
-        n_train = len(self.data.train)
-        size = min(cfg.batch_size, n_train - n_train % world)
-        if size < cfg.batch_size:
-            self._print(f"notice: the train split has {n_train} images, fewer than "
-                        f"train.batch_size={cfg.batch_size}; using batches of {size}")
-        return size
 
     def build_model(self) -> CLIP:
         """Create the model, loss and train state (optimizer, schedule, fp16 grad scaler);
@@ -183,7 +168,11 @@ class Trainer:
             hard_negative_k=cfg.train.hard_negative_k,
             hard_negative_margin=cfg.train.hard_negative_margin,
         )
-        self._batch_size = self._global_batch_size()
+        self._batch_size = distributed.global_batch_size(cfg.train.batch_size, len(self.data.train))
+        if self._batch_size < cfg.train.batch_size:
+            self._print(f"notice: the train split has {len(self.data.train)} images, fewer than "
+                        f"train.batch_size={cfg.train.batch_size}; using batches of "
+                        f"{self._batch_size}")
         steps_per_epoch = math.ceil(len(self._train_loader(epoch=1)) / cfg.train.grad_accum_steps)
         total, epochs = steps_per_epoch * cfg.train.epochs, cfg.train.epochs
         if self._resume_state is not None:  # the schedule the run started with, never a new one
@@ -244,14 +233,9 @@ class Trainer:
             self.model.load_state_dict(Checkpointer.load(best_path)["model"])
             source = str(best_path)
         results: dict[str, Any] = {split: self.evaluate(split) for split in splits}
-        if self.config.train.save_checkpoints and self.dist.is_main:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            payload = {"weights": source, "best_epoch": int(self.best.get("epoch", 0)),
-                       "precision": self.precision, **results}
-            path = self.checkpoint_dir / "metrics.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-            os.replace(tmp, path)
+        self._checkpointer().write_metrics({"weights": source, "precision": self.precision,
+                                            "best_epoch": int(self.best.get("epoch", 0)),
+                                            **results})
         return results
 
     # ------------------------------------------------------------------ fit
@@ -260,21 +244,15 @@ class Trainer:
         """The run's hyperparameters as flat `section.key` values for TensorBoard."""
         return hparams(self.config, self.hparams_extra)
 
-    def _avoid_overwriting_old_run(self) -> None:
-        """A fresh run never writes into an existing run's folders: it takes a new name."""
-        base, n = self.config.name, 1
-        while any(p.exists() and any(p.iterdir()) for p in (self.run_dir, self.checkpoint_dir)):
-            n += 1
-            self.config.name = f"{base}-{n}"
-        if n > 1:
-            self._print(f"run {base!r} exists and resume is off: this run is named "
-                        f"{self.config.name!r}")
-
     def _start(self, checkpointer: Checkpointer) -> Path | None:
         """Decide (on rank 0, for all ranks) the run's name and the checkpoint to resume."""
         path = checkpointer.find_resume(self.resume)
         if path is None and self.resume is None and self.dist.is_main:
-            self._avoid_overwriting_old_run()
+            name = free_run_name(self.config)
+            if name != self.config.name:
+                self._print(f"run {self.config.name!r} exists and resume is off: this run is "
+                            f"named {name!r}")
+                self.config.name = name
         path, self.config.name = distributed.broadcast_object((path, self.config.name))
         if path is not None:
             self._resume_state = Checkpointer.load(path)
@@ -310,7 +288,7 @@ class Trainer:
             history=list(self.history), epochs_completed=self.epoch,
             stopped_early=stopped_early, wall_time=time.perf_counter() - start,
         )
-        self._print(self._summary(result))
+        self._print(fit_summary(result, self.config, self.checkpoint_dir, self.run_dir))
         return result
 
     def _checkpointer(self) -> Checkpointer:
@@ -347,9 +325,7 @@ class Trainer:
                     f"one of: {', '.join(k[4:] for k in metrics if k.startswith('val_'))}"
                 )
             value = metrics[self.best_metric]
-            improved = not state.best or (value < state.best["value"]
-                                          if metric_is_minimised(self.best_metric)
-                                          else value > state.best["value"])
+            improved = is_improvement(value, state.best, self.best_metric)
             if improved:
                 state.best = {"value": value, "epoch": float(epoch)}
             since_best = 0 if improved else since_best + 1
@@ -368,14 +344,3 @@ class Trainer:
         """Everything needed to resume or to use the model: config, tokenizer, train state."""
         return {"config": config_to_dict(self.config), "tokenizer": self.data.tokenizer.to_json(),
                 **self.state.state_dict(), "metrics": metrics}
-
-    def _summary(self, result: FitResult) -> str:
-        lines = [f"done: {result.epochs_completed} epochs in {result.wall_time:.0f}s"]
-        if result.best_epoch:
-            lines.append(f"best {result.best_metric} = {result.best_value:.4f} at epoch "
-                         f"{result.best_epoch}")
-        if self.config.train.save_checkpoints:
-            lines.append(f"checkpoints: {self.checkpoint_dir}/ (best.pt, last.pt)")
-        lines.append(f"TensorBoard: {self.run_dir}/  ->  tensorboard --logdir "
-                     f"{self.config.runs_dir}")
-        return "\n".join(lines)

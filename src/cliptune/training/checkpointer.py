@@ -6,6 +6,8 @@ Under torchrun only rank 0 writes; every rank reads the same file.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,17 @@ def check_schedule(name: str, epochs: int, schedule_epochs: int, total_steps: in
             f"stretched without a jump. Resume with --epochs {schedule_epochs} (or fewer), or "
             "start a new run with --no-resume or --run-name NAME."
         )
+
+
+def free_run_name(config: RunConfig) -> str:
+    """`config.name`, or `<name>-2`, `-3`... : the first whose run and checkpoint folders are
+    empty or absent (a fresh run never writes into an old run's folders)."""
+    base, n, name = config.name, 1, config.name
+    while any(folder.exists() and any(folder.iterdir())
+              for folder in (Path(config.runs_dir) / name, Path(config.checkpoints_dir) / name)):
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 class Checkpointer:
@@ -105,3 +118,13 @@ class Checkpointer:
         # last.pt goes last: a resumed run never sees an epoch whose best.pt is missing.
         if self.config.save_last:
             save_checkpoint(state, self.last)
+
+    def write_metrics(self, payload: dict[str, Any]) -> None:
+        """metrics.json of the run (atomically; only the writer rank, with checkpoints on)."""
+        if not self.writer:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / "metrics.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        os.replace(tmp, path)

@@ -2,9 +2,49 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cliptune.config import RunConfig, config_to_dict
+
+
+@dataclass
+class FitResult:
+    """What `Trainer.fit` returns."""
+
+    best_metric: str
+    best_value: float
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs_completed: int = 0
+    stopped_early: bool = False
+    wall_time: float = 0.0
+
+
+def metric_is_minimised(name: str) -> bool:
+    """Losses and median ranks improve downwards; recalls and rsum upwards."""
+    return name.endswith("loss") or name.endswith("medr")
+
+
+def is_improvement(value: float, best: dict[str, float], metric: str) -> bool:
+    """Whether `value` of `metric` beats the best so far (`{}`: nothing yet, so it does)."""
+    if not best:
+        return True
+    return value < best["value"] if metric_is_minimised(metric) else value > best["value"]
+
+
+def fit_summary(result: FitResult, config: RunConfig, checkpoint_dir: Path, run_dir: Path) -> str:
+    """The lines printed at the end of `Trainer.fit`."""
+    lines = [f"done: {result.epochs_completed} epochs in {result.wall_time:.0f}s"]
+    if result.best_epoch:
+        lines.append(f"best {result.best_metric} = {result.best_value:.4f} at epoch "
+                     f"{result.best_epoch}")
+    if config.train.save_checkpoints:
+        lines.append(f"checkpoints: {checkpoint_dir}/ (best.pt, last.pt)")
+    lines.append(f"TensorBoard: {run_dir}/  ->  tensorboard --logdir {config.runs_dir}")
+    return "\n".join(lines)
 
 
 def hparams(config: RunConfig, extra: dict[str, Any]) -> dict[str, Any]:
