@@ -2,31 +2,14 @@ import json
 import math
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny_model import TINY_MODEL
+from trainer_helpers import tiny_config, tiny_data
 
 from cliptune import trainer as trainer_module
 from cliptune.checkpoint import load_checkpoint
-from cliptune.config import RunConfig, apply_overrides
-from cliptune.data import prepare_data
 from cliptune.errors import CheckpointError, TrainingDiverged
 from cliptune.trainer import Trainer
 from cliptune.training import checkpointer as checkpointer_module
-
-TINY = TINY_MODEL + [
-    "data.source=shapes", "data.shapes_images=80", "data.val_size=16", "data.test_size=16",
-    "train.epochs=2", "train.batch_size=16", "train.eval_batch_size=16", "train.log_every=1",
-    "train.figure_images=2", "train.precision=fp32",
-]
-
-
-def tiny_config(tmp_path, cache_dir, *extra) -> RunConfig:
-    config = apply_overrides(RunConfig(name="run"), TINY + list(extra))
-    config.data.cache_dir = str(cache_dir)
-    config.runs_dir = str(tmp_path / "runs")
-    config.checkpoints_dir = str(tmp_path / "checkpoints")
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -36,43 +19,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(cache_dir, tmp_path_factory):
-    config = tiny_config(tmp_path_factory.mktemp("prep"), cache_dir)
-    m = config.model
-    return prepare_data(config.data, image_size=m.image_size, seed=config.seed,
-                        vocab_size=m.vocab_size, context_length=m.context_length, quiet=True)
-
-
-def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-
-
-class Interrupt(Exception):
-    pass
-
-
-def interrupt_after_first_epoch(trainer, epoch, metrics):
-    if epoch == 1:
-        raise Interrupt
-
-
-def test_resume_equals_uninterrupted(tmp_path, cache_dir, data):
-    straight = Trainer(tiny_config(tmp_path / "a", cache_dir), data=data, show_progress=False)
-    straight.fit()
-
-    config = tiny_config(tmp_path / "b", cache_dir)
-    killed = Trainer(config, data=data, show_progress=False, callbacks=[interrupt_after_first_epoch])
-    with pytest.raises(Interrupt):
-        killed.fit()
-    assert load_checkpoint(killed.checkpoint_dir / "last.pt")["epoch"] == 1
-    resumed = Trainer(config, data=data, show_progress=False)  # the same command again
-    result = resumed.fit()
-
-    assert result.epochs_completed == 2
-    expected, got = weights(straight), weights(resumed)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
-    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
+    return tiny_data(tmp_path_factory.mktemp("prep"), cache_dir)
 
 
 def test_checkpoints_tensorboard_and_metrics(tmp_path, cache_dir, data):

@@ -126,9 +126,29 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     gradient of its own rows summed over every rank's loss (the identity on one process)."""
     if not current().enabled:
         return tensor
-    from torch.distributed.nn.functional import all_gather
+    return _GatherWithGrad.apply(tensor)
 
-    return torch.cat(all_gather(tensor), dim=0)
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0; backward reduce-scatters (sums over ranks, keeps own rows)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        grad = grad.contiguous()
+        if dist.get_backend() == "nccl":
+            out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        summed = grad.clone()  # gloo has no reduce-scatter
+        dist.all_reduce(summed)
+        return summed.chunk(world, dim=0)[rank]
 
 
 def barrier() -> None:
