@@ -33,12 +33,7 @@ from cliptune.model import CLIP
 from cliptune.runtime import configure_matmul, resolve_device, resolve_precision, seed_everything
 from cliptune.tokenizer import Tokenizer
 from cliptune.training.callbacks import TensorBoardCallback
-from cliptune.training.checkpointer import (
-    Checkpointer,
-    check_resume_config,
-    check_schedule,
-    free_run_name,
-)
+from cliptune.training.checkpointer import Checkpointer, check_schedule, start_run
 from cliptune.training.loop import train_one_epoch
 from cliptune.training.state import TrainState, saved_schedule
 from cliptune.training.summary import (
@@ -47,7 +42,6 @@ from cliptune.training.summary import (
     final_metrics,
     fit_summary,
     hparams,
-    is_improvement,
     metric_is_minimised,
 )
 
@@ -244,28 +238,10 @@ class Trainer:
         """The run's hyperparameters as flat `section.key` values for TensorBoard."""
         return hparams(self.config, self.hparams_extra)
 
-    def _start(self, checkpointer: Checkpointer) -> Path | None:
-        """Decide (on rank 0, for all ranks) the run's name and the checkpoint to resume."""
-        path = checkpointer.find_resume(self.resume)
-        if path is None and self.resume is None and self.dist.is_main:
-            name = free_run_name(self.config)
-            if name != self.config.name:
-                self._print(f"run {self.config.name!r} exists and resume is off: this run is "
-                            f"named {name!r}")
-                self.config.name = name
-        path, self.config.name = distributed.broadcast_object((path, self.config.name))
-        if path is not None:
-            self._resume_state = Checkpointer.load(path)
-            saved = self._resume_state["config"]
-            if self.config.data.source == "auto":
-                self.config.data.source = saved["data"]["source"]
-            check_resume_config(saved, self.config)
-        return path
-
     def fit(self) -> FitResult:
         """Train for `train.epochs` epochs (resuming if asked), validating after each epoch."""
         start = time.perf_counter()
-        resume_path = self._start(self._checkpointer())
+        resume_path, self._resume_state = start_run(self.config, self.resume, say=self._print)
         self.prepare_data()
         self.build_model()
         if resume_path is not None:
@@ -318,16 +294,7 @@ class Trainer:
                 "epoch_time": time.perf_counter() - epoch_start,
                 "samples_per_s": stats.samples_per_s,
             }
-            state.history.append(metrics)
-            if self.best_metric not in metrics:
-                raise ConfigError(
-                    f"train.best_metric={cfg.best_metric!r} is not a validation metric; choose "
-                    f"one of: {', '.join(k[4:] for k in metrics if k.startswith('val_'))}"
-                )
-            value = metrics[self.best_metric]
-            improved = is_improvement(value, state.best, self.best_metric)
-            if improved:
-                state.best = {"value": value, "epoch": float(epoch)}
+            improved = state.record(metrics, self.best_metric)
             since_best = 0 if improved else since_best + 1
             if checkpointer.writer:
                 checkpointer.save_epoch(self.checkpoint_state(metrics), epoch, improved)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cliptune import distributed
 from cliptune.checkpoint import load_checkpoint, save_checkpoint
 from cliptune.config import RunConfig, TrainConfig, config_to_dict
 from cliptune.errors import CheckpointError, ConfigError
@@ -128,3 +130,27 @@ class Checkpointer:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def start_run(
+    config: RunConfig, resume: str | None, say: Callable[[str], None] = print
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """Decide, on rank 0 for every rank, the run's name and the checkpoint it resumes:
+    returns `(path, checkpoint)` or `(None, None)`. A fresh run with resume off takes a
+    free name (`config.name` is updated); a resumed run must have a compatible config
+    (`config.data.source` `auto` becomes the checkpoint's source)."""
+    path = Checkpointer(Path(config.checkpoints_dir) / config.name, config.train).find_resume(
+        resume)
+    if path is None and resume is None and distributed.current().is_main:
+        name = free_run_name(config)
+        if name != config.name:
+            say(f"run {config.name!r} exists and resume is off: this run is named {name!r}")
+            config.name = name
+    path, config.name = distributed.broadcast_object((path, config.name))
+    if path is None:
+        return None, None
+    state = Checkpointer.load(path)
+    if config.data.source == "auto":
+        config.data.source = state["config"]["data"]["source"]
+    check_resume_config(state["config"], config)
+    return path, state

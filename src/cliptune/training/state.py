@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from cliptune.config import TrainConfig
+from cliptune.errors import ConfigError
 from cliptune.model import CLIP
 from cliptune.optim import build_optimizer, build_scheduler
+from cliptune.training.summary import is_improvement
 
 
 @dataclass
@@ -44,6 +46,21 @@ class TrainState:
         scheduler = build_scheduler(optimizer, total, config)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         return cls(model, optimizer, scheduler, scaler, total, schedule_epochs)
+
+    def record(self, metrics: dict[str, float], best_metric: str) -> bool:
+        """Append an epoch's metrics to the history; return whether `best_metric` improved
+        (and if so, remember this epoch as the best)."""
+        if best_metric not in metrics:
+            raise ConfigError(
+                f"train.best_metric={best_metric[4:]!r} is not a validation metric; choose one "
+                f"of: {', '.join(k[4:] for k in metrics if k.startswith('val_'))}"
+            )
+        self.history.append(metrics)
+        value = metrics[best_metric]
+        improved = is_improvement(value, self.best, best_metric)
+        if improved:
+            self.best = {"value": value, "epoch": metrics["epoch"]}
+        return improved
 
     def state_dict(self) -> dict[str, Any]:
         """Plain dict for `save_checkpoint` (tensors stay where they are)."""
