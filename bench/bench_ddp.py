@@ -116,17 +116,23 @@ def cpu_bench(args) -> None:
     loss_fn = ClipLoss()
     run_steps(state, state.model, loss_fn, (images, tokens), args.warmup, train, device,
               precision)
-    single = [run_steps(state, state.model, loss_fn, (images, tokens), args.steps, train, device,
-                        precision) for _ in range(args.repeats)]
+    def single_rounds() -> list[float]:
+        return [run_steps(state, state.model, loss_fn, (images, tokens), args.steps, train,
+                          device, precision) for _ in range(args.repeats)]
+
+    # one process before and after the pair, so a change in machine load hits both alike
+    single = single_rounds()
     out = Path(f"/tmp/bench_ddp_{os.getpid()}.pt")
     mp.spawn(cpu_worker, args=(2, free_port(), args, str(out)), nprocs=2, join=True)
+    single += single_rounds()
     result = torch.load(out, weights_only=True)
     out.unlink()
     rate_one = args.batch_size * args.steps / statistics.median(single)
     rate_two = args.batch_size * args.steps / statistics.median(result["seconds"])
     step_ms = 1000 * statistics.median(result["seconds"]) / args.steps
     print(f"preset {args.preset}, global batch {args.batch_size}, precision {precision}, "
-          f"{args.threads} threads in all, {args.repeats} x {args.steps} steps (medians)")
+          f"{args.threads} threads in all, {args.repeats} x {args.steps} steps (medians), "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"1 process           : {rate_one:8.1f} samples/s")
     print(f"2 gloo processes    : {rate_two:8.1f} samples/s  ({rate_two / rate_one:.2f}x)")
     print(f"feature all-gather  : {result['gather_ms']:8.2f} ms per step (fwd+bwd), "
