@@ -42,7 +42,8 @@ def fit_summary(result: FitResult, config: RunConfig, checkpoint_dir: Path, run_
         lines.append(f"best {result.best_metric} = {result.best_value:.4f} at epoch "
                      f"{result.best_epoch}")
     if config.train.save_checkpoints:
-        lines.append(f"checkpoints: {checkpoint_dir}/ (best.pt, last.pt)")
+        files = "best.pt, last.pt" if config.train.save_last else "best.pt"
+        lines.append(f"checkpoints: {checkpoint_dir}/ ({files})")
     lines.append(f"TensorBoard: {run_dir}/  ->  tensorboard --logdir {config.runs_dir}")
     return "\n".join(lines)
 
