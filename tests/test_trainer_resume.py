@@ -135,3 +135,14 @@ def test_save_last_false_writes_no_last_pt(tmp_path, cache_dir, data):
     trainer = Trainer(config, data=data, show_progress=False)
     trainer.fit()
     assert sorted(p.name for p in trainer.checkpoint_dir.iterdir()) == ["best.pt"]
+
+
+def test_hpo_trials_do_not_write_last_pt(tmp_path, cache_dir):
+    from cliptune.hpo.objective import Objective, ObjectiveSettings
+    from cliptune.hpo.search_space import SearchSpace
+
+    base = tiny_config(tmp_path, cache_dir)
+    objective = Objective(SearchSpace(parameters=()), base,
+                          ObjectiveSettings(study_name="s", metric="val_loss", epochs=1))
+    config = objective.trial_config(0, {})
+    assert config.train.save_last is False and base.train.save_last is True
