@@ -14,7 +14,7 @@ from pathlib import Path
 from cliptune.checkpoint import load_model
 from cliptune.cli_common import add_data_args, apply_data_args, run_cli
 from cliptune.evaluation import checkpoint_split, evaluate_split
-from cliptune.runtime import resolve_device
+from cliptune.runtime import resolve_device, resolve_precision
 from cliptune.tables import format_metrics_table
 
 
@@ -25,8 +25,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, metavar="N",
                         help="evaluation batch size (default: the run's train.eval_batch_size)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                        help="autocast precision of the forward passes (fp16: CUDA only)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="autocast precision of the forward passes (default: the run's "
+                        "train.precision, as its metrics.json was computed; fp16: CUDA only)")
     parser.add_argument("--json", metavar="OUT",
                         help="metrics JSON (default: eval_<split>.json next to the checkpoint)")
     add_data_args(parser)
@@ -42,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     loaded = load_model(args.checkpoint, device)
     apply_data_args(loaded.config, args)
     split = checkpoint_split(loaded, args.split)
+    precision = resolve_precision(args.precision or loaded.config.train.precision, device)
     metrics = evaluate_split(
-        loaded.model, split, device=device, precision=args.precision,
+        loaded.model, split, device=device, precision=precision,
         batch_size=args.batch_size or loaded.config.train.eval_batch_size,
     )
     print(format_metrics_table({args.split: metrics}))

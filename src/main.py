@@ -1,13 +1,19 @@
 """Train one CLIP: `python src/main.py [--config experiments/default.yaml] [flags]`.
 
 Trains, validates every epoch, checkpoints (auto-resuming an interrupted run), then
-evaluates the best checkpoint on the test split and writes metrics.json.
+evaluates the best checkpoint on the test split and writes metrics.json. Started by
+`torchrun --nproc_per_node N src/main.py ...` it trains data-parallel on N processes
+(train.batch_size is the global batch); rank 0 prints and writes every file.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+import torch.distributed as dist
+
+from cliptune import distributed
 from cliptune.cli_common import add_data_args, add_set_arg, apply_data_args, run_cli
 from cliptune.config import apply_overrides, load_config, model_preset, set_value
 from cliptune.experiments import default_experiment
@@ -61,15 +67,34 @@ def build_config(args: argparse.Namespace):
     return apply_overrides(config, args.set)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = build_config(args)
-    trainer = Trainer(config, resume=None if args.no_resume else args.resume)
-    trainer.fit()
-    results = trainer.evaluate_best(("val", "test"))
-    print(format_metrics_table(results))
-    if config.train.save_checkpoints:
-        print(f"metrics: {trainer.checkpoint_dir / 'metrics.json'}")
+    ctx = distributed.init_from_env(config.train.device)
+    try:
+        trainer = Trainer(config, resume=None if args.no_resume else args.resume)
+        trainer.fit()
+        if ctx.is_main:
+            results = trainer.evaluate_best(("val", "test"))
+            print(format_metrics_table(results))
+            if config.train.save_checkpoints:
+                print(f"metrics: {trainer.checkpoint_dir / 'metrics.json'}")
+    except (dist.DistError, RuntimeError) as err:
+        if not ctx.enabled or not _is_lost_peer(err):
+            raise
+        # no shutdown: destroying a broken group can block; the process exit frees it
+        print(f"error: {distributed.peer_lost_message(err)}", file=sys.stderr, flush=True)
+        return 1
+    distributed.shutdown()
+    return 0
+
+
+def _is_lost_peer(err: BaseException) -> bool:
+    """A collective broken because another rank went away (gloo/nccl report it variously)."""
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err).lower()
+    return any(word in text for word in ("connection", "gloo", "nccl", "timed out", "peer"))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def test_overrides_are_typed():
         ("trian.lr=1", "unknown config key 'trian.lr'"),
         ("train.epochs=abc", "train.epochs: expected an integer"),
         ("train.compile=maybe", "train.compile: expected true or false"),
-        ("train.precision=fp8", "train.precision: expected one of bf16, fp16, fp32"),
+        ("train.precision=fp8", "train.precision: expected one of auto, bf16, fp16, fp32"),
         ("train.betas=[0.9]", "train.betas: expected a list of 2 values"),
         ("model.preset=huge", "unknown model preset 'huge'"),
         ("model.vision_heads=5", "model.vision_heads=5 must divide model.vision_width=128"),

@@ -2,30 +2,14 @@ import json
 import math
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny_model import TINY_MODEL
+from trainer_helpers import tiny_config, tiny_data
 
 from cliptune import trainer as trainer_module
 from cliptune.checkpoint import load_checkpoint
-from cliptune.config import RunConfig, apply_overrides
-from cliptune.data import prepare_data
 from cliptune.errors import CheckpointError, TrainingDiverged
 from cliptune.trainer import Trainer
-
-TINY = TINY_MODEL + [
-    "data.source=shapes", "data.shapes_images=80", "data.val_size=16", "data.test_size=16",
-    "train.epochs=2", "train.batch_size=16", "train.eval_batch_size=16", "train.log_every=1",
-    "train.figure_images=2", "train.precision=fp32",
-]
-
-
-def tiny_config(tmp_path, cache_dir, *extra) -> RunConfig:
-    config = apply_overrides(RunConfig(name="run"), TINY + list(extra))
-    config.data.cache_dir = str(cache_dir)
-    config.runs_dir = str(tmp_path / "runs")
-    config.checkpoints_dir = str(tmp_path / "checkpoints")
-    return config
+from cliptune.training import checkpointer as checkpointer_module
 
 
 @pytest.fixture(scope="module")
@@ -35,43 +19,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(cache_dir, tmp_path_factory):
-    config = tiny_config(tmp_path_factory.mktemp("prep"), cache_dir)
-    m = config.model
-    return prepare_data(config.data, image_size=m.image_size, seed=config.seed,
-                        vocab_size=m.vocab_size, context_length=m.context_length, quiet=True)
-
-
-def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-
-
-class Interrupt(Exception):
-    pass
-
-
-def interrupt_after_first_epoch(trainer, epoch, metrics):
-    if epoch == 1:
-        raise Interrupt
-
-
-def test_resume_equals_uninterrupted(tmp_path, cache_dir, data):
-    straight = Trainer(tiny_config(tmp_path / "a", cache_dir), data=data, show_progress=False)
-    straight.fit()
-
-    config = tiny_config(tmp_path / "b", cache_dir)
-    killed = Trainer(config, data=data, show_progress=False, callbacks=[interrupt_after_first_epoch])
-    with pytest.raises(Interrupt):
-        killed.fit()
-    assert load_checkpoint(killed.checkpoint_dir / "last.pt")["epoch"] == 1
-    resumed = Trainer(config, data=data, show_progress=False)  # the same command again
-    result = resumed.fit()
-
-    assert result.epochs_completed == 2
-    expected, got = weights(straight), weights(resumed)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
-    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
+    return tiny_data(tmp_path_factory.mktemp("prep"), cache_dir)
 
 
 def test_checkpoints_tensorboard_and_metrics(tmp_path, cache_dir, data):
@@ -140,14 +88,14 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, cache_dir, data, monkeypa
 def test_failed_checkpoint_write_keeps_previous(tmp_path, cache_dir, data, monkeypatch):
     config = tiny_config(tmp_path, cache_dir)
     trainer = Trainer(config, data=data, show_progress=False)
-    real_save = trainer_module.save_checkpoint
+    real_save = checkpointer_module.save_checkpoint
 
     def save_until_epoch_two(state, path):
         if state["epoch"] == 2:
             raise CheckpointError(f"could not write {path}: No space left on device")
         real_save(state, path)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_until_epoch_two)
+    monkeypatch.setattr(checkpointer_module, "save_checkpoint", save_until_epoch_two)
     with pytest.raises(CheckpointError, match="No space left"):
         trainer.fit()
     assert load_checkpoint(trainer.checkpoint_dir / "last.pt")["epoch"] == 1

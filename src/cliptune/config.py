@@ -72,7 +72,7 @@ class TrainConfig:
     """Optimisation, precision, evaluation and checkpointing of one run."""
 
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128  # GLOBAL batch: split evenly over the ranks of a torchrun job
     eval_batch_size: int = 256
     lr: float = 5e-4
     weight_decay: float = 0.1
@@ -82,7 +82,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     grad_accum_steps: int = 1
-    precision: str = "bf16"  # bf16 | fp16 (CUDA only, with GradScaler) | fp32
+    precision: str = "auto"  # auto (bf16 where supported, else fp16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     all_captions: bool = False  # every caption each epoch instead of one random per image
@@ -94,6 +94,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also keep epoch_<n>.pt every k epochs; 0 disables
     keep_checkpoints: int = 3  # how many epoch_<n>.pt to keep
     save_checkpoints: bool = True
+    save_last: bool = True  # last.pt for resuming (HPO trials, which never resume, skip it)
     log_every: int = 10  # optimizer steps between TensorBoard scalar writes
     figure_images: int = 4  # val images in the per-epoch retrieval figure
 
@@ -151,7 +152,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("auto", "shapes", "flickr30k", "folder"),
     "data.format": ("auto", "kaggle", "captions_txt", "tsv", "coco"),
     "model.activation": ("gelu", "quick_gelu"),
-    "train.precision": ("bf16", "fp16", "fp32"),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
 }
 
 

@@ -12,7 +12,7 @@ from cliptune.data import Split, eval_batches, normalize_images, prepare_data
 from cliptune.errors import DataError
 from cliptune.loss import clip_loss
 from cliptune.metrics import retrieval_metrics
-from cliptune.runtime import autocast, check_precision
+from cliptune.runtime import autocast, resolve_precision
 
 
 @torch.no_grad()
@@ -22,15 +22,16 @@ def embed_split(
     *,
     batch_size: int,
     device: str | torch.device,
-    precision: str = "bf16",
+    precision: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Embed every image and every caption of `split`, in order.
 
     Returns `(image_emb (N, D), text_emb (M, D))`, float32 on the CPU. The model runs
-    in eval mode; its previous train/eval mode is restored afterwards.
+    in eval mode; its previous train/eval mode is restored afterwards. `precision`
+    `auto` resolves for `device` as in training (see `resolve_precision`).
     """
     device = torch.device(device)
-    check_precision(precision, device)
+    precision = resolve_precision(precision, device)
     if len(split.image_names) == 0 or len(split.tokens) == 0:
         raise DataError(f"the {split.name} split has no images or no captions to evaluate")
     tokens = torch.as_tensor(split.tokens)
@@ -82,23 +83,33 @@ def split_loss(
     return total / count
 
 
+def embedding_metrics(
+    image_emb: Tensor, text_emb: Tensor, split: Split, logit_scale: Tensor | float,
+    batch_size: int,
+) -> dict[str, float]:
+    """Retrieval metrics (see `retrieval_metrics`) plus `loss` (see `split_loss`) of a split's
+    embeddings, as plain floats."""
+    metrics = retrieval_metrics(image_emb, text_emb, torch.as_tensor(split.caption_image))
+    metrics["loss"] = split_loss(image_emb, text_emb, split, logit_scale, batch_size)
+    return {key: float(value) for key, value in metrics.items()}
+
+
 def evaluate_split(
     model: nn.Module,
     split: Split,
     *,
     batch_size: int,
     device: str | torch.device,
-    precision: str = "bf16",
+    precision: str = "auto",
 ) -> dict[str, float]:
-    """Retrieval metrics (see `retrieval_metrics`) plus `loss` (see `split_loss`) of `split`."""
+    """Embed `split` and score it (see `embedding_metrics`): the one evaluation of a split,
+    used by the Trainer, `evaluate.py` and the HPO driver alike."""
     image_emb, text_emb = embed_split(
         model, split, batch_size=batch_size, device=device, precision=precision
     )
-    metrics = retrieval_metrics(image_emb, text_emb, torch.as_tensor(split.caption_image))
-    metrics["loss"] = split_loss(
+    return embedding_metrics(
         image_emb, text_emb, split, model.logit_scale.detach().float().cpu(), batch_size
     )
-    return metrics
 
 
 def checkpoint_split(loaded: LoadedModel, name: str, *, quiet: bool = False) -> Split:

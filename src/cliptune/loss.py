@@ -1,9 +1,12 @@
 """Contrastive loss for CLIP: symmetric InfoNCE, with an optional hard-negative margin term.
 
 Similarities are computed in float32 with autocast switched off, so the loss is
-accurate under bf16/fp16 training. `ClipLoss` is shaped for data parallelism: its
-`gather` hook (the identity on one process) may return the features of every rank,
-and the labels of this rank's rows are offset by `rank * local_batch`.
+accurate under bf16/fp16 training. `ClipLoss` is data-parallel as in OpenCLIP
+(gather-with-grad + local loss): under torchrun each rank all-gathers the image and text
+features of the global batch with gradient, scores its local rows against all columns
+(logits local x global, memory linear in the global batch) with labels
+`arange(B_local) + B_local * rank`. DDP's gradient average then equals the gradient of
+the one-process loss on the global batch.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cliptune import distributed
 
 
 def _logits(
@@ -81,17 +86,21 @@ class ClipLoss(nn.Module):
         self.hard_negative_weight = hard_negative_weight
         self.hard_negative_k = hard_negative_k
         self.hard_negative_margin = hard_negative_margin
-        self.rank = 0  # a multi-process subclass sets this process's index
+        self.rank = distributed.current().rank
 
     def gather(
         self, image_emb: torch.Tensor, text_emb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of the whole global batch, this rank's rows at `rank * local_batch`.
 
-        The identity on one process; a distributed subclass all-gathers here (keeping the
-        local rows attached to the graph).
+        The identity on one process; under torchrun one all-gather (with gradient) of
+        both features, concatenated so the two travel in one collective.
         """
-        return image_emb, text_emb
+        if not distributed.current().enabled:
+            return image_emb, text_emb
+        width = image_emb.shape[1]
+        both = distributed.all_gather_with_grad(torch.cat([image_emb.float(), text_emb.float()], 1))
+        return both[:, :width], both[:, width:]
 
     def forward(
         self, image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import random
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from cliptune.errors import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -26,16 +30,78 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 instructions (x86 AVX512-BF16 / AMX, Arm BF16).
+
+    Without them bf16 autocast still runs on the CPU, emulated and slower than fp32.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return False
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """Compute capability (major, minor) of a CUDA device."""
+    return torch.cuda.get_device_capability(device)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The autocast precision a run uses: `auto` -> bf16 where the device supports it
+    (CUDA compute capability >= 8.0, a CPU with bf16 instructions), else fp16 on CUDA
+    and fp32 on the CPU. An explicit value is returned as is, or refused with a clear
+    error when the device cannot run it (fp16 on the CPU, bf16 on a pre-Ampere GPU)."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"train.precision: expected one of {', '.join(PRECISIONS)}, "
+                          f"got {requested!r}")
+    if device.type == "cuda":
+        major, minor = cuda_capability(device)
+        bf16_ok = major >= 8
+        if requested == "auto":
+            return "bf16" if bf16_ok else "fp16"
+        if requested == "bf16" and not bf16_ok:
+            raise ConfigError(
+                f"train.precision=bf16: this GPU (compute capability {major}.{minor}) has no "
+                "bf16 support (needs 8.0+, e.g. A100, H100, RTX 30xx); use "
+                "train.precision=auto or fp16"
+            )
+        return requested
+    if requested == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    if requested == "fp16":
+        raise ConfigError(
+            "train.precision=fp16 needs a CUDA device; use auto, bf16 or fp32 on the CPU"
+        )
+    return requested
+
+
 def check_precision(precision: str, device: torch.device) -> None:
-    """fp16 needs a GradScaler and is only sensible on CUDA."""
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    """Raise `ConfigError` when `device` cannot run `precision` (see `resolve_precision`)."""
+    resolve_precision(precision, device)
+
+
+def configure_matmul(device: torch.device) -> None:
+    """TF32 tensor-core matmuls and convolutions for fp32 work on CUDA (Ampere and newer)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast context for `precision` (bf16 | fp16 | fp32) on `device`."""
+    """Autocast context for a resolved `precision` (bf16 | fp16 | fp32) on `device`."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
+        if precision == "fp32":
+            return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
 

@@ -1,71 +1,53 @@
-"""The Trainer: data -> model -> fit / evaluate / checkpoint / resume.
+"""The Trainer: data -> model -> fit / evaluate / checkpoint / resume, on one process or many.
 
 Its steps can be called one by one (`prepare_data`, `build_model`, `fit`, `evaluate`,
-`evaluate_best`) or all at once through `fit`. The Optuna driver uses only these
+`evaluate_best`) or all at once through `fit`. The pieces live in `cliptune.training`:
+the train state (`state.py`), one training epoch (`loop.py`), checkpoints and resume
+rules (`checkpointer.py`), TensorBoard logging and figures (`callbacks.py`); a split is
+evaluated by `cliptune.evaluation`. Under torchrun (see `cliptune.distributed`) the
+model is wrapped in DistributedDataParallel, each rank trains its slice of every global
+batch, rank 0 validates, prints and writes files. The Optuna driver uses only the
 public methods and the per-epoch callbacks.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from cliptune.checkpoint import load_checkpoint, save_checkpoint
+from cliptune import distributed
 from cliptune.config import RunConfig, config_to_dict
-from cliptune.data import PreparedData, TrainLoader, device_batches, prepare_data
-from cliptune.errors import CheckpointError, ConfigError, TrainingDiverged
-from cliptune.evaluation import embed_split, split_loss
-from cliptune.figures import retrieval_figure, similarity_figure
+from cliptune.data import PreparedData, Split, TrainLoader, device_batches, prepare_data
+from cliptune.errors import ConfigError
+from cliptune.evaluation import embed_split, embedding_metrics
 from cliptune.loss import ClipLoss
-from cliptune.metrics import retrieval_metrics
 from cliptune.model import CLIP
-from cliptune.optim import build_optimizer, build_scheduler
-from cliptune.runtime import autocast, check_precision, resolve_device, seed_everything
+from cliptune.runtime import configure_matmul, resolve_device, resolve_precision, seed_everything
 from cliptune.tokenizer import Tokenizer
-from cliptune.tracking import RunLogger
+from cliptune.training.callbacks import TensorBoardCallback
+from cliptune.training.checkpointer import Checkpointer, check_schedule, start_run
+from cliptune.training.loop import train_one_epoch
+from cliptune.training.state import TrainState, saved_schedule
+from cliptune.training.summary import (
+    FitResult,
+    epoch_line,
+    final_metrics,
+    fit_summary,
+    hparams,
+    metric_is_minimised,
+)
+
+__all__ = ["EpochCallback", "FitResult", "Trainer", "metric_is_minimised"]
 
 EpochCallback = Callable[["Trainer", int, dict[str, float]], None]
-
-# Config keys that may change between a run and its resumption without changing its result.
-RESUME_FREE_KEYS = {
-    ("train", "device"), ("train", "compile"), ("train", "epochs"), ("train", "log_every"),
-    ("train", "save_checkpoints"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
-    ("train", "figure_images"), ("data", "num_workers"), ("data", "cache_dir"),
-    ("data", "data_dir"), ("data", "download_timeout"),
-}
-
-
-@dataclass
-class FitResult:
-    """What `Trainer.fit` returns."""
-
-    best_metric: str
-    best_value: float
-    best_epoch: int
-    best_metrics: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
-    epochs_completed: int = 0
-    stopped_early: bool = False
-    wall_time: float = 0.0
-
-
-def metric_is_minimised(name: str) -> bool:
-    """Losses and median ranks improve downwards; recalls and rsum upwards."""
-    return name.endswith("loss") or name.endswith("medr")
-
-
-def _val_key(name: str) -> str:
-    return name if name.startswith("val_") else f"val_{name}"
 
 
 class Trainer:
@@ -87,25 +69,23 @@ class Trainer:
         self.show_progress = show_progress
         self.resume = resume
         self.hparams_extra = dict(hparams_extra or {})
+        self.dist = distributed.current()
         self.device = resolve_device(self.config.train.device)
-        check_precision(self.config.train.precision, self.device)
-        self.best_metric = _val_key(self.config.train.best_metric)
+        if self.dist.enabled and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.precision = resolve_precision(self.config.train.precision, self.device)
+        configure_matmul(self.device)
+        name = self.config.train.best_metric
+        self.best_metric = name if name.startswith("val_") else f"val_{name}"
         self.model: CLIP | None = None
-        self.train_model = None
-        self.optimizer = None
-        self.scheduler = None
-        self.scaler = None
+        self.train_model: torch.nn.Module | None = None  # DDP and/or compiled view of `model`
+        self.state: TrainState | None = None
         self.loss_fn: ClipLoss | None = None
-        self.logger: RunLogger | None = None
-        self.epoch = 0
-        self.step = 0
-        self.history: list[dict[str, float]] = []
-        self.best: dict[str, float] = {}
+        self.val_embeddings: tuple[Split, torch.Tensor, torch.Tensor] | None = None
         self._resume_state: dict | None = None
-        self._steps_per_epoch = 0
         self._batch_size = self.config.train.batch_size
 
-    # ------------------------------------------------------------------ paths
+    # ------------------------------------------------------------------ views
 
     @property
     def run_dir(self) -> Path:
@@ -117,48 +97,50 @@ class Trainer:
         """Checkpoint folder of this run: `<checkpoints_dir>/<name>`."""
         return Path(self.config.checkpoints_dir) / self.config.name
 
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+        return self.state.epoch if self.state else 0
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken."""
+        return self.state.step if self.state else 0
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """Metrics of every completed epoch."""
+        return self.state.history if self.state else []
+
+    @property
+    def best(self) -> dict[str, float]:
+        """`{"value", "epoch"}` of the best epoch so far (empty before the first)."""
+        return self.state.best if self.state else {}
+
     def _print(self, message: str) -> None:
-        if self.show_progress:
+        if self.show_progress and self.dist.is_main:
             tqdm.write(message)
 
     # ------------------------------------------------------------------ setup
 
-    def _find_resume_checkpoint(self) -> Path | None:
-        if self.resume is None:
-            return None
-        if self.resume == "auto":
-            path = self.checkpoint_dir / "last.pt"
-            return path if path.is_file() else None
-        path = Path(self.resume)
-        if not path.is_file():
-            raise CheckpointError(f"--resume {path}: no such file")
-        return path
-
-    def _avoid_overwriting_old_run(self) -> None:
-        """A fresh run never writes into an existing run's folders: it takes a new name."""
-        base, n = self.config.name, 1
-        while any(p.exists() and any(p.iterdir()) for p in (self.run_dir, self.checkpoint_dir)):
-            n += 1
-            self.config.name = f"{base}-{n}"
-        if n > 1:
-            self._print(f"run {base!r} exists and resume is off: this run is named {self.config.name!r}")
-
     def prepare_data(self) -> PreparedData:
-        """Load (or reuse) the dataset, its splits, image cache and tokenizer."""
+        """Load (or reuse) the dataset, its splits, image cache and tokenizer. Under torchrun
+        rank 0 prepares (downloads, caches) first; the others then read its cache."""
+        first = self.dist.enabled and self.dist.is_main
+        if self.dist.enabled and not first:
+            distributed.barrier()
         if self.data is None:
             tokenizer = None
             if self._resume_state is not None:
                 tokenizer = Tokenizer.from_json(self._resume_state["tokenizer"])
             cfg = self.config
             self.data = prepare_data(
-                cfg.data,
-                image_size=cfg.model.image_size,
-                seed=cfg.seed,
-                vocab_size=cfg.model.vocab_size,
-                context_length=cfg.model.context_length,
-                tokenizer=tokenizer,
-                quiet=not self.show_progress,
+                cfg.data, image_size=cfg.model.image_size, seed=cfg.seed,
+                vocab_size=cfg.model.vocab_size, context_length=cfg.model.context_length,
+                tokenizer=tokenizer, quiet=not (self.show_progress and self.dist.is_main),
             )
+        if first:
+            distributed.barrier()
         if self.data.image_size != self.config.model.image_size:
             raise ConfigError(
                 f"the prepared data has {self.data.image_size}px images but "
@@ -168,412 +150,164 @@ class Trainer:
         return self.data
 
     def build_model(self) -> CLIP:
-        """Create the model, loss, optimizer, schedule and (for fp16) the grad scaler."""
+        """Create the model, loss and train state (optimizer, schedule, fp16 grad scaler);
+        under torchrun also the DistributedDataParallel wrapper."""
         cfg = self.config
         if self.data is None:
             self.prepare_data()
         seed_everything(cfg.seed)
         self.model = CLIP(cfg.model).to(self.device)
-        self.train_model = torch.compile(self.model) if cfg.train.compile else self.model
         self.loss_fn = ClipLoss(
             hard_negative_weight=cfg.train.hard_negative_weight,
             hard_negative_k=cfg.train.hard_negative_k,
             hard_negative_margin=cfg.train.hard_negative_margin,
         )
-        n_train = len(self.data.train)
-        self._batch_size = min(cfg.train.batch_size, n_train)
+        self._batch_size = distributed.global_batch_size(cfg.train.batch_size, len(self.data.train))
         if self._batch_size < cfg.train.batch_size:
-            self._print(
-                f"notice: the train split has {n_train} images, fewer than "
-                f"train.batch_size={cfg.train.batch_size}; using batches of {self._batch_size}"
-            )
-        batches = len(self._train_loader(epoch=1))
-        self._steps_per_epoch = math.ceil(batches / cfg.train.grad_accum_steps)
-        self.optimizer = build_optimizer(self.model, cfg.train)
-        self.scheduler = build_scheduler(
-            self.optimizer, self._steps_per_epoch * cfg.train.epochs, cfg.train
-        )
-        if cfg.train.precision == "fp16":
-            self.scaler = torch.amp.GradScaler("cuda")
+            self._print(f"notice: the train split has {len(self.data.train)} images, fewer than "
+                        f"train.batch_size={cfg.train.batch_size}; using batches of "
+                        f"{self._batch_size}")
+        steps_per_epoch = math.ceil(len(self._train_loader(epoch=1)) / cfg.train.grad_accum_steps)
+        total, epochs = steps_per_epoch * cfg.train.epochs, cfg.train.epochs
+        if self._resume_state is not None:  # the schedule the run started with, never a new one
+            total, epochs = saved_schedule(self._resume_state, steps_per_epoch)
+            check_schedule(cfg.name, cfg.train.epochs, epochs, total)
+        self.state = TrainState.create(self.model, cfg.train, precision=self.precision,
+                                       total_steps=total, schedule_epochs=epochs)
+        model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        self.train_model = torch.compile(model) if cfg.train.compile else model
         return self.model
 
     def _train_loader(self, epoch: int) -> TrainLoader:
         cfg = self.config
         return TrainLoader(
-            self.data.train,
-            batch_size=self._batch_size,
-            seed=cfg.seed,
-            epoch=epoch,
-            augment=cfg.data.augment,
-            flip=self.data.flip_safe,
-            all_captions=cfg.train.all_captions,
-            num_workers=cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-            crop_scale=self.data.crop_scale,
+            self.data.train, batch_size=self._batch_size, seed=cfg.seed, epoch=epoch,
+            augment=cfg.data.augment, flip=self.data.flip_safe,
+            all_captions=cfg.train.all_captions, num_workers=cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda", crop_scale=self.data.crop_scale,
+            rank=self.dist.rank, world_size=self.dist.world_size,
         )
-
-    # ------------------------------------------------------------------ resume
-
-    def _check_resume_config(self, saved: dict) -> None:
-        current = config_to_dict(self.config)
-        changed = []
-        for section in ("data", "model", "train"):
-            for key, value in saved[section].items():
-                if (section, key) in RESUME_FREE_KEYS:
-                    continue
-                if current[section].get(key) != value:
-                    changed.append(f"{section}.{key}: {value!r} -> {current[section].get(key)!r}")
-        if saved.get("seed") != current["seed"]:
-            changed.append(f"seed: {saved.get('seed')!r} -> {current['seed']!r}")
-        if changed:
-            raise ConfigError(
-                f"cannot resume run {self.config.name!r}: its checkpoint was written with a "
-                f"different config ({'; '.join(changed)}). Use the same settings, "
-                "--no-resume to start a new run, or --run-name NAME."
-            )
-
-    def _load_resume_state(self, path: Path) -> None:
-        state = self._resume_state
-        self._check_resume_config(state["config"])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.history = list(state.get("history", []))
-        self.best = dict(state.get("best", {}))
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if self.device.type == "cuda" and rng.get("cuda"):
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self._print(f"resuming {path} after epoch {self.epoch} (step {self.step})")
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def checkpoint_state(self, metrics: dict[str, float]) -> dict[str, Any]:
-        """Everything needed to resume or to use the model: config, tokenizer, weights, state."""
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
-            "config": config_to_dict(self.config),
-            "tokenizer": self.data.tokenizer.to_json(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch,
-            "step": self.step,
-            "rng": rng,
-            "metrics": metrics,
-            "best": dict(self.best),
-            "history": list(self.history),
-        }
-
-    def _save_epoch_checkpoints(self, metrics: dict[str, float], improved: bool) -> None:
-        train = self.config.train
-        if not train.save_checkpoints:
-            return
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = self.checkpoint_state(metrics)
-        if improved:
-            save_checkpoint(state, self.checkpoint_dir / "best.pt")
-        if train.checkpoint_every and self.epoch % train.checkpoint_every == 0:
-            save_checkpoint(state, self.checkpoint_dir / f"epoch_{self.epoch}.pt")
-            kept = sorted(
-                self.checkpoint_dir.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1])
-            )
-            for old in kept[: max(0, len(kept) - train.keep_checkpoints)]:
-                old.unlink()
-        # last.pt goes last: a resumed run never sees an epoch whose best.pt is missing.
-        save_checkpoint(state, self.checkpoint_dir / "last.pt")
-
-    # ------------------------------------------------------------------ training
-
-    def _optimizer_step(self) -> float:
-        params = self.model.parameters()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        max_norm = self.config.train.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.model.clamp_logit_scale()
-        self.step += 1
-        return grad_norm
-
-    def _diverged(self, value: float) -> TrainingDiverged:
-        return TrainingDiverged(
-            f"the training loss became {value} at epoch {self.epoch + 1}, step {self.step}. "
-            f"Lower the learning rate (train.lr={self.config.train.lr:g}), raise "
-            "train.warmup_fraction, or use train.precision=fp32; the last good checkpoint "
-            f"is {self.checkpoint_dir / 'last.pt'}."
-        )
-
-    def _train_epoch(self, epoch: int) -> tuple[float, float]:
-        """One pass over the training split. Returns (mean loss, samples per second)."""
-        cfg = self.config.train
-        loader = self._train_loader(epoch)
-        self.model.train()
-        loss_total = torch.zeros((), device=self.device)
-        window_loss = torch.zeros((), device=self.device)
-        window_batches, window_samples, window_start = 0, 0, time.perf_counter()
-        epoch_start, samples = time.perf_counter(), 0
-        bar = tqdm(
-            total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-            leave=False, disable=not self.show_progress, dynamic_ncols=True,
-        )
-        postfix: dict[str, str] = {}
-        for index, (images, tokens) in enumerate(device_batches(loader, self.device)):
-            with autocast(self.device, cfg.precision):
-                image_emb, text_emb, logit_scale = self.train_model(images, tokens)
-                loss = self.loss_fn(image_emb, text_emb, logit_scale)
-            scaled = loss / cfg.grad_accum_steps
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            loss_total += loss.detach()
-            window_loss += loss.detach()
-            window_batches += 1
-            window_samples += images.shape[0]
-            samples += images.shape[0]
-            last = index + 1 == len(loader)
-            if (index + 1) % cfg.grad_accum_steps == 0 or last:
-                grad_norm = self._optimizer_step()
-                if self.step % cfg.log_every == 0 or last:
-                    mean_loss = window_loss.item() / window_batches  # the only sync per window
-                    if not math.isfinite(mean_loss):
-                        raise self._diverged(mean_loss)
-                    rate = window_samples / (time.perf_counter() - window_start)
-                    lr = self.scheduler.get_last_lr()[0]
-                    scale = self.model.logit_scale.detach().exp().item()
-                    if self.logger is not None:
-                        self.logger.scalars(
-                            {"loss": mean_loss, "lr": lr, "temperature": 1 / scale,
-                             "logit_scale": scale, "grad_norm": float(grad_norm),
-                             "samples_per_s": rate},
-                            self.step, prefix="train/",
-                        )
-                    postfix = {"loss": f"{mean_loss:.3f}", "lr": f"{lr:.2e}", "samples/s": f"{rate:.0f}"}
-                    window_loss.zero_()
-                    window_batches, window_samples = 0, 0
-                    window_start = time.perf_counter()
-            bar.update(1)
-            if postfix:
-                bar.set_postfix(postfix, refresh=False)
-        bar.close()
-        mean = loss_total.item() / max(1, len(loader))
-        if not math.isfinite(mean):
-            raise self._diverged(mean)
-        return mean, samples / (time.perf_counter() - epoch_start)
 
     # ------------------------------------------------------------------ evaluation
 
-    def _embed(self, split_name: str):
+    def _embed_and_score(self, split_name: str) -> tuple[Split, torch.Tensor, torch.Tensor, dict]:
         split = self.data.split(split_name)
-        image_emb, text_emb = embed_split(
-            self.model, split, batch_size=self.config.train.eval_batch_size,
-            device=self.device, precision=self.config.train.precision,
-        )
-        return split, image_emb, text_emb
-
-    def _metrics(self, split, image_emb, text_emb) -> dict[str, float]:
-        metrics = retrieval_metrics(image_emb, text_emb, torch.as_tensor(split.caption_image))
-        metrics["loss"] = split_loss(
-            image_emb, text_emb, split, self.model.logit_scale.detach().float().cpu(),
-            self.config.train.eval_batch_size,
-        )
-        return {key: float(value) for key, value in metrics.items()}
+        batch = self.config.train.eval_batch_size
+        image_emb, text_emb = embed_split(self.model, split, batch_size=batch,
+                                          device=self.device, precision=self.precision)
+        scale = self.model.logit_scale.detach().float().cpu()
+        return split, image_emb, text_emb, embedding_metrics(image_emb, text_emb, split, scale,
+                                                             batch)
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Retrieval metrics and loss of the current weights on `split` (no key prefix)."""
         if self.model is None:
             self.build_model()
-        return self._metrics(*self._embed(split))
+        return self._embed_and_score(split)[3]
 
-    def _validate(self, epoch: int) -> dict[str, float]:
-        split, image_emb, text_emb = self._embed("val")
-        metrics = self._metrics(split, image_emb, text_emb)
-        if self.logger is not None and self.config.train.figure_images > 0:
-            first = torch.as_tensor(split.first_caption_index())
-            similarity = image_emb @ text_emb.T
-            count = min(self.config.train.figure_images, len(split))
-            shown = torch.linspace(0, len(split) - 1, count).long().tolist()
-            self.logger.figure(
-                "val/retrieval",
-                retrieval_figure(split.images, split.captions, split.caption_image, similarity, shown),
-                epoch,
-            )
-            self.logger.figure("val/similarity", similarity_figure(similarity[:, first]), epoch)
-        return metrics
-
-    def _is_improvement(self, value: float) -> bool:
-        if not self.best:
-            return True
-        if metric_is_minimised(self.best_metric):
-            return value < self.best["value"]
-        return value > self.best["value"]
-
-    # ------------------------------------------------------------------ fit
-
-    def hparams(self) -> dict[str, Any]:
-        """The run's hyperparameters as flat `section.key` values for TensorBoard."""
-        cfg = config_to_dict(self.config)
-        flat: dict[str, Any] = {"seed": cfg["seed"], "data.source": cfg["data"]["source"]}
-        for section in ("model", "train"):
-            for key, value in cfg[section].items():
-                flat[f"{section}.{key}"] = value
-        flat.update(self.hparams_extra)
-        return flat
-
-    def _final_metrics(self) -> dict[str, float]:
-        if not self.history:
-            return {"hparam/epochs": 0.0}
-        last = self.history[-1]
-        losses = [h["val_loss"] for h in self.history]
-        rsums = [h["val_rsum"] for h in self.history]
-        return {
-            "hparam/best_val_loss": min(losses),
-            "hparam/best_val_rsum": max(rsums),
-            "hparam/val_loss": last["val_loss"],
-            "hparam/val_rsum": last["val_rsum"],
-            "hparam/val_i2t_r1": last["val_i2t_r1"],
-            "hparam/val_t2i_r1": last["val_t2i_r1"],
-            "hparam/epochs": float(len(self.history)),
-        }
-
-    def _epoch_line(self, m: dict[str, float]) -> str:
-        def recalls(prefix: str) -> str:
-            return "/".join(f"{100 * m[f'val_{prefix}_r{k}']:.1f}" for k in (1, 5, 10))
-
-        return (
-            f"epoch {int(m['epoch'])}/{self.config.train.epochs} | loss {m['train_loss']:.3f} | "
-            f"val_loss {m['val_loss']:.3f} | i2t R@1/5/10 {recalls('i2t')} | "
-            f"t2i R@1/5/10 {recalls('t2i')} | temp {m['temperature']:.4f} | "
-            f"{m['epoch_time']:.1f}s"
-        )
-
-    def fit(self) -> FitResult:
-        """Train for `train.epochs` epochs (resuming if asked), validating after each epoch."""
-        start = time.perf_counter()
-        resume_path = self._find_resume_checkpoint()
-        if resume_path is not None:
-            self._resume_state = load_checkpoint(resume_path)
-            saved_source = self._resume_state["config"]["data"]["source"]
-            if self.config.data.source == "auto":
-                self.config.data.source = saved_source
-        elif self.resume is None:
-            self._avoid_overwriting_old_run()
-        self.prepare_data()
-        self.build_model()
-        if resume_path is not None:
-            self._load_resume_state(resume_path)
-            self._resume_state = None
-        # purge_step drops what a killed run logged after its last checkpoint
-        self.logger = RunLogger(self.run_dir, purge_step=self.step if resume_path else None)
-        stopped_early = False
-        try:
-            stopped_early = self._fit_epochs()
-        finally:
-            self.logger.write_hparams(self.hparams(), self._final_metrics(), len(self.history))
-            self.logger.close()
-            self.logger = None
-        best_metrics = {}
-        if self.best:
-            best_metrics = dict(self.history[int(self.best["epoch"]) - 1])
-        result = FitResult(
-            best_metric=self.best_metric,
-            best_value=self.best.get("value", float("nan")),
-            best_epoch=int(self.best.get("epoch", 0)),
-            best_metrics=best_metrics,
-            history=list(self.history),
-            epochs_completed=self.epoch,
-            stopped_early=stopped_early,
-            wall_time=time.perf_counter() - start,
-        )
-        self._print(self._summary(result))
-        return result
-
-    def _fit_epochs(self) -> bool:
-        cfg = self.config.train
-        since_best = 0
-        if self.history and self.best:
-            since_best = self.epoch - int(self.best["epoch"])
-        while self.epoch < cfg.epochs:
-            epoch = self.epoch + 1
-            epoch_start = time.perf_counter()
-            train_loss, rate = self._train_epoch(epoch)
-            self.epoch = epoch
-            val = self._validate(epoch)
-            metrics = {
-                "epoch": float(epoch),
-                "train_loss": train_loss,
-                **{f"val_{key}": value for key, value in val.items()},
-                "lr": self.scheduler.get_last_lr()[0],
-                "temperature": float(1 / self.model.logit_scale.detach().exp()),
-                "epoch_time": time.perf_counter() - epoch_start,
-                "samples_per_s": rate,
-            }
-            self.history.append(metrics)
-            if self.best_metric not in metrics:
-                raise ConfigError(
-                    f"train.best_metric={cfg.best_metric!r} is not a validation metric; "
-                    f"choose one of: {', '.join(k[4:] for k in metrics if k.startswith('val_'))}"
-                )
-            improved = self._is_improvement(metrics[self.best_metric])
-            if improved:
-                self.best = {"value": metrics[self.best_metric], "epoch": float(epoch)}
-                since_best = 0
-            else:
-                since_best += 1
-            self.logger.scalars({k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
-                                epoch, prefix="val/")
-            self.logger.scalars(
-                {"train_loss": train_loss, "samples_per_s": rate,
-                 "time": metrics["epoch_time"], "temperature": metrics["temperature"]},
-                epoch, prefix="epoch/",
-            )
-            self._save_epoch_checkpoints(metrics, improved)
-            self._print(self._epoch_line(metrics))
-            for callback in self.callbacks:
-                callback(self, epoch, metrics)
-            if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
-                self._print(
-                    f"early stopping: {self.best_metric} has not improved for {since_best} epochs"
-                )
-                return True
-        return False
-
-    def _summary(self, result: FitResult) -> str:
-        lines = [f"done: {result.epochs_completed} epochs in {result.wall_time:.0f}s"]
-        if result.best_epoch:
-            lines.append(
-                f"best {result.best_metric} = {result.best_value:.4f} at epoch {result.best_epoch}"
-            )
-        if self.config.train.save_checkpoints:
-            lines.append(f"checkpoints: {self.checkpoint_dir}/ (best.pt, last.pt)")
-        lines.append(f"TensorBoard: {self.run_dir}/  ->  tensorboard --logdir {self.config.runs_dir}")
-        return "\n".join(lines)
+    def _validate(self) -> dict[str, float]:
+        """Rank 0 scores the validation split; every rank gets its metrics."""
+        metrics = None
+        if self.dist.is_main:
+            split, image_emb, text_emb, metrics = self._embed_and_score("val")
+            self.val_embeddings = (split, image_emb, text_emb)
+        return distributed.broadcast_object(metrics)
 
     def evaluate_best(self, splits: Sequence[str] = ("val", "test")) -> dict[str, dict[str, float]]:
-        """Evaluate the best checkpoint (or the current weights) and write `metrics.json`."""
+        """Evaluate the best checkpoint (or the current weights) and write `metrics.json`
+        (rank 0). `evaluate.py` on best.pt and the same split prints the same numbers."""
         if self.model is None:
             self.build_model()
         best_path = self.checkpoint_dir / "best.pt"
         source = "current weights"
         if best_path.is_file():
-            self.model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
+            self.model.load_state_dict(Checkpointer.load(best_path)["model"])
             source = str(best_path)
         results: dict[str, Any] = {split: self.evaluate(split) for split in splits}
-        if self.config.train.save_checkpoints:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            payload = {"weights": source, "best_epoch": int(self.best.get("epoch", 0)), **results}
-            path = self.checkpoint_dir / "metrics.json"
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-            os.replace(tmp, path)
+        self._checkpointer().write_metrics({"weights": source, "precision": self.precision,
+                                            "best_epoch": int(self.best.get("epoch", 0)),
+                                            **results})
         return results
+
+    # ------------------------------------------------------------------ fit
+
+    def hparams(self) -> dict[str, Any]:
+        """The run's hyperparameters as flat `section.key` values for TensorBoard."""
+        return hparams(self.config, self.hparams_extra)
+
+    def fit(self) -> FitResult:
+        """Train for `train.epochs` epochs (resuming if asked), validating after each epoch."""
+        start = time.perf_counter()
+        resume_path, self._resume_state = start_run(self.config, self.resume, say=self._print)
+        self.prepare_data()
+        self.build_model()
+        if resume_path is not None:
+            self.state.load_state_dict(self._resume_state)
+            self._resume_state = None
+            self._print(f"resuming {resume_path} after epoch {self.epoch} (step {self.step})")
+        board = None
+        if self.dist.is_main:  # purge_step drops what a killed run logged after its checkpoint
+            board = TensorBoardCallback(self.run_dir, figure_images=self.config.train.figure_images,
+                                        purge_step=self.step if resume_path else None)
+        try:
+            stopped_early = self._fit_epochs(self._checkpointer(), board)
+        finally:
+            if board is not None:
+                board.close(self.hparams(), final_metrics(self.history), len(self.history))
+        best_metrics = dict(self.history[int(self.best["epoch"]) - 1]) if self.best else {}
+        result = FitResult(
+            best_metric=self.best_metric, best_value=self.best.get("value", float("nan")),
+            best_epoch=int(self.best.get("epoch", 0)), best_metrics=best_metrics,
+            history=list(self.history), epochs_completed=self.epoch,
+            stopped_early=stopped_early, wall_time=time.perf_counter() - start,
+        )
+        self._print(fit_summary(result, self.config, self.checkpoint_dir, self.run_dir))
+        return result
+
+    def _checkpointer(self) -> Checkpointer:
+        return Checkpointer(self.checkpoint_dir, self.config.train, writer=self.dist.is_main)
+
+    def _fit_epochs(self, checkpointer: Checkpointer, board: TensorBoardCallback | None) -> bool:
+        cfg, state = self.config.train, self.state
+        since_best = state.epoch - int(state.best["epoch"]) if state.best else 0
+        callbacks = ([board] if board is not None else []) + self.callbacks
+        while state.epoch < cfg.epochs:
+            epoch, epoch_start = state.epoch + 1, time.perf_counter()
+            loader = self._train_loader(epoch)
+            stats = train_one_epoch(
+                state, self.train_model, self.loss_fn, device_batches(loader, self.device),
+                len(loader), config=cfg, device=self.device, precision=self.precision,
+                log=board.log_step if board is not None else None,
+                progress=self.show_progress and self.dist.is_main,
+                checkpoint_hint=str(checkpointer.last),
+            )
+            state.epoch = epoch
+            val = self._validate()
+            metrics = {
+                "epoch": float(epoch), "train_loss": stats.loss,
+                **{f"val_{key}": value for key, value in val.items()},
+                "lr": state.scheduler.get_last_lr()[0],
+                "temperature": float(1 / self.model.logit_scale.detach().exp()),
+                "epoch_time": time.perf_counter() - epoch_start,
+                "samples_per_s": stats.samples_per_s,
+            }
+            improved = state.record(metrics, self.best_metric)
+            since_best = 0 if improved else since_best + 1
+            if checkpointer.writer:
+                checkpointer.save_epoch(self.checkpoint_state(metrics), epoch, improved)
+            self._print(epoch_line(metrics, cfg.epochs))
+            for callback in callbacks:
+                callback(self, epoch, metrics)
+            if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
+                self._print(f"early stopping: {self.best_metric} has not improved for "
+                            f"{since_best} epochs")
+                return True
+        return False
+
+    def checkpoint_state(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """Everything needed to resume or to use the model: config, tokenizer, train state."""
+        return {"config": config_to_dict(self.config), "tokenizer": self.data.tokenizer.to_json(),
+                **self.state.state_dict(), "metrics": metrics}

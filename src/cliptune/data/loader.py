@@ -107,12 +107,20 @@ class TrainLoader:
 
     def __init__(self, split: Split, *, batch_size: int, seed: int, epoch: int, augment: bool,
                  flip: bool, all_captions: bool = False, num_workers: int = 0,
-                 pin_memory: bool = False, crop_scale: tuple[float, float] = CROP_SCALE) -> None:
+                 pin_memory: bool = False, crop_scale: tuple[float, float] = CROP_SCALE,
+                 rank: int = 0, world_size: int = 1) -> None:
         if not 2 <= batch_size <= len(split):
             raise DataError(
                 f"batch size {batch_size} needs 2 to {len(split)} images (the {split.name} split "
                 "has that many); change train.batch_size or the split sizes"
             )
+        if batch_size % world_size:
+            raise DataError(
+                f"batch size {batch_size} (the global batch) must divide evenly over "
+                f"{world_size} processes; change train.batch_size or --nproc_per_node"
+            )
+        # rank r trains rows r*B/W:(r+1)*B/W of every global batch (augmented as a whole)
+        self.rank, self.world_size = rank, world_size
         self.split = split
         self.seed, self.epoch = seed, epoch
         self.augment, self.flip, self.crop_scale = augment, flip, crop_scale
@@ -135,7 +143,12 @@ class TrainLoader:
             pixels = augment_batch(pixels, _rng(self.seed, self.epoch, index), flip=self.flip,
                                    scale=self.crop_scale)
         # index_select: advanced indexing costs 100x more here (a parallel gather kernel)
-        return pixels, self.split.tokens.index_select(0, torch.from_numpy(captions))
+        tokens = self.split.tokens.index_select(0, torch.from_numpy(captions))
+        if self.world_size > 1:
+            local = len(captions) // self.world_size
+            rows = slice(self.rank * local, (self.rank + 1) * local)
+            pixels, tokens = pixels[rows], tokens[rows]
+        return pixels, tokens
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.num_workers > 0:

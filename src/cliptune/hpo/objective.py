@@ -80,6 +80,7 @@ class Objective:
         config.checkpoints_dir = str(Path(self.base.checkpoints_dir) / SCRATCH_DIR)
         config.train.epochs = self.settings.epochs
         config.train.best_metric = CALLBACK_KEYS[self.settings.metric]
+        config.train.save_last = False  # trials never resume: best.pt is all they keep
         return config
 
     def load_data(self, *, quiet: bool = True) -> None:

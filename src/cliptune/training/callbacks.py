@@ -1,0 +1,62 @@
+"""TensorBoard logging and figures of a run, as a callback of the Trainer (rank 0 only).
+
+`TensorBoardCallback` is called like any epoch callback, `callback(trainer, epoch,
+metrics)`, and also receives the training scalars every `log_every` steps
+(`log_step`) and the final HParams summary (`close`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cliptune.figures import retrieval_figure, similarity_figure
+from cliptune.tracking import RunLogger
+
+if TYPE_CHECKING:
+    from cliptune.trainer import Trainer
+
+
+class TensorBoardCallback:
+    """Scalars, retrieval figures and the HParams row of one run folder."""
+
+    def __init__(self, run_dir: Path, *, purge_step: int | None, figure_images: int):
+        self.logger = RunLogger(run_dir, purge_step=purge_step)
+        self.figure_images = figure_images
+
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        """Training scalars (`train/...`) at optimizer step `step`."""
+        self.logger.scalars(scalars, step, prefix="train/")
+
+    def __call__(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        """Validation and epoch scalars, and the retrieval figures of the validation split."""
+        self.logger.scalars({k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
+                            epoch, prefix="val/")
+        self.logger.scalars(
+            {"train_loss": metrics["train_loss"], "samples_per_s": metrics["samples_per_s"],
+             "time": metrics["epoch_time"], "temperature": metrics["temperature"]},
+            epoch, prefix="epoch/",
+        )
+        embedded = trainer.val_embeddings
+        if self.figure_images > 0 and embedded is not None:
+            split, image_emb, text_emb = embedded
+            similarity = image_emb @ text_emb.T
+            count = min(self.figure_images, len(split))
+            shown = torch.linspace(0, len(split) - 1, count).long().tolist()
+            self.logger.figure(
+                "val/retrieval",
+                retrieval_figure(split.images, split.captions, split.caption_image, similarity,
+                                 shown),
+                epoch,
+            )
+            first = torch.as_tensor(split.first_caption_index())
+            self.logger.figure("val/similarity", similarity_figure(similarity[:, first]), epoch)
+
+    def close(self, hparams: dict[str, Any], final_metrics: dict[str, float], step: int) -> None:
+        """Write the HParams summary with the run's final metrics, then close the file."""
+        try:
+            self.logger.write_hparams(hparams, final_metrics, step)
+        finally:
+            self.logger.close()

@@ -1,0 +1,146 @@
+"""One training epoch: forward, loss, backward, optimizer step, with gradient accumulation.
+
+The same function trains on one process and under DistributedDataParallel: `model` is
+then the DDP wrapper, whose gradient all-reduce runs only on the last micro-batch of
+each accumulation window (`no_sync` before). Logged losses are means over the ranks,
+so every rank sees the same numbers and stops together on a diverged loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cliptune import distributed
+from cliptune.config import TrainConfig
+from cliptune.errors import TrainingDiverged
+from cliptune.runtime import autocast
+from cliptune.training.state import TrainState
+
+# step -> scalars such as {"loss": ..., "lr": ...}, called every `log_every` optimizer steps
+StepLogger = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class EpochStats:
+    """What one epoch of training measured (losses are means over all ranks)."""
+
+    loss: float
+    samples_per_s: float
+
+
+def window_sizes(n_batches: int, accum: int) -> list[int]:
+    """Micro-batches in the accumulation window of each batch: `accum`, except the last,
+    partial window of an epoch, whose batches share its smaller size (so each window's
+    gradient is a mean over its batches, weighted like every other window)."""
+    return [min(accum, n_batches - (i // accum) * accum) for i in range(n_batches)]
+
+
+def diverged(value: float, state: TrainState, config: TrainConfig, last: str) -> TrainingDiverged:
+    """The error for a non-finite training loss, with what to change."""
+    return TrainingDiverged(
+        f"the training loss became {value} at epoch {state.epoch + 1}, step {state.step}. "
+        f"Lower the learning rate (train.lr={config.lr:g}), raise train.warmup_fraction, or "
+        f"use train.precision=fp32; the last good checkpoint is {last}."
+    )
+
+
+def optimizer_step(state: TrainState, grad_clip: float) -> torch.Tensor:
+    """Unscale (fp16), clip, step, zero the gradients, advance the schedule, clamp the
+    temperature. Returns the gradient norm before clipping."""
+    if state.scaler is not None:
+        state.scaler.unscale_(state.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip or float("inf"))
+    if state.scaler is not None:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    state.model.clamp_logit_scale()
+    state.step += 1
+    return grad_norm
+
+
+def train_one_epoch(
+    state: TrainState,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    n_batches: int,
+    *,
+    config: TrainConfig,
+    device: torch.device,
+    precision: str,
+    log: StepLogger | None = None,
+    progress: bool = False,
+    checkpoint_hint: str = "last.pt",
+) -> EpochStats:
+    """Train `state` over `n_batches` batches (images, tokens already on `device`).
+
+    `model` is `state.model` or its DDP wrapper. Returns the epoch's mean loss and the
+    samples per second of the whole job (all ranks).
+    """
+    ctx = distributed.current()
+    sizes = window_sizes(n_batches, config.grad_accum_steps)
+    state.model.train()
+    loss_total = torch.zeros((), device=device)
+    window_loss = torch.zeros((), device=device)
+    window_batches, window_samples, window_start = 0, 0, time.perf_counter()
+    epoch_start, samples = time.perf_counter(), 0
+    bar = tqdm(total=n_batches, desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch",
+               leave=False, disable=not progress, dynamic_ncols=True)
+    postfix: dict[str, str] = {}
+    for index, (images, tokens) in enumerate(batches):
+        window_end = (index + 1) % config.grad_accum_steps == 0 or index + 1 == n_batches
+        sync = contextlib.nullcontext()
+        if ctx.enabled and not window_end:
+            sync = model.no_sync()  # all-reduce the gradients once per window
+        with sync:
+            with autocast(device, precision):
+                image_emb, text_emb, logit_scale = model(images, tokens)
+                loss = loss_fn(image_emb, text_emb, logit_scale)
+            scaled = loss / sizes[index]
+            (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
+        loss_total += loss.detach()
+        window_loss += loss.detach()
+        window_batches += 1
+        batch_samples = images.shape[0] * ctx.world_size
+        window_samples += batch_samples
+        samples += batch_samples
+        if window_end:
+            grad_norm = optimizer_step(state, config.grad_clip)
+            last = index + 1 == n_batches
+            if state.step % config.log_every == 0 or last:
+                # the only host sync of a log window
+                mean_loss = distributed.all_reduce_mean(window_loss).item() / window_batches
+                if not math.isfinite(mean_loss):
+                    raise diverged(mean_loss, state, config, checkpoint_hint)
+                rate = window_samples / (time.perf_counter() - window_start)
+                lr = state.scheduler.get_last_lr()[0]
+                scale = state.model.logit_scale.detach().exp().item()
+                if log is not None:
+                    log(state.step, {"loss": mean_loss, "lr": lr, "temperature": 1 / scale,
+                                     "logit_scale": scale, "grad_norm": float(grad_norm),
+                                     "samples_per_s": rate})
+                postfix = {"loss": f"{mean_loss:.3f}", "lr": f"{lr:.2e}",
+                           "samples/s": f"{rate:.0f}"}
+                window_loss.zero_()
+                window_batches, window_samples = 0, 0
+                window_start = time.perf_counter()
+        bar.update(1)
+        if postfix:
+            bar.set_postfix(postfix, refresh=False)
+    bar.close()
+    mean = distributed.all_reduce_mean(loss_total).item() / max(1, n_batches)
+    if not math.isfinite(mean):
+        raise diverged(mean, state, config, checkpoint_hint)
+    return EpochStats(mean, samples / (time.perf_counter() - epoch_start))

@@ -1,0 +1,106 @@
+"""The train state: everything that changes while training, saved and restored as one dict.
+
+Model, optimizer, learning-rate schedule, fp16 grad scaler, step and epoch counters,
+the schedule's length, validation history and best epoch, and the RNG state. A
+checkpoint is `TrainState.state_dict()` plus the config and tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cliptune.config import TrainConfig
+from cliptune.errors import ConfigError
+from cliptune.model import CLIP
+from cliptune.optim import build_optimizer, build_scheduler
+from cliptune.training.summary import is_improvement
+
+
+@dataclass
+class TrainState:
+    """Model, optimizer, schedule and counters of one run."""
+
+    model: CLIP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    total_steps: int  # optimizer steps the schedule was built for
+    schedule_epochs: int  # epochs the schedule was built for
+    step: int = 0
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, model: CLIP, config: TrainConfig, *, precision: str, total_steps: int,
+        schedule_epochs: int,
+    ) -> TrainState:
+        """Fresh optimizer, a warmup + cosine schedule over `total_steps` optimizer steps
+        (`schedule_epochs` epochs), and a GradScaler when the precision is fp16."""
+        total = total_steps
+        optimizer = build_optimizer(model, config)
+        scheduler = build_scheduler(optimizer, total, config)
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        return cls(model, optimizer, scheduler, scaler, total, schedule_epochs)
+
+    def record(self, metrics: dict[str, float], best_metric: str) -> bool:
+        """Append an epoch's metrics to the history; return whether `best_metric` improved
+        (and if so, remember this epoch as the best)."""
+        if best_metric not in metrics:
+            raise ConfigError(
+                f"train.best_metric={best_metric[4:]!r} is not a validation metric; choose one "
+                f"of: {', '.join(k[4:] for k in metrics if k.startswith('val_'))}"
+            )
+        self.history.append(metrics)
+        value = metrics[best_metric]
+        improved = is_improvement(value, self.best, best_metric)
+        if improved:
+            self.best = {"value": value, "epoch": metrics["epoch"]}
+        return improved
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain dict for `save_checkpoint` (tensors stay where they are)."""
+        rng = {"torch": torch.get_rng_state()}
+        if next(self.model.parameters()).is_cuda:
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "schedule": {"total_steps": self.total_steps, "epochs": self.schedule_epochs},
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": rng,
+            "best": dict(self.best),
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from a checkpoint dict loaded on the CPU; the optimizer state follows the
+        parameters to their device."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.history = list(state.get("history", []))
+        self.best = dict(state.get("best", {}))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and next(self.model.parameters()).is_cuda:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def saved_schedule(state: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]:
+    """(total_steps, epochs) a checkpoint's schedule was built for; checkpoints older than
+    the `schedule` entry were built for their config's epochs."""
+    if "schedule" in state:
+        return int(state["schedule"]["total_steps"]), int(state["schedule"]["epochs"])
+    epochs = int(state["config"]["train"]["epochs"])
+    return steps_per_epoch * epochs, epochs

@@ -1,0 +1,94 @@
+"""Process bodies for the 2-process gloo tests (spawned by torch.multiprocessing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tiny_model import TINY_MODEL
+
+from cliptune.config import RunConfig, apply_overrides
+from cliptune.loss import ClipLoss
+from cliptune.model import CLIP
+from cliptune.trainer import Trainer
+
+GLOBAL_BATCH = 8
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def join(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def tiny_clip() -> CLIP:
+    config = apply_overrides(RunConfig(), TINY_MODEL)
+    torch.manual_seed(0)
+    return CLIP(config.model)
+
+
+def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g)
+    tokens = torch.randint(1, 120, (GLOBAL_BATCH, 16), generator=g)
+    tokens[:, 10:] = 0
+    return images, tokens
+
+
+def one_step(model: torch.nn.Module, images, tokens, hard_negatives: bool) -> torch.Tensor:
+    """Loss of one forward (gathered when distributed) and its backward."""
+    loss_fn = ClipLoss(hard_negative_weight=0.5 if hard_negatives else 0.0, hard_negative_k=3)
+    image_emb, text_emb, scale = model(images, tokens)
+    loss = loss_fn(image_emb, text_emb, scale)
+    loss.backward()
+    return loss.detach()
+
+
+def gradient_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank `rank` trains its slice of the global batch for one step under DDP and saves
+    the mean loss over ranks and its gradients."""
+    join(rank, world, port)
+    model = tiny_clip()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    images, tokens = global_batch()
+    local = GLOBAL_BATCH // world
+    rows = slice(rank * local, (rank + 1) * local)
+    results = {}
+    for hard in (False, True):
+        model.zero_grad(set_to_none=True)
+        loss = one_step(ddp, images[rows], tokens[rows], hard)
+        dist.all_reduce(loss)
+        results[hard] = {
+            "loss": loss / world,
+            "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+        }
+    torch.save(results, Path(out) / f"grads_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def trainer_worker(rank: int, world: int, port: int, out: str, config_json: str) -> None:
+    """Train with the Trainer on `world` processes; rank 1 points its output folders at
+    its own directory, so any file it wrote would show there."""
+    join(rank, world, port)
+    config = apply_overrides(RunConfig(name="run"), json.loads(config_json))
+    base = Path(out) / f"rank{rank}"
+    config.runs_dir, config.checkpoints_dir = str(base / "runs"), str(base / "checkpoints")
+    trainer = Trainer(config, show_progress=False)
+    result = trainer.fit()
+    if rank == 0:
+        trainer.evaluate_best(("val",))
+    torch.save({"weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+                "history": result.history},
+               Path(out) / f"trained_{rank}.pt")
+    dist.destroy_process_group()

@@ -1,0 +1,99 @@
+"""Data-parallel training on the CPU: 2 gloo processes against 1 on the same global batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from distributed_worker import (
+    free_port,
+    global_batch,
+    gradient_worker,
+    one_step,
+    tiny_clip,
+    trainer_worker,
+)
+from tiny_model import TINY_MODEL
+
+from cliptune.checkpoint import load_checkpoint
+from cliptune.config import RunConfig, apply_overrides
+from cliptune.trainer import Trainer
+
+SHAPES = TINY_MODEL + [
+    "data.source=shapes", "data.shapes_images=64", "data.val_size=16", "data.test_size=8",
+    "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=16", "train.log_every=1",
+    "train.figure_images=1", "train.precision=fp32", "train.lr=2e-3", "train.warmup_fraction=0",
+]
+
+
+def spawn(fn, *args) -> None:
+    mp.spawn(fn, args=(2, free_port(), *args), nprocs=2, join=True)
+
+
+@pytest.fixture(scope="module")
+def gradients(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grads")
+    spawn(gradient_worker, str(out))
+    return [torch.load(out / f"grads_{rank}.pt", weights_only=True) for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("hard_negatives", [False, True])
+def test_loss_and_every_gradient_equal_one_process(gradients, hard_negatives):
+    model = tiny_clip()
+    images, tokens = global_batch()
+    loss = one_step(model, images, tokens, hard_negatives)
+    for rank in (0, 1):
+        got = gradients[rank][hard_negatives]
+        torch.testing.assert_close(got["loss"], loss, rtol=1e-5, atol=0)
+        for name, parameter in model.named_parameters():
+            expected = parameter.grad
+            assert expected.abs().max() > 0, name
+            torch.testing.assert_close(got["grads"][name], expected, rtol=1e-5,
+                                       atol=1e-5 * expected.abs().max().item(), msg=name)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    overrides = SHAPES + [f"data.cache_dir={out / 'cache'}"]
+    spawn(trainer_worker, str(out), json.dumps(overrides))
+    single = apply_overrides(RunConfig(name="run"), overrides)
+    single.runs_dir, single.checkpoints_dir = str(out / "one" / "runs"), str(out / "one" / "ckpt")
+    trainer = Trainer(single, show_progress=False)
+    result = trainer.fit()
+    return out, [torch.load(out / f"trained_{r}.pt", weights_only=True) for r in (0, 1)], (
+        trainer, result)
+
+
+def test_two_processes_end_with_the_weights_of_one(trained):
+    _, ranks, (trainer, _) = trained
+    expected = trainer.model.state_dict()
+    for rank in ranks:
+        assert rank["weights"].keys() == expected.keys()
+        for key, value in expected.items():
+            torch.testing.assert_close(rank["weights"][key], value, rtol=1e-4, atol=1e-5,
+                                       msg=key)
+    for key in expected:  # the ranks agree exactly: DDP keeps replicas identical
+        assert torch.equal(ranks[0]["weights"][key], ranks[1]["weights"][key]), key
+
+
+def test_validation_metrics_equal_one_process(trained):
+    _, ranks, (_, result) = trained
+    for rank in ranks:
+        assert len(rank["history"]) == len(result.history) == 2
+        for got, expected in zip(rank["history"], result.history, strict=True):
+            for key in ("val_i2t_r1", "val_i2t_r5", "val_t2i_r1", "val_t2i_r10", "val_rsum",
+                        "val_loss", "train_loss"):
+                assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
+
+
+def test_only_rank_zero_writes_files(trained):
+    out, _, (trainer, _) = trained
+    assert not (out / "rank1").exists()
+    checkpoints = out / "rank0" / "checkpoints" / "run"
+    assert {p.name for p in checkpoints.iterdir()} == {"best.pt", "last.pt", "metrics.json"}
+    assert list((out / "rank0" / "runs" / "run").glob("events.out.tfevents.*"))
+    state = load_checkpoint(checkpoints / "last.pt")
+    assert state["epoch"] == 2 and state["step"] == 2 * (len(trainer.data.train) // 8) == trainer.step

@@ -1,0 +1,148 @@
+"""Resuming: equal to an uninterrupted run (fp32 and the default bf16 path), the learning-rate
+schedule kept across a changed --epochs, accumulation windows weighted alike, save_last."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trainer_helpers import Interrupt, interrupt_after, tiny_config, tiny_data, weights
+
+from cliptune.checkpoint import load_checkpoint
+from cliptune.errors import ConfigError
+from cliptune.trainer import Trainer
+from cliptune.training.loop import window_sizes
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def data(cache_dir, tmp_path_factory):
+    return tiny_data(tmp_path_factory.mktemp("prep"), cache_dir)
+
+
+def kill_after_first_epoch(config, data) -> Trainer:
+    killed = Trainer(config, data=data, show_progress=False, callbacks=[interrupt_after(1)])
+    with pytest.raises(Interrupt):
+        killed.fit()
+    assert load_checkpoint(killed.checkpoint_dir / "last.pt")["epoch"] == 1
+    return killed
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_resume_equals_uninterrupted(tmp_path, cache_dir, data, precision):
+    extra = f"train.precision={precision}"
+    straight = Trainer(tiny_config(tmp_path / "a", cache_dir, extra), data=data,
+                       show_progress=False)
+    straight.fit()
+    if precision != "fp32":  # the default path: autocast really runs in bf16 here
+        assert straight.precision in ("bf16", "fp32")
+        if precision == "bf16":
+            assert straight.precision == "bf16"
+
+    config = tiny_config(tmp_path / "b", cache_dir, extra)
+    kill_after_first_epoch(config, data)
+    resumed = Trainer(config, data=data, show_progress=False)  # the same command again
+    result = resumed.fit()
+
+    assert result.epochs_completed == 2
+    expected, got = weights(straight), weights(resumed)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
+
+
+def test_bf16_differs_from_fp32(tmp_path, cache_dir, data):
+    """The bf16 tests above do run in bf16: the weights differ from an fp32 run."""
+    runs = []
+    for precision in ("fp32", "bf16"):
+        config = tiny_config(tmp_path / precision, cache_dir, f"train.precision={precision}",
+                             "train.epochs=1", "train.save_checkpoints=false")
+        trainer = Trainer(config, data=data, show_progress=False)
+        trainer.fit()
+        runs.append(weights(trainer))
+    assert any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_checkpoint_records_the_schedule(tmp_path, cache_dir, data):
+    config = tiny_config(tmp_path, cache_dir, "train.epochs=1", "train.grad_accum_steps=2")
+    trainer = Trainer(config, data=data, show_progress=False)
+    trainer.fit()
+    batches = len(data.train) // 16
+    state = load_checkpoint(trainer.checkpoint_dir / "last.pt")
+    assert state["schedule"] == {"total_steps": -(-batches // 2), "epochs": 1}
+    assert state["step"] == -(-batches // 2)
+
+
+def test_resume_with_more_epochs_is_refused(tmp_path, cache_dir, data):
+    config = tiny_config(tmp_path, cache_dir)
+    kill_after_first_epoch(config, data)
+    config.train.epochs = 5
+    with pytest.raises(ConfigError, match=r"schedule was built for 2 epochs .* --epochs 2"):
+        Trainer(config, data=data, show_progress=False).fit()
+
+
+def test_resume_with_fewer_epochs_continues_the_same_schedule(tmp_path, cache_dir, data):
+    seen = {}
+
+    def keep(trainer, epoch, metrics):
+        seen[epoch] = (weights(trainer), metrics["lr"])
+
+    straight = Trainer(tiny_config(tmp_path / "a", cache_dir, "train.epochs=3"), data=data,
+                       show_progress=False, callbacks=[keep])
+    straight.fit()
+
+    config = tiny_config(tmp_path / "b", cache_dir, "train.epochs=3")
+    kill_after_first_epoch(config, data)
+    config.train.epochs = 2  # stop earlier, on the 3-epoch schedule
+    resumed = Trainer(config, data=data, show_progress=False)
+    result = resumed.fit()
+    assert result.epochs_completed == 2
+    assert result.history[-1]["lr"] == seen[2][1] > 0  # not the end of a 2-epoch cosine
+    for key, value in seen[2][0].items():
+        assert torch.equal(weights(resumed)[key], value), key
+
+
+def test_window_sizes():
+    assert window_sizes(7, 3) == [3, 3, 3, 3, 3, 3, 1]
+    assert window_sizes(5, 2) == [2, 2, 2, 2, 1]
+    assert window_sizes(4, 1) == [1, 1, 1, 1]
+    assert window_sizes(2, 4) == [2, 2]
+
+
+def test_partial_accumulation_window_is_weighted_like_a_full_one(tmp_path, cache_dir, data):
+    """An epoch of 3 batches is one window whether grad_accum_steps is 3 or 4: the same
+    mean gradient, so bit-identical weights (dividing by 4 would shrink it by a quarter)."""
+    batches = len(data.train) // 16
+    results = []
+    for accum in (batches, batches + 1):
+        config = tiny_config(tmp_path / str(accum), cache_dir, f"train.grad_accum_steps={accum}",
+                             "train.save_checkpoints=false", "train.epochs=1",
+                             "train.grad_clip=0")
+        trainer = Trainer(config, data=data, show_progress=False)
+        trainer.fit()
+        assert trainer.step == 1
+        results.append(weights(trainer))
+    for key in results[0]:
+        assert torch.equal(results[0][key], results[1][key]), key
+
+
+def test_save_last_false_writes_no_last_pt(tmp_path, cache_dir, data):
+    config = tiny_config(tmp_path, cache_dir, "train.save_last=false", "train.epochs=1")
+    trainer = Trainer(config, data=data, show_progress=False)
+    trainer.fit()
+    assert sorted(p.name for p in trainer.checkpoint_dir.iterdir()) == ["best.pt"]
+
+
+def test_hpo_trials_do_not_write_last_pt(tmp_path, cache_dir):
+    from cliptune.hpo.objective import Objective, ObjectiveSettings
+    from cliptune.hpo.search_space import SearchSpace
+
+    base = tiny_config(tmp_path, cache_dir)
+    objective = Objective(SearchSpace(parameters=()), base,
+                          ObjectiveSettings(study_name="s", metric="val_loss", epochs=1))
+    config = objective.trial_config(0, {})
+    assert config.train.save_last is False and base.train.save_last is True
