@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from cliptune.data import TrainLoader, normalize_images
-from cliptune.data.augment import CPU_CHUNK, augment_images, crop_boxes, draw_augmentation
+from cliptune.data.augment import CPU_CHUNK_PIXELS, augment_images, crop_boxes, draw_augmentation
 
 
 def _reference(images, boxes, flips, dtype=None):
@@ -24,7 +24,7 @@ def _reference(images, boxes, flips, dtype=None):
 
 @pytest.mark.parametrize("shape", [(24, 24), (20, 36)])
 def test_batched_crop_and_flip_equal_the_per_image_reference(shape):
-    n = 2 * CPU_CHUNK + 5  # several chunks and a short last one
+    n = 2 * CPU_CHUNK_PIXELS // (shape[0] * shape[1]) + 5  # several chunks and a short last one
     images = torch.randint(0, 256, (n, 3, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     boxes, flips = draw_augmentation(np.random.default_rng(1), n, *shape, flip=True, scale=(0.08, 1.0))
     assert flips.any() and not flips.all()

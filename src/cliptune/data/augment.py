@@ -25,9 +25,9 @@ import torch.nn.functional as F
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 _TRIES = 10
-# Images per grid_sample call on the CPU: a chunk's float input, grid and output stay in
-# cache, and glibc reuses their memory instead of mapping fresh pages per batch.
-CPU_CHUNK = 8
+# Pixels per grid_sample call on the CPU (8 images of 224 px): a chunk's float input, grid
+# and output stay in cache, and glibc reuses their memory instead of mapping fresh pages.
+CPU_CHUNK_PIXELS = 8 * 224 * 224
 
 
 def crop_boxes(rng: np.random.Generator, n: int, height: int, width: int,
@@ -94,7 +94,7 @@ def augment_images(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tenso
     xs = torch.where(flips.unsqueeze(1), xs.flip(1), xs)
     ys = _axis(top, h, height, height)
     out = _empty_float32((n, 3, height, width), images.device)
-    chunk = CPU_CHUNK if images.device.type == "cpu" else max(n, 1)
+    chunk = max(1, CPU_CHUNK_PIXELS // (height * width)) if images.device.type == "cpu" else max(n, 1)
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
         sampled = F.grid_sample(images[part].float(), _sample_grid(xs[part], ys[part]),
