@@ -190,3 +190,17 @@ def test_normalisation_constants_are_made_once_per_device(monkeypatch):
     for _ in range(3):
         normalize_images(images)
     assert made == []  # no new constant tensor per call
+
+
+def test_num_workers_config_values():
+    from cliptune.config import RunConfig, set_value, validate
+    from cliptune.errors import ConfigError
+
+    config = RunConfig()
+    assert config.data.num_workers == "auto"
+    set_value(config, "data.num_workers", 2)
+    validate(config)
+    for bad in ("many", -1):
+        set_value(config, "data.num_workers", bad)
+        with pytest.raises(ConfigError, match="data.num_workers must be auto or an integer"):
+            validate(config)
