@@ -174,12 +174,13 @@ def bench_pipeline(data, batch_size: int, batches: int) -> None:
           f"{new_rate:.0f} images/s: {new_rate / old_rate:.1f}x (target >= 3x)")
 
 
-def _model(name: str, data, device: torch.device):
+def _model(name: str, data, device: torch.device, compile_model: bool = False):
     config = model_preset(name)
     config.image_size = data.image_size  # vocabulary and context: the preset's, as prepared
     torch.manual_seed(0)
     model = CLIP(config).to(device)
-    return model, ClipLoss(), build_optimizer(model, TrainConfig())
+    optimizer = build_optimizer(model, TrainConfig())
+    return (torch.compile(model) if compile_model else model), ClipLoss(), optimizer
 
 
 def _step(model, loss_fn, optimizer, images, tokens, device: torch.device, precision: str):
@@ -218,8 +219,8 @@ def _rate(run, steps: int, batch_size: int, device: torch.device) -> float:
 
 
 def bench_feed(data, name: str, batch_size: int, steps: int, warmup: int, device: torch.device,
-               precision: str, workers: str) -> None:
-    model, loss_fn, optimizer = _model(name, data, device)
+               precision: str, workers: str, compile_model: bool = False) -> None:
+    model, loss_fn, optimizer = _model(name, data, device, compile_model)
     loader = TrainLoader(data.train, batch_size=batch_size, seed=0, epoch=1, augment=True,
                          flip=True, num_workers=workers, pin_memory=device.type == "cuda",
                          crop_scale=data.crop_scale)
@@ -241,7 +242,8 @@ def bench_feed(data, name: str, batch_size: int, steps: int, warmup: int, device
     synthetic_rate = _rate(run_synthetic, steps, batch_size, device)
     run_fed(warmup - 1)
     fed_rate = _rate(run_fed, steps, batch_size, device)
-    print(f"training {name} on {device} ({precision}), {data.image_size} px, batch {batch_size}, "
+    compiled = ", compiled" if compile_model else ""
+    print(f"training {name}{compiled} on {device} ({precision}), {data.image_size} px, batch {batch_size}, "
           f"{steps} steps after {warmup} warm-up, {loader.num_workers} reader processes: "
           f"synthetic {synthetic_rate:.0f} samples/s, fed from the fake Flickr30k "
           f"{fed_rate:.0f} samples/s = {fed_rate / synthetic_rate:.1%} (target >= 95%)")
@@ -261,6 +263,9 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--num-workers", default="auto")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--parts", default="prepare,rss,pipeline,step",
+                        help="CPU parts to run (prepare is warm when left out)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU part)")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -268,12 +273,24 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     version_dir = build_fake(args.work, args.images)
     workers = args.num_workers if args.num_workers == "auto" else int(args.num_workers)
+    parts = set(args.parts.split(","))
     if device.type == "cpu":
-        data = bench_prepare(version_dir, args.work, args.image_size, args.model)
-        if not args.skip_rss:
+        if "prepare" in parts:
+            data = bench_prepare(version_dir, args.work, args.image_size, args.model)
+        else:
+            m = model_preset(args.model)
+            data = prepare_data(_data_config(version_dir, args.work), image_size=args.image_size,
+                                vocab_size=m.vocab_size, context_length=m.context_length)
+        if "rss" in parts and not args.skip_rss:
             bench_rss(version_dir, args.work, args.image_size)
-        bench_pipeline(data, args.batch_size, args.batches)
-        bench_cpu_step(data, args.model, batch_size=16)
+        if "pipeline" in parts:
+            threads = torch.get_num_threads()
+            for count in dict.fromkeys((threads, 1)):
+                torch.set_num_threads(count)
+                bench_pipeline(data, args.batch_size, args.batches)
+            torch.set_num_threads(threads)
+        if "step" in parts:
+            bench_cpu_step(data, args.model, batch_size=16)
         if args.images <= 5000:  # the smoke check of the GPU part
             bench_feed(data, args.model, args.batch_size, args.steps, args.warmup, device,
                        args.precision, workers)
@@ -282,7 +299,7 @@ def main() -> None:
         data = prepare_data(_data_config(version_dir, args.work), image_size=args.image_size,
                             vocab_size=m.vocab_size, context_length=m.context_length)
         bench_feed(data, args.model, args.batch_size, args.steps, args.warmup, device,
-                   args.precision, workers)
+                   args.precision, workers, args.compile)
 
 
 if __name__ == "__main__":
