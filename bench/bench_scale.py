@@ -152,26 +152,40 @@ def per_image_loop(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tenso
     return (out.float() / 255.0 - mean) / std
 
 
+def _timed(run) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def bench_pipeline(data, batch_size: int, batches: int) -> None:
-    """Both paths on the same batches, interleaved (so a busy machine slows both alike)."""
+    """Both paths on the same batches, interleaved (so a busy machine slows both alike);
+    wall-clock images/s, and images per CPU-second of this process (steadier when other
+    processes share the cores)."""
     loader = TrainLoader(data.train, batch_size=batch_size, seed=0, epoch=1, augment=True,
                          flip=True, crop_scale=data.crop_scale)
     batches = min(batches, len(loader))
     old, new = [], []
-    for index in range(batches):
-        start = time.perf_counter()
+
+    def before(index: int) -> None:
         batch = loader.batch(index)
         per_image_loop(batch.images, batch.boxes, batch.flips)
-        old.append(time.perf_counter() - start)
-        start = time.perf_counter()
+
+    def now(index: int) -> None:
         batch = loader.batch(index)  # what device_batches does on the CPU
         augment_images(batch.images, batch.boxes, batch.flips, normalize_images)
-        new.append(time.perf_counter() - start)
-    old_rate, new_rate = batch_size / statistics.median(old), batch_size / statistics.median(new)
+
+    for index in range(batches):
+        old.append(_timed(lambda: before(index)))  # noqa: B023 (called at once)
+        new.append(_timed(lambda: now(index)))  # noqa: B023
+    rates = [[batch_size / statistics.median(t[k] for t in timings) for k in (0, 1)]
+             for timings in (old, new)]
     print(f"input pipeline, {data.image_size} px, batch {batch_size}, read + crop + flip + "
           f"normalise, median of {batches} batches, {torch.get_num_threads()} threads, load "
-          f"average {os.getloadavg()[0]:.1f}: per-image loop {old_rate:.0f} images/s, batched "
-          f"{new_rate:.0f} images/s: {new_rate / old_rate:.1f}x (target >= 3x)")
+          f"average {os.getloadavg()[0]:.1f}: per-image loop {rates[0][0]:.0f} images/s "
+          f"({rates[0][1]:.0f} per CPU-s), batched {rates[1][0]:.0f} images/s "
+          f"({rates[1][1]:.0f} per CPU-s): {rates[1][0] / rates[0][0]:.1f}x wall, "
+          f"{rates[1][1] / rates[0][1]:.1f}x CPU (target >= 3x)")
 
 
 def _model(name: str, data, device: torch.device, compile_model: bool = False):

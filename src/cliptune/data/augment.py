@@ -25,9 +25,9 @@ import torch.nn.functional as F
 CROP_SCALE = (0.5, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 _TRIES = 10
-# Pixels per grid_sample call on the CPU (8 images of 224 px): a chunk's float input, grid
+# Pixels per grid_sample call on the CPU (4 images of 224 px): a chunk's float input, grid
 # and output stay in cache, and glibc reuses their memory instead of mapping fresh pages.
-CPU_CHUNK_PIXELS = 8 * 224 * 224
+CPU_CHUNK_PIXELS = 4 * 224 * 224
 
 
 def crop_boxes(rng: np.random.Generator, n: int, height: int, width: int,
