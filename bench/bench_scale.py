@@ -152,40 +152,44 @@ def per_image_loop(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tenso
     return (out.float() / 255.0 - mean) / std
 
 
-def _timed(run) -> tuple[float, float]:
+def _timed(run, *args):
+    """(result of `run(*args)`, (wall seconds, CPU seconds of this process))."""
     wall, cpu = time.perf_counter(), time.process_time()
-    run()
-    return time.perf_counter() - wall, time.process_time() - cpu
+    result = run(*args)
+    return result, (time.perf_counter() - wall, time.process_time() - cpu)
 
 
 def bench_pipeline(data, batch_size: int, batches: int) -> None:
-    """Both paths on the same batches, interleaved (so a busy machine slows both alike);
-    wall-clock images/s, and images per CPU-second of this process (steadier when other
-    processes share the cores)."""
+    """Read a batch (timed once: the same for both paths), then crop + flip + normalise it
+    with the old per-image loop and with the batched op, interleaved so that a busy machine
+    slows both alike. One untimed warm-up batch. Wall-clock images/s, and images per
+    CPU-second of this process (steadier when other processes share the cores)."""
     loader = TrainLoader(data.train, batch_size=batch_size, seed=0, epoch=1, augment=True,
                          flip=True, crop_scale=data.crop_scale)
-    batches = min(batches, len(loader))
-    old, new = [], []
+    batches = min(batches, len(loader) - 1)
+    reads, old, new = [], [], []
+    for index in range(batches + 1):
+        batch, read = _timed(loader.batch, index)  # read + crop boxes and flips
+        _, before = _timed(per_image_loop, batch.images, batch.boxes, batch.flips)
+        _, now = _timed(augment_images, batch.images, batch.boxes, batch.flips, normalize_images)
+        if index > 0:
+            reads.append(read)
+            old.append(before)
+            new.append(now)
 
-    def before(index: int) -> None:
-        batch = loader.batch(index)
-        per_image_loop(batch.images, batch.boxes, batch.flips)
+    def rate(*parts: list) -> tuple[float, float]:
+        return tuple(batch_size / sum(statistics.median(t[k] for t in part) for part in parts)
+                     for k in (0, 1))
 
-    def now(index: int) -> None:
-        batch = loader.batch(index)  # what device_batches does on the CPU
-        augment_images(batch.images, batch.boxes, batch.flips, normalize_images)
-
-    for index in range(batches):
-        old.append(_timed(lambda: before(index)))  # noqa: B023 (called at once)
-        new.append(_timed(lambda: now(index)))  # noqa: B023
-    rates = [[batch_size / statistics.median(t[k] for t in timings) for k in (0, 1)]
-             for timings in (old, new)]
-    print(f"input pipeline, {data.image_size} px, batch {batch_size}, read + crop + flip + "
-          f"normalise, median of {batches} batches, {torch.get_num_threads()} threads, load "
-          f"average {os.getloadavg()[0]:.1f}: per-image loop {rates[0][0]:.0f} images/s "
-          f"({rates[0][1]:.0f} per CPU-s), batched {rates[1][0]:.0f} images/s "
-          f"({rates[1][1]:.0f} per CPU-s): {rates[1][0] / rates[0][0]:.1f}x wall, "
-          f"{rates[1][1] / rates[0][1]:.1f}x CPU (target >= 3x)")
+    (old_wall, old_cpu), (new_wall, new_cpu) = rate(reads, old), rate(reads, new)
+    (old_aug, _), (new_aug, _) = rate(old), rate(new)
+    print(f"input pipeline, {data.image_size} px, batch {batch_size}, medians of {batches} "
+          f"batches, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}: "
+          f"read {statistics.median(t[0] for t in reads) * 1000:.0f} ms; crop + flip + "
+          f"normalise: per-image loop {old_aug:.0f} images/s, batched {new_aug:.0f} images/s "
+          f"({new_aug / old_aug:.1f}x); with the read: per-image {old_wall:.0f} images/s "
+          f"({old_cpu:.0f} per CPU-s), batched {new_wall:.0f} images/s ({new_cpu:.0f} per "
+          f"CPU-s): {new_wall / old_wall:.1f}x wall, {new_cpu / old_cpu:.1f}x CPU (target >= 3x)")
 
 
 def _model(name: str, data, device: torch.device, compile_model: bool = False):
