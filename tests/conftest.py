@@ -105,4 +105,4 @@ def shapes_data(shapes_cache_dir):
     from cliptune.data import prepare_data
 
     config = DataConfig(source="shapes", shapes_images=60, cache_dir=str(shapes_cache_dir))
-    return prepare_data(config, seed=0, quiet=True, **SHAPES_SMALL)
+    return prepare_data(config, quiet=True, **SHAPES_SMALL)

@@ -1,4 +1,5 @@
-"""TrainLoader, eval_batches, augmentation and normalisation."""
+"""TrainLoader (epoch plans, host batches, workers, data-parallel shards), device_batches,
+eval_batches and normalisation."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cliptune.data import Split, TrainLoader, eval_batches, normalize_images
-from cliptune.data.augment import augment_batch, crop_boxes
-from cliptune.data.loader import CLIP_MEAN, CLIP_STD
+from cliptune.data import Split, TrainLoader, device_batches, eval_batches, normalize_images
+from cliptune.data.loader import CLIP_MEAN, CLIP_STD, default_num_workers
 from cliptune.errors import DataError
 
 
@@ -23,14 +23,23 @@ def _image_of(split, images):
     return [int((flat == image.flatten()).all(1).nonzero()[0]) for image in images]
 
 
+def _same(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert (x is None and y is None) or torch.equal(x, y)
+
+
 def test_one_caption_per_image_batches(shapes_data):
     split = shapes_data.train
     loader = _loader(split, augment=False)
     assert len(loader) == len(split) // 16 == 3
     seen = []
-    for images, tokens in loader:
+    for batch in loader:
+        images, tokens = batch.images, batch.tokens
         assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8
         assert tokens.shape == (16, 16) and tokens.dtype == torch.int64
+        assert batch.boxes is None and batch.flips is None
         rows = _image_of(split, images)
         assert len(set(rows)) == 16  # no image twice in a batch
         for row, token_row in zip(rows, tokens, strict=True):  # each caption is one of its image's
@@ -40,24 +49,71 @@ def test_one_caption_per_image_batches(shapes_data):
     assert len(set(seen)) == 48  # every image once per epoch
 
 
+def test_device_batches_normalised_and_augmented(shapes_data):
+    plain = list(device_batches(_loader(shapes_data.train, augment=False), torch.device("cpu")))
+    host = list(_loader(shapes_data.train, augment=False))
+    for (images, tokens), batch in zip(plain, host, strict=True):
+        assert images.dtype == torch.float32 and images.shape == (16, 3, 32, 32)
+        torch.testing.assert_close(images, normalize_images(batch.images))
+        assert torch.equal(tokens, batch.tokens)
+    augmented = list(device_batches(_loader(shapes_data.train, flip=True), "cpu"))
+    assert [t.shape for t in augmented[0]] == [t.shape for t in plain[0]]
+    assert not torch.allclose(augmented[0][0], plain[0][0])
+    assert torch.equal(augmented[0][1], plain[0][1])  # augmentation leaves the captions alone
+
+
 def test_same_seed_and_epoch_same_batches_without_touching_global_rng(shapes_data):
     torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()
-    first = list(_loader(shapes_data.train, flip=True))
-    again = list(_loader(shapes_data.train, flip=True))
-    other = list(_loader(shapes_data.train, flip=True, epoch=2))
+    first = list(device_batches(_loader(shapes_data.train, flip=True), "cpu"))
+    again = list(device_batches(_loader(shapes_data.train, flip=True), "cpu"))
+    other = list(device_batches(_loader(shapes_data.train, flip=True, epoch=2), "cpu"))
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.array_equal(np.random.get_state()[1], numpy_state[1])
-    for (a, ta), (b, tb) in zip(first, again, strict=True):
-        assert torch.equal(a, b) and torch.equal(ta, tb)
+    _same(first, again)
     assert not torch.equal(first[0][0], other[0][0])
+
+
+def test_a_batch_does_not_depend_on_the_batches_before_it(shapes_data):
+    """Resuming mid-epoch: batch k read alone equals batch k of a full pass."""
+    full = list(_loader(shapes_data.train, flip=True))
+    alone = _loader(shapes_data.train, flip=True).batch(2)
+    _same([full[2]], [alone])
 
 
 def test_worker_processes_give_the_same_batches(shapes_data):
     inline = list(_loader(shapes_data.train, flip=True))
     workers = list(_loader(shapes_data.train, flip=True, num_workers=1))
-    assert len(inline) == len(workers)
-    for (a, ta), (b, tb) in zip(inline, workers, strict=True):
-        assert torch.equal(a, b) and torch.equal(ta, tb)
+    _same(inline, workers)
+
+
+def test_auto_workers_per_device(shapes_data):
+    assert _loader(shapes_data.train, num_workers="auto").num_workers == 0  # no GPU here
+    assert default_num_workers(pin_memory=False) == 0
+    assert 1 <= default_num_workers(pin_memory=True) <= 4
+    assert default_num_workers(pin_memory=True, world_size=64) == 1
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+@pytest.mark.parametrize("all_captions", [False, True])
+def test_ranks_together_give_the_single_process_batch(shapes_data, world_size, all_captions):
+    options = {"flip": True, "all_captions": all_captions}
+    whole = list(device_batches(_loader(shapes_data.train, **options), "cpu"))
+    shards = [list(device_batches(_loader(shapes_data.train, rank=rank, world_size=world_size,
+                                          **options), "cpu"))
+              for rank in range(world_size)]
+    assert all(len(shard) == len(whole) for shard in shards)
+    for index, (images, tokens) in enumerate(whole):
+        parts = [shard[index] for shard in shards]
+        assert all(part[0].shape[0] == 16 // world_size for part in parts)
+        assert torch.equal(torch.cat([part[0] for part in parts]), images)
+        assert torch.equal(torch.cat([part[1] for part in parts]), tokens)
+
+
+def test_global_batch_must_divide_among_ranks(shapes_data):
+    with pytest.raises(DataError, match="batch_size=16 .* among 3 processes"):
+        _loader(shapes_data.train, world_size=3)
+    with pytest.raises(DataError, match="rank 2"):
+        _loader(shapes_data.train, rank=2, world_size=2)
 
 
 def test_all_captions_every_pair_once_and_distinct_images(shapes_data):
@@ -94,39 +150,15 @@ def test_batch_size_must_fit_the_split(shapes_data):
         _loader(shapes_data.train, batch_size=100)
 
 
-def test_crop_boxes_inside_the_image_with_the_asked_area():
-    boxes = crop_boxes(np.random.default_rng(0), 500, 32, 40)
-    top, left, h, w = boxes.T
-    assert (top >= 0).all() and (left >= 0).all()
-    assert (top + h <= 32).all() and (left + w <= 40).all()
-    area = h * w / (32 * 40)
-    assert area.min() > 0.45 and area.max() <= 1.0
-
-
-def test_crop_scale_bounds_the_area_kept():
-    boxes = crop_boxes(np.random.default_rng(0), 500, 32, 32, scale=(0.9, 1.0))
-    area = boxes[:, 2] * boxes[:, 3] / 32**2
-    assert area.min() > 0.85
-
-
 def test_loader_passes_its_crop_scale(shapes_data):
-    gentle = _loader(shapes_data.train, crop_scale=(1.0, 1.0), flip=False)
-    plain = _loader(shapes_data.train, augment=False)
-    strong = _loader(shapes_data.train)
-    # A full-area crop with a square aspect is the identity, up to resampling: identical here.
-    assert torch.equal(gentle.batch(0)[0], plain.batch(0)[0])
-    assert not torch.equal(strong.batch(0)[0], plain.batch(0)[0])
+    def first(**options):
+        return next(device_batches(_loader(shapes_data.train, **options), "cpu"))[0]
 
-
-def test_flip_only_when_allowed():
-    images = torch.zeros(64, 3, 16, 16, dtype=torch.uint8)
-    images[:, 0, :, :8] = 255  # red left half, blue right half
-    images[:, 2, :, 8:] = 255
-    kept = augment_batch(images, np.random.default_rng(1), flip=False)
-    assert (kept[:, 0, :, 0] > 200).all()  # crops keep at least 0.6 of the width: left stays red
-    flipped = augment_batch(images, np.random.default_rng(1), flip=True)
-    left_blue = (flipped[:, 2, 8, 0] > 200).sum()
-    assert 10 < left_blue < 54
+    # A full-area crop of a square image is the whole image: the identity up to float rounding.
+    torch.testing.assert_close(first(crop_scale=(1.0, 1.0)), first(augment=False))
+    assert not torch.allclose(first(), first(augment=False), atol=0.1)
+    boxes = _loader(shapes_data.train, crop_scale=(0.9, 1.0)).batch(0).boxes
+    assert (boxes[:, 2] * boxes[:, 3] >= 0.85 * 32 * 32).all()
 
 
 def test_eval_batches_in_order(shapes_data):
@@ -144,3 +176,31 @@ def test_normalize_images():
     mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
     torch.testing.assert_close(out[0, :, 0, 0], -mean / std)
     torch.testing.assert_close(out[1, :, 0, 0], (1 - mean) / std)
+    torch.testing.assert_close(normalize_images(images.float()), out)  # float 0-255 input too
+    target = torch.empty(2, 3, 2, 2)
+    assert normalize_images(images, out=target) is target and torch.equal(target, out)
+
+
+def test_normalisation_constants_are_made_once_per_device(monkeypatch):
+    images = torch.zeros(2, 3, 2, 2, dtype=torch.uint8)
+    normalize_images(images)
+    made = []
+    original = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or original(*a, **k))
+    for _ in range(3):
+        normalize_images(images)
+    assert made == []  # no new constant tensor per call
+
+
+def test_num_workers_config_values():
+    from cliptune.config import RunConfig, set_value, validate
+    from cliptune.errors import ConfigError
+
+    config = RunConfig()
+    assert config.data.num_workers == "auto"
+    set_value(config, "data.num_workers", 2)
+    validate(config)
+    for bad in ("many", -1):
+        set_value(config, "data.num_workers", bad)
+        with pytest.raises(ConfigError, match="data.num_workers must be auto or an integer"):
+            validate(config)

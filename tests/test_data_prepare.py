@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,12 +13,13 @@ from conftest import FLICKR_HANDLE, SHAPES_SMALL, write_jpeg
 from cliptune.config import DataConfig
 from cliptune.data import DataWarning, prepare_data
 from cliptune.data.image_cache import decode_image
+from cliptune.data.image_rows import ImageRows
 from cliptune.errors import ConfigError, DataError
 from cliptune.tokenizer import Tokenizer
 
 
 def _prepare(config, **kwargs):
-    return prepare_data(config, **{"seed": 0, "quiet": True, **SHAPES_SMALL, **kwargs})
+    return prepare_data(config, **{"quiet": True, **SHAPES_SMALL, **kwargs})
 
 
 def _folder(tmp_path, n=20, words=None):
@@ -63,7 +65,11 @@ def test_same_seed_same_data_and_cache_reused(shapes_cache_dir, capsys):
     assert lines[-1].endswith("32px image cache reused")
     assert first.test.image_names == second.test.image_names
     assert first.tokenizer.to_json() == second.tokenizer.to_json()
-    other = _prepare(config, seed=1)
+    assert isinstance(first.train.images, ImageRows)  # a view of the cache, nothing loaded
+    assert first.train.images.path == second.train.images.path
+    other_run_seed = _prepare(config, seed=1)  # the run's seed does not move the split
+    assert other_run_seed.test.image_names == first.test.image_names
+    other = _prepare(replace(config, split_seed=1))
     assert other.test.image_names != first.test.image_names
 
 

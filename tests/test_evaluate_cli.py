@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -89,16 +90,17 @@ def test_split_loss_needs_negatives():
 # ---------------------------------------------------------------- on a real split
 
 
-def test_checkpoint_split_uses_the_runs_seed_and_tokenizer(workspace):
+def test_checkpoint_split_uses_the_runs_split_seed_and_tokenizer(workspace):
     loaded = load_model(workspace / "run" / "best.pt")
     split = checkpoint_split(loaded, "test", quiet=True)
     assert len(split) == 6 and len(split.captions) == 30  # 10% of 60 images, 5 captions each
     assert torch.equal(split.tokens, loaded.tokenizer.encode(split.captions))
 
     config = loaded.config
-    other_seed = prepare_data(config.data, image_size=32, seed=config.seed + 1, vocab_size=300,
-                              context_length=16, tokenizer=loaded.tokenizer, quiet=True)
-    assert other_seed.test.image_names != split.image_names
+    other_split = prepare_data(replace(config.data, split_seed=config.data.split_seed + 1),
+                               image_size=32, vocab_size=300, context_length=16,
+                               tokenizer=loaded.tokenizer, quiet=True)
+    assert other_split.test.image_names != split.image_names
 
 
 def test_embed_and_evaluate_split(workspace):

@@ -26,7 +26,7 @@ def tiny_config(tmp_path, cache_dir, *extra) -> RunConfig:
 def tiny_data(tmp_path, cache_dir):
     config = tiny_config(tmp_path, cache_dir)
     m = config.model
-    return prepare_data(config.data, image_size=m.image_size, seed=config.seed,
+    return prepare_data(config.data, image_size=m.image_size,
                         vocab_size=m.vocab_size, context_length=m.context_length, quiet=True)
 
 

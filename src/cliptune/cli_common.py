@@ -29,7 +29,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-format", choices=CHOICES["data.format"],
                        help="caption file format of --data-dir (default: auto-detect)")
     group.add_argument("--split-file", metavar="PATH",
-                       help='JSON {"train": [...], "val": [...], "test": [...]} of image names')
+                       help='image names per split: JSON {"train": [...], "val": [...], '
+                       '"test": [...]}, Karpathy\'s dataset_flickr30k.json, or a '
+                       "flickr30k_{train,val,test}_karpathy.txt file or their folder")
     group.add_argument("--cache-dir", metavar="PATH",
                        help="preprocessed image cache (default: $CLIPTUNE_CACHE or ~/.cache/cliptune)")
 

@@ -29,7 +29,8 @@ class DataConfig:
     source: str = "auto"  # auto | shapes | flickr30k | folder
     data_dir: str | None = None  # local copy (flickr30k layout) or a folder dataset
     format: str = "auto"  # folder format: auto | kaggle | captions_txt | tsv | coco
-    split_file: str | None = None  # JSON {"train": [...], "val": [...], "test": [...]}
+    split_file: str | None = None  # JSON {"train": [...], ...}, Karpathy's json or txt trio
+    split_seed: int = 0  # decides the random split; independent of the run's seed
     cache_dir: str | None = None  # None: $CLIPTUNE_CACHE or ~/.cache/cliptune
     kaggle_handle: str = "hsankesara/flickr-image-dataset/versions/1"
     download_timeout: float = 5.0  # seconds for the `auto` reachability probe
@@ -39,7 +40,7 @@ class DataConfig:
     max_samples: int | None = None  # cap on training images (quick runs)
     max_eval_samples: int | None = None  # cap on val and test images
     augment: bool = True
-    num_workers: int = 0
+    num_workers: int | str = "auto"  # reader processes; auto: 0 on CPU, a few for a GPU
 
 
 @dataclass
@@ -404,3 +405,5 @@ def validate(config: RunConfig) -> None:
         value = getattr(d, name)
         if value is not None and value < 2:
             raise ConfigError(f"data.{name} must be at least 2, got {value}")
+    if d.num_workers != "auto" and not (isinstance(d.num_workers, int) and d.num_workers >= 0):
+        raise ConfigError(f"data.num_workers must be auto or an integer >= 0, got {d.num_workers!r}")

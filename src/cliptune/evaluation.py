@@ -114,12 +114,11 @@ def evaluate_split(
 
 def checkpoint_split(loaded: LoadedModel, name: str, *, quiet: bool = False) -> Split:
     """The split `name` exactly as the checkpoint's run saw it: its data config (as the
-    caller may have edited it in `loaded.config.data`), its seed and its tokenizer."""
+    caller may have edited it in `loaded.config.data`) and its tokenizer."""
     config = loaded.config
     data = prepare_data(
         config.data,
         image_size=config.model.image_size,
-        seed=config.seed,
         vocab_size=config.model.vocab_size,
         context_length=config.model.context_length,
         tokenizer=loaded.tokenizer,

@@ -23,6 +23,7 @@ from cliptune.errors import ConfigError, DataError
 
 SPECIAL_TOKENS = ("<pad>", "<start>", "<end>", "<unk>")  # ids 0, 1, 2, 3
 BYTE_ALPHABET_SIZE = 256
+ENCODE_CHUNK = 4096  # captions per encode_batch call
 
 
 class Tokenizer:
@@ -95,10 +96,14 @@ class Tokenizer:
         """Token ids, int64 (N, context_length): `<start> ... <end>` then `<pad>` (0)."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a sequence of strings; wrap a single text in a list")
-        encodings = self._hf.encode_batch(list(texts))
-        if not encodings:
-            return torch.empty(0, self.context_length, dtype=torch.int64)
-        return torch.tensor([e.ids for e in encodings], dtype=torch.int64)
+        texts = list(texts)
+        ids = torch.empty(len(texts), self.context_length, dtype=torch.int64)
+        # In chunks: the Encoding objects of all 159k Flickr30k captions at once take about
+        # 0.7 GB, which the allocator keeps for the rest of the process.
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            encodings = self._hf.encode_batch(texts[start:start + ENCODE_CHUNK])
+            ids[start:start + len(encodings)] = torch.tensor([e.ids for e in encodings])
+        return ids
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of one id sequence, special tokens dropped."""

@@ -135,7 +135,7 @@ class Trainer:
                 tokenizer = Tokenizer.from_json(self._resume_state["tokenizer"])
             cfg = self.config
             self.data = prepare_data(
-                cfg.data, image_size=cfg.model.image_size, seed=cfg.seed,
+                cfg.data, image_size=cfg.model.image_size,
                 vocab_size=cfg.model.vocab_size, context_length=cfg.model.context_length,
                 tokenizer=tokenizer, quiet=not (self.show_progress and self.dist.is_main),
             )

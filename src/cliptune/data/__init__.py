@@ -1,7 +1,8 @@
 """Datasets (Shapes, Flickr30k, local folders), image-level splits, the image cache, loaders.
 
-Most code needs only `prepare_data`, the `Split`/`PreparedData` it returns, `TrainLoader`,
-`eval_batches` and `normalize_images`.
+Most code needs only `prepare_data`, the `Split`/`PreparedData` it returns (splits are
+views of the shared image cache), `TrainLoader` + `device_batches` (training batches,
+augmented and normalised on the device), `eval_batches` and `normalize_images`.
 """
 
 from cliptune.data.feed import device_batches

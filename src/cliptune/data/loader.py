@@ -1,50 +1,88 @@
-"""Batches for training and evaluation, straight from the uint8 image arrays.
+"""Batches for training and evaluation, straight from the uint8 image cache.
 
-Images stay uint8 until they reach the device (4x less copying than float32);
-`normalize_images` turns them into CLIP-normalised float32 there. A training epoch is
-fully determined by (seed, epoch): image order and caption choice come from one NumPy
-generator per epoch, each batch's augmentation from one generator per batch, so a
-batch is the same with or without worker processes, and the global random state of
-torch and NumPy is never touched.
+Images stay uint8 until they reach the device (4x less copying than float32); there
+`normalize_images` (evaluation) or `augment_images` + `normalize_images` (training, see
+`feed.device_batches`) turn them into CLIP-normalised float32. A training epoch is fully
+determined by (seed, epoch): image order and caption choice come from one NumPy
+generator per epoch, each batch's crop boxes and flips from one generator per batch, so
+a batch is the same with or without worker processes, on any device and for any number
+of data-parallel ranks, and the global random state of torch and NumPy is never touched.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections import deque
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cliptune.data.augment import CROP_SCALE, augment_batch
+from cliptune.data.augment import CROP_SCALE, draw_augmentation
+from cliptune.data.image_rows import read_images
 from cliptune.data.prepared import Split
 from cliptune.errors import DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_AUTO_WORKERS = 4
 
 
 def _rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng([key % 2**63 for key in keys])
 
 
-def _to_batch(images: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W, 3) array -> uint8 (B, 3, H, W) tensor (a channels-last view, no copy)."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2)
+def _to_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> uint8 (B, 3, H, W) tensor (a channels-last view, no copy)."""
+    return torch.as_tensor(images).permute(0, 3, 1, 2)
 
 
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) on any device -> float32 normalised with CLIP's mean and std."""
-    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+@functools.cache
+def _affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP normalisation as `x * scale + shift` on pixel values 0-255, made once per device."""
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    return ((1 / (255 * std)).float().to(device), (-mean / std).float().to(device))
+
+
+def normalize_images(images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Pixel values 0-255 (B, 3, H, W), uint8 or float, on any device -> float32 normalised with
+    CLIP's mean and std (into `out` when given). The constants are copied to each device once."""
+    scale, shift = _affine(images.device)
+    return torch.addcmul(shift, images, scale, out=out)
 
 
 def eval_batches(split: Split, batch_size: int) -> Iterator[torch.Tensor]:
     """The split's images in order, uint8 (B, 3, H, W), no augmentation; the last batch may be short."""
     for start in range(0, len(split), batch_size):
-        yield _to_batch(np.asarray(split.images[start:start + batch_size]))
+        yield _to_batch(split.images[start:start + batch_size])
+
+
+def default_num_workers(pin_memory: bool, world_size: int = 1) -> int:
+    """`data.num_workers: auto`: no reader processes when training on the CPU (reading a batch
+    is a few ms of copying; augmentation runs in the training step's own threads), else up to
+    four per GPU process, leaving a core per process for the training loop."""
+    if not pin_memory:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_WORKERS, cores // world_size - 1))
+
+
+class HostBatch(NamedTuple):
+    """One training batch (this rank's rows) as read on the host, before augmentation."""
+
+    images: torch.Tensor  # uint8 (B, 3, H, W), channels-last memory
+    tokens: torch.Tensor  # int64 (B, L)
+    boxes: torch.Tensor | None  # int64 (B, 4) crop boxes (top, left, height, width); None: no augmentation
+    flips: torch.Tensor | None  # bool (B,) images to mirror
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> HostBatch:
+        """The same batch on `device`."""
+        return HostBatch(*(None if t is None else t.to(device, non_blocking=non_blocking)
+                           for t in self))
 
 
 def _one_caption_per_image(split: Split, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:
@@ -95,7 +133,8 @@ def _every_caption(split: Split, rng: np.random.Generator, batch_size: int) -> l
 
 
 class TrainLoader:
-    """One epoch of training batches `(images uint8 (B, 3, H, W), tokens int64 (B, L))`.
+    """One epoch of training batches, as `HostBatch`es (uint8 images, tokens, crop boxes and
+    flips); `device_batches(loader, device)` turns them into augmented float32 on the device.
 
     One random caption per image by default; `all_captions=True` gives every
     (image, caption) pair once. Every batch holds exactly `batch_size` different images.
@@ -103,10 +142,16 @@ class TrainLoader:
     pass `PreparedData.crop_scale`) back to the same size, and a horizontal flip of half
     the images when `flip` (never for left/right captions); without it, the cached
     pixels as they are.
+
+    Data parallel: `batch_size` is the global batch; rank `rank` of `world_size` gets rows
+    `rank * B / W` to `(rank + 1) * B / W` of every global batch, crop boxes and flips
+    included, so the ranks' batches put together are the single-process batch.
+    `num_workers`: reader processes, or "auto" (`default_num_workers`). `pin_memory`:
+    batches are read into page-locked memory, for fast asynchronous copies to a GPU.
     """
 
     def __init__(self, split: Split, *, batch_size: int, seed: int, epoch: int, augment: bool,
-                 flip: bool, all_captions: bool = False, num_workers: int = 0,
+                 flip: bool, all_captions: bool = False, num_workers: int | str = 0,
                  pin_memory: bool = False, crop_scale: tuple[float, float] = CROP_SCALE,
                  rank: int = 0, world_size: int = 1) -> None:
         if not 2 <= batch_size <= len(split):
@@ -114,52 +159,61 @@ class TrainLoader:
                 f"batch size {batch_size} needs 2 to {len(split)} images (the {split.name} split "
                 "has that many); change train.batch_size or the split sizes"
             )
-        if batch_size % world_size:
+        if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
             raise DataError(
-                f"batch size {batch_size} (the global batch) must divide evenly over "
-                f"{world_size} processes; change train.batch_size or --nproc_per_node"
+                f"train.batch_size={batch_size} (the global batch) must divide evenly among "
+                f"{world_size} processes (rank {rank}); choose a multiple of {world_size}"
             )
-        # rank r trains rows r*B/W:(r+1)*B/W of every global batch (augmented as a whole)
-        self.rank, self.world_size = rank, world_size
         self.split = split
         self.seed, self.epoch = seed, epoch
         self.augment, self.flip, self.crop_scale = augment, flip, crop_scale
-        self.num_workers = num_workers
+        self.rank, self.world_size = rank, world_size
         self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.num_workers = (default_num_workers(self.pin_memory, world_size)
+                            if num_workers == "auto" else int(num_workers))
         plan = _every_caption if all_captions else _one_caption_per_image
         self._batches = plan(split, _rng(seed, epoch), batch_size)
 
     def __len__(self) -> int:
         return len(self._batches)
 
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch number `index` of the epoch."""
+    def batch(self, index: int) -> HostBatch:
+        """Batch number `index` of the epoch (this rank's rows of it)."""
         captions = self._batches[index]
         images = self.split.caption_image[captions]
-        order = np.argsort(images)  # sorted rows read the memmap front to back
+        order = np.argsort(images)  # sorted rows read the cache front to back
         captions, images = captions[order], images[order]
-        pixels = _to_batch(np.asarray(self.split.images[images]))
-        if self.augment:
-            pixels = augment_batch(pixels, _rng(self.seed, self.epoch, index), flip=self.flip,
-                                   scale=self.crop_scale)
+        boxes = flips = None
+        size = len(captions)
+        if self.augment:  # drawn for the global batch, then sliced: the same on every rank
+            _, height, width, _ = self.split.images.shape
+            boxes, flips = draw_augmentation(_rng(self.seed, self.epoch, index), size, height,
+                                             width, flip=self.flip, scale=self.crop_scale)
+        mine = slice(self.rank * size // self.world_size, (self.rank + 1) * size // self.world_size)
+        captions, images = captions[mine], images[mine]
+        pinned = self.pin_memory and self.num_workers == 0  # else DataLoader pins
+        # Read straight into the (page-locked) tensor that goes to the device: the caching
+        # host allocator then keeps it alive until an asynchronous copy from it has finished.
+        pixels = torch.empty((len(images), *self.split.images.shape[1:]), dtype=torch.uint8,
+                             pin_memory=pinned)
+        read_images(self.split.images, images, pixels.numpy())
+        pixels = _to_batch(pixels)
         # index_select: advanced indexing costs 100x more here (a parallel gather kernel)
         tokens = self.split.tokens.index_select(0, torch.from_numpy(captions))
-        if self.world_size > 1:
-            local = len(captions) // self.world_size
-            rows = slice(self.rank * local, (self.rank + 1) * local)
-            pixels, tokens = pixels[rows], tokens[rows]
-        return pixels, tokens
+        if boxes is not None:
+            boxes, flips = boxes[mine], flips[mine]
+        if pinned:
+            tokens = tokens.pin_memory()
+            boxes, flips = (None, None) if boxes is None else (boxes.pin_memory(), flips.pin_memory())
+        return HostBatch(pixels, tokens, boxes, flips)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[HostBatch]:
         if self.num_workers > 0:
             yield from DataLoader(_Batches(self), batch_size=None, shuffle=False,
                                   num_workers=self.num_workers, pin_memory=self.pin_memory)
             return
         for index in range(len(self)):
-            images, tokens = self.batch(index)
-            if self.pin_memory:
-                images, tokens = images.pin_memory(), tokens.pin_memory()
-            yield images, tokens
+            yield self.batch(index)
 
 
 class _Batches(Dataset):
@@ -171,5 +225,5 @@ class _Batches(Dataset):
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> HostBatch:
         return self.loader.batch(index)

@@ -7,6 +7,7 @@ import numpy as np
 from cliptune.config import DataConfig
 from cliptune.data.catalog import Catalog
 from cliptune.data.image_cache import default_cache_dir, load_or_build
+from cliptune.data.image_rows import ImageRows
 from cliptune.data.prepared import PreparedData, Split
 from cliptune.data.sources import load_catalog
 from cliptune.data.splits import SPLIT_NAMES, split_images
@@ -15,24 +16,25 @@ from cliptune.tokenizer import Tokenizer
 
 
 def _make_split(name: str, catalog: Catalog, indices: np.ndarray, cache_rows: np.ndarray,
-                images: np.ndarray, tokenizer: Tokenizer) -> Split:
+                images: ImageRows, tokenizer: Tokenizer) -> Split:
     part = catalog.subset(indices)
     return Split(
         name=name,
         image_names=part.image_names,
-        images=np.ascontiguousarray(images[cache_rows[indices]]),
+        images=images.subset(cache_rows[indices]),  # a view: no pixels are read here
         captions=part.captions,
         caption_image=part.caption_image,
         tokens=tokenizer.encode(part.captions),
     )
 
 
-def prepare_data(config: DataConfig, *, image_size: int, seed: int, vocab_size: int,
-                 context_length: int, tokenizer: Tokenizer | None = None,
-                 quiet: bool = False) -> PreparedData:
-    """Resolve the source, read captions, build or reuse the image cache, split by image,
-    train the tokenizer on the train captions (unless `tokenizer` is given), tokenize
-    every split, and print a one-line summary (unless `quiet`).
+def prepare_data(config: DataConfig, *, image_size: int, vocab_size: int, context_length: int,
+                 tokenizer: Tokenizer | None = None, quiet: bool = False) -> PreparedData:
+    """Resolve the source, read captions, build or reuse the image cache, split by image
+    (from `config.split_seed` or `config.split_file`), train the tokenizer on the train
+    captions (unless `tokenizer` is given), tokenize every split, and print a one-line
+    summary (unless `quiet`). Splits are views of the image cache: no pixels are loaded.
+
 
     Images that are missing or unreadable are skipped with a warning before splitting.
     Raises `DataError` for input that cannot be used.
@@ -49,11 +51,12 @@ def prepare_data(config: DataConfig, *, image_size: int, seed: int, vocab_size: 
     cache_rows = np.flatnonzero(cache.valid)
     if len(cache_rows) < len(catalog):
         catalog = catalog.subset(cache_rows)
-    indices = split_images(catalog.image_names, config, seed=seed, source=catalog.source)
+    indices = split_images(catalog.image_names, config, source=catalog.source)
     if tokenizer is None:
         train_captions = catalog.subset(indices["train"]).captions
         tokenizer = Tokenizer.train(train_captions, vocab_size, context_length)
-    splits = {name: _make_split(name, catalog, indices[name], cache_rows, cache.images, tokenizer)
+    images = ImageRows(cache.path)
+    splits = {name: _make_split(name, catalog, indices[name], cache_rows, images, tokenizer)
               for name in SPLIT_NAMES}
     data = PreparedData(source=catalog.source, root=str(catalog.root),
                         flip_safe=catalog.flip_safe, tokenizer=tokenizer,

@@ -8,17 +8,23 @@ import numpy as np
 import torch
 
 from cliptune.data.augment import CROP_SCALE
+from cliptune.data.image_rows import ImageRows
 from cliptune.errors import DataError
 from cliptune.tokenizer import Tokenizer
 
 
 @dataclass
 class Split:
-    """The images of one split (uint8, aligned with `image_names`) and all their captions."""
+    """The images of one split (uint8, aligned with `image_names`) and all their captions.
+
+    `images` is normally an `ImageRows` view of the shared image cache (pixels are read
+    when indexed: `images[index_array]` gives a uint8 (n, H, W, 3) array); a plain array
+    works too.
+    """
 
     name: str  # "train" | "val" | "test"
     image_names: list[str]  # relative to PreparedData.root
-    images: np.ndarray  # uint8 (N, H, W, 3)
+    images: ImageRows | np.ndarray  # uint8 (N, H, W, 3)
     captions: list[str]
     caption_image: np.ndarray  # int64 (M,): index into images of each caption
     tokens: torch.Tensor  # int64 (M, context_length)

@@ -1,4 +1,4 @@
-"""Split a catalog into train/val/test BY IMAGE, from a seed or from a split file.
+"""Split a catalog into train/val/test BY IMAGE, from `data.split_seed` or from a split file.
 
 Sizes (`DataConfig.val_size` / `test_size`): >= 1 is a number of images, < 1 a fraction,
 None the per-source default: Flickr30k keeps the usual 1,000 val and 1,000 test images
@@ -9,16 +9,15 @@ each split in its seeded order, so a capped split is a subset of the uncapped on
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from cliptune.config import DataConfig
 from cliptune.data.issues import warn_skipped
+from cliptune.data.split_files import SPLIT_NAMES, read_split_names
 from cliptune.errors import DataError
 
-SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_EVAL_FRACTION = 0.1
 FLICKR30K_EVAL_IMAGES = 1000
 
@@ -51,36 +50,44 @@ def random_split(n_images: int, *, seed: int, val_size: float | None, test_size:
 
 
 def read_split_file(path: Path, image_names: list[str], seed: int) -> Splits:
-    """Image indices per split from a JSON file `{"train": [names], "val": [...], "test": [...]}`.
+    """Image indices per split from a split file (`split_files` lists the formats).
 
-    Names not in the dataset (missing or unreadable images) are skipped with a warning;
-    an image listed in two splits is an error. Each split is shuffled by `seed`.
+    A listed name matches an image of the dataset by its name or, failing that, by its
+    file name alone (Karpathy's files name `1000092795.jpg` wherever the folder puts it).
+    Names not in the dataset (missing from the image folder, or unreadable) are skipped
+    with a warning naming them; an image listed in two splits is an error. Each split is
+    shuffled by `seed`.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"split file not found: {path} (check data.split_file)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in SPLIT_NAMES):
-        raise DataError(f'{path}: expected {{"train": [names], "val": [...], "test": [...]}}')
+    listed_names = read_split_names(path)
     index = {name: i for i, name in enumerate(image_names)}
-    owner: dict[str, str] = {}
+    by_file = {}
+    for i, name in enumerate(image_names):
+        by_file.setdefault(Path(name).name, []).append(i)
+    owner: dict[int, str] = {}
     rng = np.random.default_rng(seed)
     splits: Splits = {}
     for split in SPLIT_NAMES:
-        listed = [str(name) for name in data[split]]
+        listed = listed_names[split]
+        known, unknown = [], []
         for name in listed:
-            if owner.setdefault(name, split) != split:
-                raise DataError(f"{path}: image {name} is in both {owner[name]} and {split}")
-        unknown = [name for name in listed if name not in index]
-        warn_skipped(len(unknown), len(listed), f"{split} images not in the dataset",
-                     str(path), unknown)
-        known = np.array(sorted({index[name] for name in listed if name in index}), dtype=np.int64)
-        if len(known) == 0:
-            raise DataError(f"{path}: the {split} split has no images of this dataset")
-        splits[split] = rng.permutation(known)
+            row = index.get(name)
+            if row is None and len(by_file.get(Path(name).name, ())) == 1:
+                row = by_file[Path(name).name][0]
+            if row is None:
+                unknown.append(name)
+                continue
+            if owner.setdefault(row, split) != split:
+                raise DataError(f"{path}: image {name} is in both {owner[row]} and {split}")
+            known.append(row)
+        warn_skipped(len(unknown), len(listed),
+                     f"{split} images not in the dataset (missing from the image folder or "
+                     "unreadable)", str(path), unknown)
+        if not known:
+            raise DataError(f"{path}: the {split} split has no images of this dataset "
+                            f"({len(listed)} listed, e.g. {', '.join(listed[:3]) or 'none'}); "
+                            "is it the split file of another dataset?")
+        splits[split] = rng.permutation(np.array(sorted(set(known)), dtype=np.int64))
     return splits
 
 
@@ -90,8 +97,10 @@ def cap_and_sort(splits: Splits, max_samples: int | None, max_eval_samples: int 
     return {name: np.sort(indices[:caps[name]]).astype(np.int64) for name, indices in splits.items()}
 
 
-def split_images(image_names: list[str], config: DataConfig, *, seed: int, source: str) -> Splits:
-    """Sorted image indices per split for `config` (split file or seeded random split)."""
+def split_images(image_names: list[str], config: DataConfig, *, source: str) -> Splits:
+    """Sorted image indices per split for `config` (split file or random split), decided by
+    `config.split_seed` alone: runs with different seeds see the same split."""
+    seed = config.split_seed
     if config.split_file:
         splits = read_split_file(Path(config.split_file).expanduser(), image_names, seed)
     else:
