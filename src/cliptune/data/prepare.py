@@ -35,7 +35,6 @@ def prepare_data(config: DataConfig, *, image_size: int, vocab_size: int, contex
     captions (unless `tokenizer` is given), tokenize every split, and print a one-line
     summary (unless `quiet`). Splits are views of the image cache: no pixels are loaded.
 
-
     Images that are missing or unreadable are skipped with a warning before splitting.
     Raises `DataError` for input that cannot be used.
     """
