@@ -164,3 +164,16 @@ def test_two_worker_processes_share_one_study(tmp_path, cache_dir):
     assert (tmp_path / "checkpoints" / "w" / "best.pt").is_file()
     owners = {t.user_attrs["owner"]["pid"] for t in load(tmp_path, "w").trials}
     assert len(owners) == 2  # both workers ran trials (the baseline is one of them)
+
+
+def test_a_total_trial_budget_is_shared_by_all_drivers(tmp_path, cache_dir):
+    plan, space = tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE)
+
+    def driver(trials: int) -> int:
+        settings = StudySettings(study_name="m", trials=trials, max_trials=3, pruner="none",
+                                 results_dir=str(tmp_path / "results"), show_progress=False)
+        return run_study(settings, plan, space).summary.complete
+
+    assert driver(10) == 3  # stops at the study's budget, not at its own 10
+    assert driver(10) == 3  # a later driver finds the budget spent
+    assert len(load(tmp_path, "m").trials) == 3

@@ -67,8 +67,8 @@ def enqueue_baseline(study: optuna.Study, space: SearchSpace, config: RunConfig)
 
 
 def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's baseline trial (the first one marked so), if any."""
-    for trial in study.get_trials(deepcopy=False):
-        if trial.user_attrs.get(BASELINE_ATTR):
-            return trial
-    return None
+    """The study's baseline trial, if any: the first one marked so that completed, else
+    the first one marked so (a retried baseline carries the mark too)."""
+    marked = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(BASELINE_ATTR)]
+    complete = [t for t in marked if t.state == optuna.trial.TrialState.COMPLETE]
+    return (complete or marked or [None])[0]
