@@ -94,6 +94,8 @@ def test_a_killed_worker_fails_its_trial_and_is_replaced(tmp_path, cache_dir):
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) == 4 and len(states) == 5  # the study got its 4
     assert "started a replacement" in output
+    assert not (tmp_path / "checkpoints" / ".hpo-scratch" / "k" / f"trial_{victim.number:04d}"
+                ).exists()  # its half-written checkpoints are gone
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 

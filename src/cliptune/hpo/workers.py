@@ -10,6 +10,7 @@ still owed, so the study reaches the requested number of trials.
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ import torch
 from optuna.trial import TrialState
 
 from cliptune.config import RunConfig
-from cliptune.hpo.objective import Objective, ObjectiveSettings
+from cliptune.hpo.objective import Objective, ObjectiveSettings, scratch_dir
 from cliptune.hpo.owners import OWNER_ATTR, fail_trial
 from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.settings import StudySettings
@@ -170,6 +171,10 @@ class WorkerPool:
             mine = [t for t in self.study.get_trials(deepcopy=False) if _owned_by(t, p.pid)]
             failed = [t.number for t in mine if t.state == TrialState.RUNNING
                       and fail_trial(self.study, self.storage, t, reason)]
+            for number in failed:  # its half-written checkpoints
+                shutil.rmtree(scratch_dir(slot.job.base.checkpoints_dir,
+                                          slot.job.settings.study_name, number),
+                              ignore_errors=True)
             slot.finished += sum(t.state in FINISHED for t in mine)
             remaining = slot.job.trials - slot.finished
             line = f"{reason}; trial(s) {failed or 'none'} marked failed"
