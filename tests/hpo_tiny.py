@@ -65,7 +65,7 @@ def load(root: Path, name: str, storage: str | None = None) -> optuna.Study:
                              storage=make_storage(storage, root / "results", name))
 
 
-def wait_for(predicate, timeout_s: float = 120.0, what: str = "condition"):
+def wait_for(predicate, timeout_s: float = 300.0, what: str = "condition"):
     """Poll `predicate` every 0.1 s until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

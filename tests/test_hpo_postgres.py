@@ -54,8 +54,10 @@ def test_two_drivers_share_a_study_and_a_killed_ones_trial_is_retried(
     flags += ["--study-name", "pg", "--storage", postgres_url, "--heartbeat", "2",
               "--pruner", "none"]
     # started at the same moment on a fresh database
-    survivor = start_driver(flags + ["--trials", "8"], tmp_path)
-    victim_driver = start_driver(flags + ["--trials", "8"], tmp_path)
+    # enough trials that the survivor still starts one after the victim's heartbeat is
+    # stale (3 beats of 2 s), on an idle or a loaded machine alike
+    survivor = start_driver(flags + ["--trials", "16"], tmp_path)
+    victim_driver = start_driver(flags + ["--trials", "16"], tmp_path)
     try:
         victim = wait_for(lambda: _running_of(tmp_path, postgres_url, victim_driver.pid),
                           what="the second driver in mid-trial")
@@ -75,8 +77,8 @@ def test_two_drivers_share_a_study_and_a_killed_ones_trial_is_retried(
     assert retries[0].params == trials[victim.number].params
     by_victim = [t for t in trials if t.user_attrs.get("owner", {}).get("pid") == victim_driver.pid]
     finished_by_victim = sum(t.state == TrialState.COMPLETE for t in by_victim)
-    # the survivor ran its 8 (the retry among them); the victim its finished ones + 1 failed
-    assert len(trials) == 8 + finished_by_victim + 1
+    # the survivor ran its 16 (the retry among them); the victim its finished ones + 1 failed
+    assert len(trials) == 16 + finished_by_victim + 1
     assert [t.state for t in trials].count(TrialState.FAIL) == 1
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     frame = pd.read_csv(tmp_path / "results" / "pg" / "trials.csv")  # the reports cover all
