@@ -106,3 +106,50 @@ def shapes_data(shapes_cache_dir):
 
     config = DataConfig(source="shapes", shapes_images=60, cache_dir=str(shapes_cache_dir))
     return prepare_data(config, quiet=True, **SHAPES_SMALL)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+POSTGRES_ENV = "CLIPTUNE_TEST_POSTGRES_URL"
+POSTGRES_UP = Path(__file__).resolve().parent.parent / ".ci" / "postgres-up"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """URL of a real PostgreSQL server whose user may create databases.
+
+    From $CLIPTUNE_TEST_POSTGRES_URL, else `.ci/postgres-up` starts the local server
+    (root, Debian package `postgresql`); otherwise the tests fail saying how to start it.
+    """
+    import os
+    import subprocess
+
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        return url
+    how = (f"start PostgreSQL and point the tests at it: apt-get install -y postgresql; "
+           f"export {POSTGRES_ENV}=$(sudo .ci/postgres-up)")
+    if os.geteuid() != 0:
+        pytest.fail(f"no PostgreSQL for the storage tests: {how}")
+    done = subprocess.run([str(POSTGRES_UP)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f".ci/postgres-up failed ({done.stderr.strip()[-500:]}); {how}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url) -> str:
+    """A fresh, empty database on the test server for one test (dropped afterwards)."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(postgres_server_url)
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"cliptune_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

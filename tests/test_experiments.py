@@ -5,6 +5,7 @@ import torch
 
 from cliptune.config import load_config
 from cliptune.experiments import EXPERIMENTS_DIR, default_experiment
+from cliptune.hpo.fidelity import load_plan
 from cliptune.hpo.search_space import load_search_space
 
 
@@ -18,13 +19,18 @@ def fake_gpu(monkeypatch):
 def test_every_shipped_experiment_loads(path):
     if "search" in path.name:
         assert load_search_space(path).parameters
+    elif "hpo" in path.name:
+        plan = load_plan(path)
+        assert plan.trial_base().train.epochs == plan.fidelity.epochs
     else:
         assert load_config(path).name == path.stem
 
 
-def test_gpu_search_space_fits_its_base():
+def test_gpu_search_space_fits_its_study():
     space = load_search_space(EXPERIMENTS_DIR / "gpu-search-space.yaml")
-    space.check_against(load_config(EXPERIMENTS_DIR / "gpu-hpo.yaml"))
+    plan = load_plan(EXPERIMENTS_DIR / "gpu-hpo.yaml")
+    assert plan.target.model.image_size == 224
+    space.check_against(plan.trial_base())
 
 
 def test_cpu_machine_gets_the_cpu_experiments(monkeypatch):

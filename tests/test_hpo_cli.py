@@ -2,41 +2,65 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import optuna
 import pytest
 
 import optimize
+from cliptune.config import load_config
 from cliptune.errors import ConfigError, DataError
+from cliptune.hpo.baseline import base_params
 from cliptune.hpo.objective import scratch_dir
+from cliptune.hpo.owners import owner_record
+from cliptune.hpo.search_space import load_search_space
 from cliptune.hpo.study import make_storage
 
+REPO = Path(__file__).resolve().parent.parent
 
-def test_defaults_run_the_shipped_experiment():
+
+def test_defaults_tune_the_default_experiment_at_reduced_fidelity():
     args = optimize.parse_args([])
-    config = optimize.build_base_config(args)
-    settings = optimize.build_settings(args, config)
+    plan = optimize.build_plan(args)
+    settings = optimize.build_settings(args)
     assert (settings.trials, settings.study_name, settings.workers) == (50, "clip-hpo", 1)
     assert (settings.sampler, settings.pruner, settings.metric) == ("tpe", "hyperband", "val_loss")
-    assert settings.storage is None and settings.epochs is None
-    assert config.data.source == "auto"  # Flickr30k when available, else Shapes
+    assert settings.storage is None and settings.max_trials is None and settings.seeds == 3
+    assert plan.target == load_config(REPO / "experiments" / "default.yaml")
+    trial = plan.trial_base()
+    assert (trial.train.epochs, trial.data.max_samples, trial.data.max_eval_samples) == (
+        12, 2000, 300)
+    assert trial.train.figure_images == 0 and trial.data.source == "auto"
+    # the target's own values are in the shipped space: the baseline trial exists
+    params, reason = base_params(load_search_space(args.search_space), plan.target)
+    assert reason == "" and params["lr"] == plan.target.train.lr
 
 
 def test_flags_reach_the_base_config_and_settings():
     args = optimize.parse_args([
         "--trials", "3", "--study-name", "s", "--workers", "2", "--timeout", "60",
         "--sampler", "random", "--pruner", "median", "--patience", "2", "--metric", "rsum",
-        "--epochs", "4", "--max-samples", "500", "--seed", "7", "--data", "shapes",
-        "--set", "train.batch_size=64", "--set", "model.vision_layers=2", "--retrain-best",
+        "--epochs", "4", "--max-samples", "500", "--max-eval-samples", "100", "--seed", "7",
+        "--data", "shapes", "--set", "train.batch_size=64", "--set", "model.vision_layers=2",
+        "--retrain-best", "--seeds", "2", "--max-trials", "9", "--heartbeat", "5",
+        "--allow-changes",
     ])
-    config = optimize.build_base_config(args)
-    settings = optimize.build_settings(args, config)
-    assert (config.data.max_samples, config.seed, config.data.source) == (500, 7, "shapes")
+    plan = optimize.build_plan(args)
+    settings = optimize.build_settings(args)
+    config, trial = plan.target, plan.trial_base()
+    assert (config.data.max_samples, config.seed, config.data.source) == (None, 7, "shapes")
     assert (config.train.batch_size, config.model.vision_layers) == (64, 2)
+    assert (trial.data.max_samples, trial.data.max_eval_samples, trial.train.epochs) == (
+        500, 100, 4)
     assert (settings.trials, settings.study_name, settings.workers, settings.timeout) == (
         3, "s", 2, 60.0)
     assert (settings.sampler, settings.pruner, settings.patience, settings.metric) == (
         "random", "median", 2, "rsum")
-    assert (settings.epochs, settings.seed, settings.retrain_best) == (4, 7, True)
+    assert (settings.retrain_best, settings.seeds, settings.max_trials) == (True, 2, 9)
+    assert (settings.heartbeat.interval_s, settings.heartbeat.grace_s) == (5, 15)
+    assert settings.allow_changes
 
 
 def test_user_errors_are_config_errors(tmp_path):
@@ -48,6 +72,15 @@ def test_user_errors_are_config_errors(tmp_path):
         optimize.main(["--workers", "0", "--results-dir", str(tmp_path), "--trials", "0"])
     with pytest.raises(SystemExit):
         optimize.parse_args(["--pruner", "asha"])
+    with pytest.raises(ConfigError, match="--seeds"):
+        optimize.main(["--seeds", "0", "--results-dir", str(tmp_path), "--trials", "0"])
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text("target: ../nope.yaml\n")
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        optimize.main(["--study-config", str(study_file), "--trials", "0"])
+    study_file.write_text("target: x.yaml\nfidelity: {epoch: 3}\n")
+    with pytest.raises(ConfigError, match="study.yaml: unknown fidelity key.*epoch"):
+        optimize.main(["--study-config", str(study_file), "--trials", "0"])
 
 
 def test_data_errors_stop_the_study_before_its_first_trial(tmp_path):
@@ -57,7 +90,8 @@ def test_data_errors_stop_the_study_before_its_first_trial(tmp_path):
                        "--results-dir", str(results), "--study-name", "d", "--trials", "2",
                        "--quiet"])
     study = optuna.load_study(study_name="d", storage=make_storage(None, results, "d"))
-    assert study.trials == []
+    # nothing ran: only the baseline waits in the queue
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.WAITING]
 
 
 def test_continuing_fails_trials_a_killed_driver_left_running(tmp_path):
@@ -66,12 +100,16 @@ def test_continuing_fails_trials_a_killed_driver_left_running(tmp_path):
             "--set", f"checkpoints_dir={checkpoints}"]
     assert optimize.main(argv) == 0
     study = optuna.load_study(study_name="k", storage=make_storage(None, results, "k"))
-    orphan = study.ask()  # what a killed driver leaves behind
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner = owner_record(dead.pid)  # recorded while it ran ...
+    dead.wait()  # ... and now it is gone, as after a SIGKILL
+    orphan = study.ask()  # what a killed driver leaves behind (the baseline trial)
+    orphan.set_user_attr("owner", owner)
     scratch = scratch_dir(str(checkpoints), "k", orphan.number)
     scratch.mkdir(parents=True)
     (scratch / "last.pt").write_bytes(b"half")
     assert optimize.main(argv) == 0
     trial = optuna.load_study(study_name="k", storage=make_storage(None, results, "k")).trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
-    assert trial.user_attrs["fail_reason"].startswith("left RUNNING by a driver that stopped")
+    assert trial.user_attrs["fail_reason"].startswith("its owner process died")
     assert not scratch.exists()

@@ -2,52 +2,28 @@
 
 from __future__ import annotations
 
-import json
-
-import optuna
 import pandas as pd
 import pytest
-import yaml
+from hpo_tiny import SPACE, load, read_json, tiny_plan, write_study_files
 from optuna.trial import TrialState
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
-from tiny_model import TINY_MODEL
 
 import optimize
 from cliptune.checkpoint import load_checkpoint
-from cliptune.config import RunConfig, apply_overrides, config_to_dict, load_config, save_config
+from cliptune.config import load_config
 from cliptune.errors import TrainingDiverged
 from cliptune.hpo import objective as objective_module
-from cliptune.hpo.driver import StudySettings, run_study
+from cliptune.hpo.driver import run_study
 from cliptune.hpo.search_space import search_space_from_dict
+from cliptune.hpo.settings import StudySettings
 from cliptune.trainer import Trainer
-
-TINY = TINY_MODEL + [
-    "data.source=shapes", "data.shapes_images=80", "data.val_size=16", "data.test_size=16",
-    "train.batch_size=16", "train.eval_batch_size=16", "train.figure_images=0",
-    "train.precision=fp32",
-]
-SPACE = {"parameters": {
-    "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True, "target": "train.lr"},
-    "depth": {"type": "int", "low": 1, "high": 2,
-              "target": ["model.vision_layers", "model.text_layers"]},
-    "head_dim": {"type": "categorical", "choices": [8, 16],
-                 "target": ["model.vision_head_dim", "model.text_head_dim"]},
-}}
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
-
-
-def base_config(root, cache_dir) -> RunConfig:
-    config = apply_overrides(RunConfig(name="base"), TINY)
-    config.data.cache_dir = str(cache_dir)
-    config.runs_dir = str(root / "runs")
-    config.checkpoints_dir = str(root / "checkpoints")
-    return config
 
 
 def hparams_of(run_dir) -> dict:
@@ -58,62 +34,89 @@ def hparams_of(run_dir) -> dict:
     return {key: value.ListFields()[0][1] for key, value in start.hparams.items()}
 
 
-def test_cli_study_reports_tensorboard_continue_and_retrain(tmp_path, cache_dir):
-    save_config(base_config(tmp_path, cache_dir), tmp_path / "base.yaml")
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    results = tmp_path / "results"
-    common = ["--config", str(tmp_path / "base.yaml"), "--search-space",
-              str(tmp_path / "space.yaml"), "--study-name", "t", "--results-dir", str(results),
-              "--quiet"]
-    study_args = common + ["--epochs", "2", "--pruner", "sha", "--seed", "3"]
+def test_cli_study_baseline_fidelity_reports_continue_and_retrain(tmp_path, cache_dir):
+    flags = write_study_files(tmp_path, cache_dir, trial_epochs=2, target_epochs=2,
+                              max_samples=24)
+    study_args = flags + ["--study-name", "t", "--pruner", "sha", "--seed", "3"]
     assert optimize.main(study_args + ["--trials", "4"]) == 0
 
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(results / "t" / "study.journal")))
-    study = optuna.load_study(study_name="t", storage=storage)
+    study = load(tmp_path, "t")
     states = [t.state for t in study.trials]
-    assert len(states) == 4 and TrialState.COMPLETE in states and TrialState.PRUNED in states
+    assert len(states) == 4 and TrialState.COMPLETE in states
+    # trial 0 is the target's own settings, run at the study's fidelity
+    assert study.trials[0].user_attrs["baseline"] is True
+    assert study.trials[0].params == {"lr": pytest.approx(5e-4), "depth": 1, "head_dim": 16}
+    assert study.metric_names == ["val_loss"]
     for trial in study.trials:
-        assert trial.user_attrs["config"]["name"] == f"t/trial_{trial.number:04d}"
-        # every trial, pruned ones too, is one TensorBoard run with its hparams
+        config = trial.user_attrs["config"]
+        assert config["name"] == f"t/trial_{trial.number:04d}"
+        assert (config["data"]["max_samples"], config["train"]["epochs"]) == (24, 2)
+        assert config["seed"] == 3
         hparams = hparams_of(tmp_path / "runs" / "t" / f"trial_{trial.number:04d}")
         assert hparams["trial"] == trial.number
         assert hparams["train.lr"] == pytest.approx(trial.params["lr"])
         assert hparams["model.vision_width"] == 2 * trial.params["head_dim"]
 
-    # only the best trial's checkpoint is kept
     best = study.best_trial
     ckpt = tmp_path / "checkpoints"
-    assert (ckpt / "t" / "best.pt").is_file()
-    assert json.loads((ckpt / "t" / "best.json").read_text())["trial"] == best.number
+    assert read_json(ckpt / "t" / "best.json")["trial"] == best.number
     assert not list((ckpt / ".hpo-scratch").rglob("*.pt"))
 
-    out = results / "t"
+    out = tmp_path / "results" / "t"
     assert len(pd.read_csv(out / "trials.csv")) == 4
-    assert json.loads((out / "best_params.json").read_text()) == best.params
-    assert json.loads((out / "best_results.json").read_text())["trial"] == best.number
+    assert read_json(out / "best_params.json") == best.params
     with Image.open(out / "plots" / "intermediate_values.png") as image:
         assert image.size[0] > 100
-    assert "Plotly.newPlot" in (out / "plots" / "optimization_history.html").read_text()
-    assert "## Top 10 trials" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Baseline (trial 0, the target's own settings): val_loss = " in report
+    assert "24 training / all validation images per trial" in report
 
-    best_config = load_config(out / "best_config.yaml")  # a complete experiment
+    # best_config.yaml: the target with the best parameters at FULL fidelity
+    best_config = load_config(out / "best_config.yaml")
     assert best_config.train.lr == pytest.approx(best.params["lr"])
-    assert best_config.train.epochs == 2 and best_config.name == "t-best"
+    assert best_config.data.max_samples is None and best_config.train.epochs == 2
+    assert best_config.name == "t-best" and best_config.seed == 3
 
-    # the same command continues the study; then retrain the best on val and test
+    # the same command continues the study; then retrain best and base with 2 seeds
     assert optimize.main(study_args + ["--trials", "1"]) == 0
-    assert len(optuna.load_study(study_name="t", storage=storage).trials) == 5
-    assert optimize.main(common + ["--trials", "0", "--retrain-best", "--epochs", "1"]) == 0
-    retrain = json.loads((out / "retrain_results.json").read_text())
-    assert retrain["epochs"] == 1 and set(retrain["test"]) >= {"rsum", "loss", "i2t_r1"}
-    # the retrained run is best_config.yaml, trained (here for 1 epoch)
-    trained = load_checkpoint(retrain["checkpoint"])["config"]
-    expected = config_to_dict(load_config(out / "best_config.yaml"))  # best after continuing
-    expected["name"], expected["train"]["epochs"] = f"t/retrain_trial_{retrain['trial']:04d}", 1
-    assert trained == expected
-    assert json.loads((out / "best_results.json").read_text())["retrain"]["test"] == retrain["test"]
-    assert "## Best configuration retrained" in (out / "report.md").read_text()
+    assert len(load(tmp_path, "t").trials) == 5
+    assert optimize.main(flags + ["--study-name", "t", "--seed", "3", "--trials", "0",
+                                  "--retrain-best", "--seeds", "2"]) == 0
+    retrain = read_json(out / "retrain_results.json")
+    assert retrain["seeds"] == [3, 4] and retrain["epochs"] == 2
+    best_runs, base_runs = retrain["configs"]["best"]["runs"], retrain["configs"]["base"]["runs"]
+    assert [r["seed"] for r in best_runs] == [3, 4] and len(base_runs) == 2
+    assert retrain["configs"]["base"]["trial"] == 0
+    rsums = [r["test"]["rsum"] for r in best_runs]
+    assert retrain["configs"]["best"]["test_mean"]["rsum"] == pytest.approx(sum(rsums) / 2)
+    assert retrain["difference"]["rsum"] == pytest.approx(
+        retrain["configs"]["best"]["test_mean"]["rsum"]
+        - retrain["configs"]["base"]["test_mean"]["rsum"])
+    assert "than the spread" in retrain["verdict"]
+    # the retrained run is best_config.yaml at full fidelity, seeded
+    trained = load_checkpoint(best_runs[1]["checkpoint"])["config"]
+    assert trained["seed"] == 4 and trained["data"]["max_samples"] is None
+    assert trained["name"] == "t/retrain/best_seed4"
+    assert trained["train"]["lr"] == pytest.approx(load(tmp_path, "t").best_params["lr"])
+    report = (out / "report.md").read_text()
+    assert "## Best and base configuration at full fidelity" in report
+    assert retrain["verdict"] in report
+
+
+def test_continuing_with_other_settings_is_refused_unless_allowed(tmp_path, cache_dir):
+    flags = write_study_files(tmp_path, cache_dir)
+    assert optimize.main(flags + ["--study-name", "c", "--trials", "1", "--pruner", "none"]) == 0
+    with pytest.raises(Exception, match=r"(?s)fidelity: epochs: 1 -> 2.*--allow-changes"):
+        optimize.main(flags + ["--study-name", "c", "--trials", "1", "--epochs", "2"])
+    with pytest.raises(Exception, match=r"seed: 0 -> 5"):
+        optimize.main(flags + ["--study-name", "c", "--trials", "0", "--seed", "5"])
+    with pytest.raises(Exception, match=r"target: train.weight_decay: 0.1 -> 0.2"):
+        optimize.main(flags + ["--study-name", "c", "--trials", "0",
+                               "--set", "train.weight_decay=0.2"])
+    assert len(load(tmp_path, "c").trials) == 1
+    assert optimize.main(flags + ["--study-name", "c", "--trials", "1", "--pruner", "none",
+                                  "--set", "train.weight_decay=0.2", "--allow-changes"]) == 0
+    assert len(load(tmp_path, "c").trials) == 2
 
 
 def test_a_failing_trial_does_not_stop_the_study(tmp_path, cache_dir, monkeypatch):
@@ -127,22 +130,50 @@ def test_a_failing_trial_does_not_stop_the_study(tmp_path, cache_dir, monkeypatc
             return super().fit()
 
     monkeypatch.setattr(objective_module, "Trainer", DivergesOnSecondRun)
-    settings = StudySettings(study_name="f", trials=3, epochs=1, pruner="none",
+    settings = StudySettings(study_name="f", trials=3, pruner="none",
                              results_dir=str(tmp_path / "results"), show_progress=False)
-    outcome = run_study(settings, base_config(tmp_path, cache_dir),
-                        search_space_from_dict(SPACE))
+    outcome = run_study(settings, tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE))
     assert (outcome.summary.complete, outcome.summary.failed) == (2, 1)
     frame = pd.read_csv(tmp_path / "results" / "f" / "trials.csv")
     assert frame.loc[1, "state"] == "FAIL"
     assert frame.loc[1, "fail_reason"].startswith("diverged: the training loss became nan")
 
 
-def test_two_worker_processes_share_one_study(tmp_path, cache_dir):
-    settings = StudySettings(study_name="w", trials=2, workers=2, epochs=1, pruner="none",
+def test_a_failing_report_does_not_stop_the_study(tmp_path, cache_dir, monkeypatch, capsys):
+    from cliptune.hpo import reports
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(reports, "trials_frame", broken)
+    settings = StudySettings(study_name="r", trials=2, pruner="none",
                              results_dir=str(tmp_path / "results"), show_progress=False)
-    outcome = run_study(settings, base_config(tmp_path, cache_dir), search_space_from_dict(SPACE))
-    assert outcome.worker_errors == [] and not outcome.interrupted
+    outcome = run_study(settings, tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE))
     assert outcome.summary.complete == 2
+    assert "report not (fully) written: RuntimeError: disk full" in capsys.readouterr().err
+
+
+def test_two_worker_processes_share_one_study(tmp_path, cache_dir):
+    settings = StudySettings(study_name="w", trials=3, workers=2, pruner="none",
+                             results_dir=str(tmp_path / "results"), show_progress=False)
+    outcome = run_study(settings, tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE))
+    assert outcome.worker_errors == [] and not outcome.interrupted
+    assert outcome.summary.complete == 3
     frame = pd.read_csv(tmp_path / "results" / "w" / "trials.csv")
-    assert sorted(frame.number) == [0, 1] and set(frame.state) == {"COMPLETE"}
+    assert sorted(frame.number) == [0, 1, 2] and set(frame.state) == {"COMPLETE"}
     assert (tmp_path / "checkpoints" / "w" / "best.pt").is_file()
+    owners = {t.user_attrs["owner"]["pid"] for t in load(tmp_path, "w").trials}
+    assert len(owners) == 2  # both workers ran trials (the baseline is one of them)
+
+
+def test_a_total_trial_budget_is_shared_by_all_drivers(tmp_path, cache_dir):
+    plan, space = tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE)
+
+    def driver(trials: int) -> int:
+        settings = StudySettings(study_name="m", trials=trials, max_trials=3, pruner="none",
+                                 results_dir=str(tmp_path / "results"), show_progress=False)
+        return run_study(settings, plan, space).summary.complete
+
+    assert driver(10) == 3  # stops at the study's budget, not at its own 10
+    assert driver(10) == 3  # a later driver finds the budget spent
+    assert len(load(tmp_path, "m").trials) == 3

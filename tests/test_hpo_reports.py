@@ -96,8 +96,11 @@ def test_full_report_from_a_study(tmp_path):
               "contour": "contour", "slice": "scatter", "timeline": "bar"}
     for name, trace in traces.items():
         html = (out / "plots" / f"{name}.html").read_text()
-        assert len(html) > 1_000_000  # plotly.js embedded: opens offline
+        assert len(html) < 500_000  # plotly.js is not embedded in every page ...
+        assert 'src="plotly.min.js"' in html  # ... but read from the folder: offline
         assert "Plotly.newPlot" in html and f'"type":"{trace}"' in html
+    assert (out / "plots" / "plotly.min.js").stat().st_size > 1_000_000
+    assert "val_loss" in (out / "plots" / "optimization_history.html").read_text()
     for name in ("optimization_history", "param_importances", "intermediate_values"):
         with Image.open(out / "plots" / f"{name}.png") as image:
             assert image.size[0] > 100 and image.size[1] > 100
@@ -108,6 +111,10 @@ def test_full_report_from_a_study(tmp_path):
     assert f"pruning saved {summary.epochs_saved} epochs" in report
     assert f"Trial **{best.number}**" in report
     assert "## Parameter importances (PED-ANOVA)" in report and "| lr |" in report
+    n_complete, n_reported = summary.complete, summary.complete + summary.pruned
+    assert f"complete trials, final value ({n_complete} trials)" in report
+    assert f"complete and pruned trials, value at epoch 1 ({n_reported} trials)" in report
+    assert "treat these as a rough hint" in report  # fewer than 20 trials
     assert "plots/optimization_history.html" in report
     assert "python src/main.py --config" in report and "tensorboard --logdir" in report
     assert "optuna-dashboard s.journal" in report
@@ -129,8 +136,8 @@ def test_too_few_trials_give_notes_not_errors(tmp_path):
     ctx = context(tmp_path)
     StudyReporter(ctx).write(study, plots=True)
     report = (ctx.out_dir / "report.md").read_text()
-    assert "importances need at least 2 complete trials (have 1)" in report
-    assert "Parameter importances: not drawn" in report
+    assert "needs at least 2 trials (has 1)" in report
+    assert "Parameter importances (complete trials): not drawn" in report
     assert not (ctx.out_dir / "plots" / "param_importances.html").exists()
     assert (ctx.out_dir / "plots" / "optimization_history.html").is_file()
 
@@ -142,7 +149,7 @@ def test_plots_are_throttled_between_trials(tmp_path):
     reporter.write(study)  # within the interval: cheap files only
     history = ctx.out_dir / "plots" / "optimization_history.html"
     assert (ctx.out_dir / "trials.csv").is_file() and not history.exists()
-    assert "Optimization history: drawn at the next plot refresh" in (
+    assert "Optimization history (best so far): drawn at the next plot refresh" in (
         ctx.out_dir / "report.md").read_text()
     reporter.write(study, plots=True)  # the end of a study draws everything
     first = history.stat().st_mtime_ns
@@ -186,3 +193,47 @@ def test_trial_line_shows_state_value_epochs_and_reason(tmp_path):
     complete = next(t for t in study.trials if t.state == TrialState.COMPLETE)
     line = trial_line(complete, "val_loss", BUDGET)
     assert f"val_loss {complete.value:.4f}" in line and f"{BUDGET}/{BUDGET} epochs" in line
+
+
+def test_learning_curves_name_the_metric_and_tell_states_apart(tmp_path):
+    from cliptune.hpo.plots import learning_curves_html
+
+    study = make_study(tmp_path, 12)
+    figure = learning_curves_html(study, None, "val_loss")
+    assert figure.layout.xaxis.title.text == "epoch"
+    assert figure.layout.yaxis.title.text == "validation val_loss"
+    legend = [trace.name for trace in figure.data if trace.showlegend]
+    assert sorted(legend) == ["complete", "pruned"]  # one entry per state, not per trial
+    colours = {trace.name: trace.line.color for trace in figure.data}
+    assert colours["complete"] != colours["pruned"]
+    assert len(figure.data) == sum(1 for t in study.trials if t.intermediate_values)
+
+
+def test_a_failing_plot_is_logged_and_the_rest_is_written(tmp_path, monkeypatch, capsys):
+    from cliptune.hpo import plots
+
+    def broken(study, evaluator, metric):
+        raise ValueError("no contour today")
+
+    monkeypatch.setattr(plots, "PLOTS", tuple(
+        plots.Plot(p.name, p.title, broken, p.png, p.needs_complete, p.needs_params)
+        if p.name == "contour" else p for p in plots.PLOTS))
+    study = make_study(tmp_path, 6)
+    ctx = context(tmp_path)
+    StudyReporter(ctx).write(study, plots=True)
+    assert "plot contour not drawn: ValueError: no contour today" in capsys.readouterr().err
+    report = (ctx.out_dir / "report.md").read_text()
+    assert "Contour: not drawn (failed: ValueError: no contour today)" in report
+    assert (ctx.out_dir / "plots" / "slice.html").is_file()
+
+
+def test_rung_importances_use_pruned_trials_at_their_common_epoch(tmp_path):
+    from cliptune.hpo.importances import deepest_common_epoch, rung_importances
+
+    study = make_study(tmp_path, 12)
+    reported = [t for t in study.trials if t.intermediate_values]
+    assert deepest_common_epoch(reported) == 1
+    result = rung_importances(study)
+    assert result.trials == len(reported) > summarize(study, BUDGET).complete
+    assert set(result.values) == {"lr", "depth"}
+    assert result.values["lr"] > result.values["depth"]  # the synthetic loss is mostly lr

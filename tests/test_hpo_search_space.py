@@ -7,8 +7,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cliptune.config import RunConfig, load_config
+from cliptune.config import RunConfig
 from cliptune.errors import ConfigError
+from cliptune.hpo.fidelity import load_plan
 from cliptune.hpo.search_space import load_search_space, search_space_from_dict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,7 +22,7 @@ def space(**entries):
 def test_shipped_search_space_loads_and_fits_the_base_experiment():
     loaded = load_search_space(REPO / "experiments" / "search_space.yaml")
     assert {"lr", "temperature", "depth"} <= set(loaded.names)
-    loaded.check_against(load_config(REPO / "experiments" / "hpo.yaml"))
+    loaded.check_against(load_plan(REPO / "experiments" / "hpo.yaml").trial_base())
 
 
 def test_suggest_and_apply_sets_every_target():

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
+import subprocess
+import sys
+import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from cliptune.errors import ConfigError
-from cliptune.hpo.study import (
-    fail_orphaned_trials,
-    make_pruner,
-    make_sampler,
-    make_storage,
-    open_study,
-)
+from cliptune.hpo.owners import fail_dead_owners, owner_alive, owner_record
+from cliptune.hpo.study import database_url, make_pruner, make_sampler, make_storage, open_study
 
 
 def test_tpe_is_seeded_multivariate_with_constant_liar():
@@ -83,24 +81,59 @@ def test_study_is_continued_and_its_metric_is_kept(tmp_path):
         storage = make_storage(None, tmp_path, "s")
         return open_study(storage, "s", metric, make_sampler("random", 0), make_pruner("none", 3))
 
-    first = study()
+    first, created = study()
+    assert created and first.metric_names == ["val_loss"]  # what optuna-dashboard shows
     first.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
-    again = study()
+    again, created = study()
+    assert not created
     assert len(again.trials) == 2 and again.direction == optuna.study.StudyDirection.MINIMIZE
     with pytest.raises(ConfigError, match="optimizes val_loss, not rsum"):
         study("rsum")
 
 
-def test_orphaned_running_trials_are_failed_with_a_reason(tmp_path):
+def test_only_trials_of_dead_owners_are_failed(tmp_path):
     storage = make_storage(None, tmp_path, "s")
-    study = open_study(storage, "s", "val_loss", make_sampler("random", 0), make_pruner("none", 3))
+    study, _ = open_study(storage, "s", "val_loss", make_sampler("random", 0),
+                          make_pruner("none", 3))
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
-    orphan = study.ask()  # a worker that died mid-trial leaves it RUNNING
-    assert fail_orphaned_trials(study, "worker died") == [orphan.number]
-    frozen = study.trials[orphan.number]
-    assert frozen.state == TrialState.FAIL
-    assert frozen.user_attrs["fail_reason"] == "worker died"
+    live = study.ask()  # this process runs it
+    live.set_user_attr("owner", owner_record())
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = study.ask()  # a worker that died mid-trial leaves it RUNNING
+    dead.set_user_attr("owner", owner_record(gone.pid))
+    gone.wait()
+    remote = study.ask()  # another machine, beating recently
+    remote.set_user_attr("owner", {"host": "elsewhere", "pid": 1, "started": 1})
+    remote.set_user_attr("beat", time.time())
+    silent = study.ask()  # another machine, silent for longer than the grace period
+    silent.set_user_attr("owner", {"host": "elsewhere", "pid": 2, "started": 1})
+    silent.set_user_attr("beat", time.time() - 600)
+    assert fail_dead_owners(study, storage, "worker died", grace_s=120) == [
+        dead.number, silent.number]
+    states = {t.number: t.state for t in study.trials}
+    assert states[live.number] == states[remote.number] == TrialState.RUNNING
+    assert states[dead.number] == states[silent.number] == TrialState.FAIL
+    assert study.trials[dead.number].user_attrs["fail_reason"] == "worker died"
     assert study.trials[0].state == TrialState.COMPLETE
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_owner():
+    me = owner_record()
+    assert owner_alive(_running_with_owner(me))
+    assert not owner_alive(_running_with_owner({**me, "started": me["started"] + 1}))
+
+
+def _running_with_owner(owner: dict) -> optuna.trial.FrozenTrial:
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr("owner", owner)
+    return study.trials[0]
+
+
+def test_plain_postgresql_urls_use_the_installed_psycopg_3_driver():
+    assert database_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert database_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert database_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def _journal_worker(path: str, seed: int, queue) -> None:

@@ -1,7 +1,11 @@
 """Hyperparameter search with Optuna.
 
-Modules: `search_space` (YAML entries -> suggestions -> config), `study` (sampler,
-pruner, storage), `objective` (one trial = one pruned training run), `driver`
-(`run_study`: workers, reports, best checkpoint), `reports` and `plots`
-(`optuna-results/<study>/`), `progress` (console), `best_checkpoint`, `retrain`.
+Modules: `fidelity` (the study file: target experiment + the trials' fidelity),
+`search_space` (YAML entries -> suggestions -> config), `baseline` (the target as
+trial 0), `fingerprint` (what a study was created with), `study` (sampler, pruner,
+storage), `objective` (one trial = one pruned training run), `owners` (who runs a
+trial, liveness), `workers` (trial loop, worker processes), `driver` (`run_study`),
+`settings`, `reports`, `report_markdown`, `importances` and `plots`
+(`optuna-results/<study>/`), `progress` (console), `best_checkpoint`, `retrain`
+(best vs base config at full fidelity, several seeds).
 """

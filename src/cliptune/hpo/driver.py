@@ -2,44 +2,41 @@
 
 The driver process owns the console, the reports and the best checkpoint. With
 `workers=1` it runs the trials itself; with more it starts that many processes
-(spawn), each running `study.optimize` on the same storage with its own sampler
-seed, and watches the storage for finished trials.
+(see `workers.py`) and watches the storage for finished trials. Several drivers,
+on one machine or many, may share a study: each fails only trials whose owner is
+dead, and each draws its own sampler seed.
 """
 
 from __future__ import annotations
 
 import copy
-import multiprocessing
+import os
 import shutil
-import time
+import socket
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
-from cliptune.config import RunConfig, validate
-from cliptune.errors import ConfigError
+from cliptune.config import RunConfig
+from cliptune.hpo.baseline import enqueue_baseline
 from cliptune.hpo.best_checkpoint import settle_trial_checkpoint, study_checkpoint_dir
+from cliptune.hpo.fidelity import StudyPlan
+from cliptune.hpo.fingerprint import check_fingerprint, study_fingerprint
 from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings, scratch_dir
+from cliptune.hpo.owners import fail_dead_owners
 from cliptune.hpo.progress import StudyProgress
-from cliptune.hpo.reports import (
-    PLOT_INTERVAL_S,
-    ReportContext,
-    StudyReporter,
-    StudySummary,
-    best_trial,
-    summarize,
-)
-from cliptune.hpo.retrain import retrain_best
+from cliptune.hpo.reports import ReportContext, StudyReporter, StudySummary, best_trial, summarize
+from cliptune.hpo.retrain import retrain_study
 from cliptune.hpo.search_space import SearchSpace, describe
+from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.study import (
     METRICS,
-    TrialFailed,
     default_journal_path,
-    fail_orphaned_trials,
     has_heartbeat,
     is_rdb_url,
     make_pruner,
@@ -47,32 +44,10 @@ from cliptune.hpo.study import (
     make_storage,
     open_study,
 )
+from cliptune.hpo.workers import FINISHED, WorkerJob, run_trials, run_workers, worker_device
 from cliptune.runtime import check_precision, resolve_device
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-POLL_INTERVAL_S = 1.0
-WORKER_EXIT_GRACE_S = 60.0
-
-
-@dataclass
-class StudySettings:
-    """Everything `optimize.py` decides about a study (defaults: the CLI's)."""
-
-    study_name: str = "clip-hpo"
-    trials: int = 50  # trials this run adds to the study
-    storage: str | None = None  # None: optuna-results/<study>/study.journal
-    workers: int = 1
-    timeout: float | None = None  # seconds, per worker
-    sampler: str = "tpe"
-    pruner: str = "hyperband"
-    patience: int | None = None
-    metric: str = "val_loss"
-    epochs: int | None = None  # per-trial budget; None: the study's, else the base config's
-    seed: int = 0
-    results_dir: str = "optuna-results"
-    retrain_best: bool = False
-    show_progress: bool = True
-    plot_interval_s: float = PLOT_INTERVAL_S
+SEED_MODULUS = 2**32
 
 
 @dataclass
@@ -86,6 +61,7 @@ class StudyOutcome:
     best_trial: int | None
     interrupted: bool = False
     worker_errors: list[str] = field(default_factory=list)
+    worker_messages: list[str] = field(default_factory=list)
     retrain: dict | None = None
 
 
@@ -98,53 +74,23 @@ def storage_label(settings: StudySettings) -> str:
     return settings.storage
 
 
-def _existing_study(storage, study_name: str) -> tuple[dict | None, int]:
-    """User attributes and trial count of the study, or (None, 0) if it does not exist."""
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:  # no study of that name yet
-        return None, 0
-    return study.user_attrs, len(study.get_trials(deepcopy=False))
+def driver_salt(created: bool) -> int:
+    """0 for the driver that created the study (reproducible), else a number of this
+    host and process, so drivers that join or continue a study draw other seeds."""
+    return 0 if created else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
 
 
-def resolve_budget(settings: StudySettings, recorded: dict | None, base: RunConfig) -> int:
-    """Per-trial epochs: the continued study's, else --epochs, else the base config's.
-
-    Trials of one study share the budget (the pruner compares them epoch by epoch), so
-    adding trials with another --epochs is an error. Without new trials (`--trials 0
-    --retrain-best --epochs N`) --epochs only sets the retraining length.
-    """
-    if settings.epochs is not None and settings.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {settings.epochs}")
-    previous = (recorded or {}).get("epochs")
-    if previous is None:
-        return settings.epochs or base.train.epochs
-    if settings.epochs not in (None, previous) and settings.trials > 0:
-        raise ConfigError(
-            f"--epochs {settings.epochs}: study {settings.study_name!r} runs {previous} epochs "
-            f"per trial; continue it with --epochs {previous} or start a new --study-name"
-        )
-    return previous
-
-
-def _check_settings(settings: StudySettings) -> None:
-    if settings.trials < 0:
-        raise ConfigError(f"--trials must be >= 0, got {settings.trials}")
-    if settings.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {settings.workers}")
-    if settings.timeout is not None and settings.timeout <= 0:
-        raise ConfigError(f"--timeout must be positive seconds, got {settings.timeout}")
-    if settings.metric not in METRICS:
-        raise ConfigError(f"--metric {settings.metric!r}: choose one of {', '.join(METRICS)}")
-
-
-def sampler_seed(seed: int, existing_trials: int, worker: int) -> int:
-    """A continued study gets fresh random draws; each worker its own stream."""
-    return seed + 1000 * existing_trials + worker
+def sampler_seed(seed: int, existing_trials: int, worker: int, salt: int = 0) -> int:
+    """A continued study gets fresh random draws; each worker and driver its own stream."""
+    return (seed + 1000 * existing_trials + worker + salt) % SEED_MODULUS
 
 
 class TrialMonitor:
-    """Reacts to finished trials: best checkpoint, console line, reports."""
+    """Reacts to finished trials: best checkpoint, console line, reports.
+
+    It runs inside Optuna's trial callback: an error here is printed and skipped,
+    never allowed to end the study.
+    """
 
     def __init__(self, reporter: StudyReporter, progress: StudyProgress, checkpoint_folder: Path,
                  minimize: bool, already_finished: set[int]):
@@ -159,9 +105,12 @@ class TrialMonitor:
         if trial.number in self.seen:
             return
         self.seen.add(trial.number)
-        settle_trial_checkpoint(trial, self.checkpoint_folder, self.minimize)
-        self.progress.trial_finished(study, trial)
-        self.reporter.write(study)
+        try:
+            settle_trial_checkpoint(trial, self.checkpoint_folder, self.minimize)
+            self.progress.trial_finished(study, trial)
+        except Exception as err:  # noqa: BLE001 - reporting must never stop a study
+            print(f"warning: after trial {trial.number}: {type(err).__name__}: {err}", flush=True)
+        self.reporter.write_safely(study)
 
     def poll(self, study: optuna.Study) -> None:
         """Handle trials that worker processes finished since the last poll."""
@@ -169,82 +118,10 @@ class TrialMonitor:
             self(study, trial)
 
 
-@dataclass
-class WorkerJob:
-    """What one worker process needs (picklable)."""
-
-    settings: StudySettings
-    base: RunConfig
-    space: SearchSpace
-    budget: int
-    index: int
-    trials: int
-    seed: int
-    threads: int
-
-
-def _optimize(study: optuna.Study, objective: Objective, trials: int | None,
-              timeout: float | None, callbacks=()) -> None:
-    study.optimize(objective, n_trials=trials, timeout=timeout, catch=(TrialFailed,),
-                   callbacks=list(callbacks), gc_after_trial=True)
-
-
-def _worker_main(job: WorkerJob) -> None:
-    """Entry point of a worker process."""
-    torch.set_num_threads(job.threads)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    s = job.settings
-    storage = make_storage(s.storage, s.results_dir, s.study_name)
-    study = optuna.load_study(
-        study_name=s.study_name, storage=storage,
-        sampler=make_sampler(s.sampler, job.seed),
-        pruner=make_pruner(s.pruner, job.budget, s.patience),
-    )
-    objective = Objective(job.space, job.base, ObjectiveSettings(s.study_name, s.metric, job.budget))
-    try:
-        objective.load_data()
-        _optimize(study, objective, job.trials, s.timeout)
-    except KeyboardInterrupt:
-        pass  # the driver writes the reports; the interrupted trial is already marked FAIL
-
-
-def split_trials(trials: int, workers: int) -> list[int]:
-    """`trials` spread over `workers` as evenly as possible (exact total)."""
-    return [trials // workers + (i < trials % workers) for i in range(workers)]
-
-
-def _run_workers(study: optuna.Study, jobs: list[WorkerJob], monitor: TrialMonitor) -> tuple[bool, list[str]]:
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_main, args=(job,), name=f"hpo-worker-{job.index}")
-                 for job in jobs]
-    for process in processes:
-        process.start()
-    interrupted = False
-    try:
-        while any(p.is_alive() for p in processes):
-            time.sleep(POLL_INTERVAL_S)
-            monitor.poll(study)
-    except KeyboardInterrupt:
-        interrupted = True  # the workers got the same SIGINT and stop after their trial
-    deadline = time.monotonic() + WORKER_EXIT_GRACE_S
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.terminate()
-            process.join()
-    monitor.poll(study)
-    errors = [f"{p.name} exited with code {p.exitcode}" for p in processes
-              if p.exitcode not in (0, None) and not interrupted]
-    return interrupted, errors
-
-
-def prepare_base(base: RunConfig, space: SearchSpace, budget: int, metric: str) -> RunConfig:
-    """The config every trial starts from: the budget and objective set, checked against
-    the space and the machine (device, precision)."""
-    base = copy.deepcopy(base)
-    base.train.epochs = budget
+def prepare_base(base: RunConfig, space: SearchSpace, metric: str) -> RunConfig:
+    """The trial base config with the objective set, checked against the space and the
+    machine (device, precision)."""
     base.train.best_metric = CALLBACK_KEYS[metric]
-    validate(base)
     check_precision(base.train.precision, resolve_device(base.train.device))
     space.check_against(base)
     return base
@@ -255,92 +132,119 @@ class OpenedStudy:
     """A study ready for trials: the Optuna study and what its trials share."""
 
     study: optuna.Study
-    base: RunConfig  # the config every trial starts from
+    storage: object
+    base: RunConfig  # the config every trial starts from (target at the study's fidelity)
     budget: int  # epochs per trial
     existing: int  # trials it had before this run
-    continued: bool
+    created: bool
+    notes: list[str] = field(default_factory=list)  # what the user should know
 
 
-def open_for_trials(settings: StudySettings, base: RunConfig, space: SearchSpace) -> OpenedStudy:
-    """Create or load the study, settle its budget, fail orphaned trials, record attributes."""
-    _check_settings(settings)
-    storage = make_storage(settings.storage, settings.results_dir, settings.study_name)
-    recorded, existing = _existing_study(storage, settings.study_name)
-    budget = resolve_budget(settings, recorded, base)
-    base = prepare_base(base, space, budget, settings.metric)
-    study = open_study(storage, settings.study_name, settings.metric,
-                       make_sampler(settings.sampler, sampler_seed(settings.seed, existing, 0)),
-                       make_pruner(settings.pruner, budget, settings.patience))
-    if recorded is not None and not has_heartbeat(storage):
-        orphans = fail_orphaned_trials(
-            study, "left RUNNING by a driver that stopped; failed when the study was continued"
-        )
-        for number in orphans:  # their half-written checkpoints
-            shutil.rmtree(scratch_dir(base.checkpoints_dir, settings.study_name, number),
-                          ignore_errors=True)
-        if orphans and settings.show_progress:
-            print(f"marked {len(orphans)} orphaned RUNNING trial(s) as failed: {orphans}")
-    if recorded is None:
-        study.set_user_attr("epochs", budget)
-        study.set_user_attr("runs_dir", base.runs_dir)
-        study.set_user_attr("checkpoints_dir", base.checkpoints_dir)
+def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> OpenedStudy:
+    """Create or load the study, check its fingerprint, enqueue the baseline (new
+    study), fail trials of dead owners, record the study's attributes."""
+    settings.check()
+    base = prepare_base(plan.trial_base(), space, settings.metric)
+    storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
+                           settings.heartbeat)
+    study, created = open_study(storage, settings.study_name, settings.metric,
+                                make_sampler(settings.sampler, plan.target.seed),
+                                make_pruner(settings.pruner, base.train.epochs, settings.patience))
+    existing = len(study.get_trials(deepcopy=False))
+    fingerprint = study_fingerprint(settings.metric, describe(space), plan.target,
+                                    plan.fidelity.record())
+    notes = []
+    if created:
+        for key, value in (("fingerprint", fingerprint), ("epochs", base.train.epochs),
+                           ("runs_dir", base.runs_dir), ("checkpoints_dir", base.checkpoints_dir)):
+            study.set_user_attr(key, value)
+        reason = enqueue_baseline(study, space, plan.target)
+        if reason:
+            notes.append(f"no baseline trial: {reason}")
+        study.set_user_attr("baseline_note", notes[0] if notes else "")
+    else:
+        changes = check_fingerprint(settings.study_name, study.user_attrs.get("fingerprint"),
+                                    fingerprint, settings.allow_changes)
+        notes += [f"continued with changed settings (--allow-changes): {c}" for c in changes]
+        if not has_heartbeat(storage):
+            dead = fail_dead_owners(study, storage, "its owner process died (found when a "
+                                    "driver opened the study)")
+            for number in dead:  # their half-written checkpoints
+                shutil.rmtree(scratch_dir(base.checkpoints_dir, settings.study_name, number),
+                              ignore_errors=True)
+            if dead:
+                notes.append(f"marked {len(dead)} trial(s) of dead workers as failed: {dead}")
     study.set_user_attr("search_space", describe(space))
-    return OpenedStudy(study, base, budget, existing, recorded is not None)
+    budget = study.user_attrs.get("epochs", base.train.epochs)
+    base.train.epochs = budget
+    return OpenedStudy(study, storage, base, budget, existing, created, notes)
 
 
-def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSpace) -> ReportContext:
+def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
+                   plan: StudyPlan) -> ReportContext:
     """What the reports of this study need to know."""
     pruner = settings.pruner
     if settings.patience is not None:
         pruner += f" (patience {settings.patience})"
+    f = plan.fidelity
+    fidelity = (f"{opened.budget} epochs, {f.max_samples or 'all'} training / "
+                f"{f.max_eval_samples or 'all'} validation images per trial; target "
+                f"`{plan.target_path}` ({plan.target.train.epochs} epochs, all its data)")
     return ReportContext(
         study_name=settings.study_name,
         out_dir=Path(settings.results_dir) / settings.study_name,
         metric=settings.metric, budget=opened.budget, runs_dir=opened.base.runs_dir,
         checkpoints_dir=opened.base.checkpoints_dir, storage_label=storage_label(settings),
         search_space=describe(space), settings={"sampler": settings.sampler, "pruner": pruner},
+        target=plan.target, space=space, fidelity=fidelity, notes=list(opened.notes),
     )
 
 
-def _run_trials(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
-                monitor: TrialMonitor, objective: Objective | None) -> tuple[bool, list[str]]:
-    """Run the trials with `objective` in this process, or in worker processes when it is
-    None; returns (interrupted, worker errors)."""
-    if objective is not None:
-        try:
-            _optimize(opened.study, objective, settings.trials, settings.timeout, [monitor])
-        except KeyboardInterrupt:
-            return True, []
-        return False, []
+def _jobs(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
+          seed_for) -> list[WorkerJob]:
     threads = max(1, torch.get_num_threads() // settings.workers)
-    jobs = [
-        WorkerJob(settings, opened.base, space, opened.budget, index, n,
-                  sampler_seed(settings.seed, opened.existing, index), threads)
-        for index, n in enumerate(split_trials(settings.trials, settings.workers)) if n
-    ]
-    return _run_workers(opened.study, jobs, monitor)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    jobs = []
+    for index in range(settings.workers):
+        n = settings.trials // settings.workers + (index < settings.trials % settings.workers)
+        if n == 0:
+            continue
+        base = copy.deepcopy(opened.base)
+        base.train.device = worker_device(index, opened.base.train.device, gpus)
+        jobs.append(WorkerJob(settings, base, space, opened.budget, index, n,
+                              seed_for(index, 0), threads, settings.timeout))
+    return jobs
 
 
-def run_study(settings: StudySettings, base: RunConfig, space: SearchSpace) -> StudyOutcome:
+def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> StudyOutcome:
     """Create or continue the study, run `settings.trials` trials, write the reports.
 
     Ctrl-C stops after the running trial(s); the reports then cover what finished.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
-    opened = open_for_trials(settings, base, space)
+    opened = open_for_trials(settings, plan, space)
     study, budget = opened.study, opened.budget
+    salt = driver_salt(opened.created)
+
+    def seed_for(index: int, restart: int) -> int:
+        return sampler_seed(plan.target.seed, opened.existing,
+                            index + restart * max(1, settings.workers), salt)
+
+    study.sampler = make_sampler(settings.sampler, seed_for(0, 0))
     if settings.show_progress:
-        state = f"continued, {opened.existing} trials so far" if opened.continued else "new"
+        state = f"continued, {opened.existing} trials so far" if not opened.created else "new"
         print(f"study {settings.study_name!r} ({state}): {settings.trials} trials of up to "
               f"{budget} epochs, {settings.metric} ({METRICS[settings.metric]}), sampler "
               f"{settings.sampler}, pruner {settings.pruner}, {settings.workers} worker(s); "
               f"storage {storage_label(settings)}", flush=True)
+        for note in opened.notes:
+            print(f"note: {note}", flush=True)
     objective = None
     if settings.trials > 0 and settings.workers == 1:  # load the data before the first trial
         objective = Objective(space, opened.base,
                               ObjectiveSettings(settings.study_name, settings.metric, budget))
         objective.load_data(quiet=not settings.show_progress)
-    ctx = report_context(settings, opened, space)
+    ctx = report_context(settings, opened, space, plan)
     reporter = StudyReporter(ctx, settings.plot_interval_s)
     progress = StudyProgress(settings.trials or None, settings.metric, budget,
                              settings.show_progress)
@@ -349,19 +253,27 @@ def run_study(settings: StudySettings, base: RunConfig, space: SearchSpace) -> S
         METRICS[settings.metric] == "minimize",
         {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)},
     )
-    interrupted, errors = False, []
-    if settings.trials > 0:
-        interrupted, errors = _run_trials(settings, opened, space, monitor, objective)
+    interrupted, errors, messages = False, [], []
+    if settings.trials > 0 and objective is not None:
+        try:
+            run_trials(study, objective, settings.trials, settings.timeout, settings.max_trials,
+                       [monitor])
+        except KeyboardInterrupt:
+            interrupted = True
+    elif settings.trials > 0:
+        interrupted, errors, messages = run_workers(
+            study, opened.storage, _jobs(settings, opened, space, seed_for),
+            lambda: monitor.poll(study), seed_for)
     progress.close()
-    reporter.write(study, plots=True)
+    reporter.write_safely(study, plots=True)
     retrain = None
     if settings.retrain_best and not interrupted:
-        retrain = retrain_best(study, ctx, settings.epochs or budget,
-                               show_progress=settings.show_progress)
-        reporter.write(study, plots=False)
+        retrain = retrain_study(study, ctx, plan, space, settings.seeds,
+                                show_progress=settings.show_progress)
+        reporter.write_safely(study, plots=False)
     best = best_trial(study)
     return StudyOutcome(
         study_name=settings.study_name, out_dir=ctx.out_dir, summary=summarize(study, budget),
         best_value=best.value if best else None, best_trial=best.number if best else None,
-        interrupted=interrupted, worker_errors=errors, retrain=retrain,
+        interrupted=interrupted, worker_errors=errors, worker_messages=messages, retrain=retrain,
     )

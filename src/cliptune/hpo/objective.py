@@ -14,6 +14,7 @@ import torch
 from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData
 from cliptune.errors import ConfigError, TrainingDiverged
+from cliptune.hpo.owners import Beat
 from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.study import METRICS, TrialFailed
 from cliptune.trainer import Trainer
@@ -98,6 +99,10 @@ class Objective:
         return self._data
 
     def __call__(self, trial: optuna.Trial) -> float:
+        with Beat(trial):  # owner and liveness first: a driver must see who runs it
+            return self._call(trial)
+
+    def _call(self, trial: optuna.Trial) -> float:
         params = self.space.suggest(trial)
         try:
             return self._run(trial, params)

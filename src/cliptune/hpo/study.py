@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import random
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from cliptune.errors import ConfigError
 
@@ -24,6 +26,7 @@ METRICS = {"val_loss": "minimize", "rsum": "maximize"}
 REDUCTION_FACTOR = 5
 HEARTBEAT_INTERVAL_S = 60
 HEARTBEAT_GRACE_S = 180
+STORAGE_ATTEMPTS = 6
 
 
 class TrialFailed(Exception):
@@ -96,31 +99,69 @@ def is_rdb_url(storage: str) -> bool:
     return "://" in storage
 
 
-def make_storage(storage: str | None, results_dir: str | Path, study_name: str):
+def database_url(storage: str) -> str:
+    """`storage` with PostgreSQL's plain scheme mapped to the psycopg 3 driver that
+    requirements.txt installs (`postgresql://` means psycopg2 to SQLAlchemy)."""
+    scheme, sep, rest = storage.partition("://")
+    return f"postgresql+psycopg{sep}{rest}" if scheme in ("postgresql", "postgres") else storage
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Optuna's RDB heartbeat: a running trial's worker beats every `interval_s`; a
+    trial silent for `grace_s` is failed by the next driver asking for a trial and
+    retried (as a new trial with the same parameters) up to `max_retry` times."""
+
+    interval_s: int = HEARTBEAT_INTERVAL_S
+    grace_s: int = HEARTBEAT_GRACE_S
+    max_retry: int = 2
+
+
+def _rdb_storage(url: str, heartbeat: Heartbeat) -> RDBStorage:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs={"pool_pre_ping": True},  # survive server restarts, idle drops
+            heartbeat_interval=heartbeat.interval_s,
+            grace_period=heartbeat.grace_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry=heartbeat.max_retry),
+        )
+
+
+def make_storage(storage: str | None, results_dir: str | Path, study_name: str,
+                 heartbeat: Heartbeat = Heartbeat()):
     """Open the study storage.
 
     None: a journal file under `results_dir/<study>/` (survives crashes; several
     processes on one machine share it through a file lock). A path: that journal
     file. A database URL: an RDB storage with a heartbeat, so trials of a worker
-    that died on any machine are marked failed by the others.
+    that died on any machine are failed and retried by the others. Several drivers
+    may open a fresh database at the same moment: Optuna's schema creation races
+    there (`UniqueViolation ... CREATE TYPE`), so it is retried.
     """
     if storage is None or not is_rdb_url(storage):
         path = Path(storage) if storage else default_journal_path(results_dir, study_name)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(
-                storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S
-            )
-    except ImportError as err:
-        raise ConfigError(
-            f"--storage {storage}: the database driver is missing ({err}); "
-            "install it, e.g. pip install psycopg2-binary (PostgreSQL) or pymysql (MySQL)"
-        ) from None
-    except SQLAlchemyError as err:
-        raise ConfigError(f"--storage {storage}: cannot open the database ({err})") from None
+    url = database_url(storage)
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            return _rdb_storage(url, heartbeat)
+        except ImportError as err:
+            raise ConfigError(
+                f"--storage {storage}: the database driver is missing ({err}); "
+                "pip install -r requirements.txt installs psycopg (PostgreSQL); "
+                "MySQL needs pip install pymysql"
+            ) from None
+        except (IntegrityError, ProgrammingError):  # another driver created it meanwhile
+            if attempt == STORAGE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 + random.random() * (attempt + 1))
+        except SQLAlchemyError as err:
+            raise ConfigError(f"--storage {storage}: cannot open the database ({err})") from None
+    raise AssertionError("unreachable")
 
 
 def has_heartbeat(storage) -> bool:
@@ -134,38 +175,31 @@ def open_study(
     metric: str,
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
-) -> optuna.Study:
-    """Create the study, or continue the one of that name (its metric must match)."""
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or load the one of that name; returns (study, created).
+
+    Exactly one of several drivers starting together creates it (the storage refuses
+    a second study of the same name), so only that one sets it up.
+    """
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        direction=METRICS[metric],
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
-    )
-    recorded = study.user_attrs.get("metric")
-    if recorded is None:
-        study.set_user_attr("metric", metric)
-    elif recorded != metric:
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name,
+                                    direction=METRICS[metric], sampler=sampler, pruner=pruner)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                                  pruner=pruner)
+        created = False
+    direction = study.direction.name.lower()
+    if direction != METRICS[metric]:
+        recorded = next(m for m, d in METRICS.items() if d == direction)
         raise ConfigError(
             f"study {study_name!r} optimizes {recorded}, not {metric}; "
             f"pass --metric {recorded} or a new --study-name"
         )
-    return study
-
-
-def fail_orphaned_trials(study: optuna.Study, reason: str) -> list[int]:
-    """Mark every RUNNING trial FAIL with `reason` in its user attribute `fail_reason`.
-
-    Only safe when no other driver works on the study (a journal storage has no
-    heartbeat to tell a live worker from a dead one). Returns the trial numbers.
-    """
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        failed.append(trial.number)
-    return failed
+    if created:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names([metric])  # optuna-dashboard shows val_loss, not "Objective 0"
+    return study, created

@@ -1,0 +1,81 @@
+"""A tiny study for tests: target experiment, study file and search space (seconds per trial)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+from tiny_model import TINY_MODEL
+
+from cliptune.config import RunConfig, apply_overrides, save_config
+from cliptune.hpo.fidelity import Fidelity, StudyPlan
+from cliptune.hpo.study import make_storage
+
+TINY = TINY_MODEL + [
+    "data.source=shapes", "data.shapes_images=80", "data.val_size=16", "data.test_size=16",
+    "train.batch_size=16", "train.eval_batch_size=16", "train.figure_images=0",
+    "train.precision=fp32",
+]
+# The target (TINY: lr 5e-4, depth 1, head_dim 16) lies inside: it is the baseline trial.
+SPACE = {"parameters": {
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True, "target": "train.lr"},
+    "depth": {"type": "int", "low": 1, "high": 2,
+              "target": ["model.vision_layers", "model.text_layers"]},
+    "head_dim": {"type": "categorical", "choices": [8, 16],
+                 "target": ["model.vision_head_dim", "model.text_head_dim"]},
+}}
+
+
+def target_config(root: Path, cache_dir: Path, epochs: int = 2) -> RunConfig:
+    """The tiny target experiment, writing under `root`."""
+    config = apply_overrides(RunConfig(name="target"), TINY + [f"train.epochs={epochs}"])
+    config.data.cache_dir = str(cache_dir)
+    config.runs_dir = str(root / "runs")
+    config.checkpoints_dir = str(root / "checkpoints")
+    return config
+
+
+def tiny_plan(root: Path, cache_dir: Path, trial_epochs: int = 1, target_epochs: int = 2,
+              max_samples: int | None = 32) -> StudyPlan:
+    """Target (all 48 training images, `target_epochs`) and trials at lower fidelity."""
+    return StudyPlan(target_config(root, cache_dir, target_epochs),
+                     Fidelity(epochs=trial_epochs, max_samples=max_samples), "target.yaml")
+
+
+def write_study_files(root: Path, cache_dir: Path, trial_epochs: int = 1,
+                      target_epochs: int = 2, max_samples: int | None = 32) -> list[str]:
+    """target.yaml, study.yaml and space.yaml under `root`; returns the optimize.py flags
+    that use them (plus --results-dir root/results)."""
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(target_config(root, cache_dir, target_epochs), root / "target.yaml")
+    (root / "study.yaml").write_text(yaml.safe_dump({
+        "target": "target.yaml",
+        "fidelity": {"epochs": trial_epochs, "max_samples": max_samples}}))
+    (root / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    return ["--study-config", str(root / "study.yaml"), "--search-space",
+            str(root / "space.yaml"), "--results-dir", str(root / "results"), "--quiet"]
+
+
+def load(root: Path, name: str, storage: str | None = None) -> optuna.Study:
+    """The study `name` of a test folder (journal under root/results unless `storage`)."""
+    return optuna.load_study(study_name=name,
+                             storage=make_storage(storage, root / "results", name))
+
+
+def wait_for(predicate, timeout_s: float = 300.0, what: str = "condition"):
+    """Poll `predicate` every 0.1 s until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def read_json(path: Path) -> dict:
+    """Parse a JSON file."""
+    return json.loads(path.read_text())
