@@ -106,3 +106,32 @@ def shapes_data(shapes_cache_dir):
 
     config = DataConfig(source="shapes", shapes_images=60, cache_dir=str(shapes_cache_dir))
     return prepare_data(config, seed=0, quiet=True, **SHAPES_SMALL)
+
+
+@dataclass
+class TrainedRun:
+    """A tiny CLIP trained for one epoch on Shapes by `src/main.py`."""
+
+    workdir: Path  # where main.py ran (holds checkpoints/, runs/)
+    checkpoint: Path  # checkpoints/tiny/best.pt
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory) -> TrainedRun:
+    """Train the tiny model once per test session (a few seconds) for the export tests."""
+    import os
+    import subprocess
+    import sys
+
+    from tiny_model import TINY_MODEL
+
+    workdir = tmp_path_factory.mktemp("trained-tiny")
+    overrides = [*TINY_MODEL, "data.shapes_images=60", "data.val_size=12", "data.test_size=12"]
+    command = [sys.executable, str(Path(__file__).resolve().parent.parent / "src" / "main.py"),
+               "--data", "shapes", "--epochs", "1", "--batch-size", "16", "--run-name", "tiny",
+               "--device", "cpu", *(arg for item in overrides for arg in ("--set", item))]
+    env = {**os.environ, "CLIPTUNE_CACHE": str(workdir / "cache")}
+    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return TrainedRun(workdir=workdir, checkpoint=workdir / "checkpoints" / "tiny" / "best.pt")
