@@ -153,3 +153,78 @@ def postgres_url(postgres_server_url) -> str:
     yield server.set(database=name).render_as_string(hide_password=False)
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class TrainedRun:
+    """A tiny CLIP trained for one epoch on Shapes by `src/main.py`."""
+
+    workdir: Path  # where main.py ran (holds checkpoints/, runs/)
+    checkpoint: Path  # checkpoints/tiny/best.pt
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory) -> TrainedRun:
+    """Train the tiny model once per test session (a few seconds) for the export tests."""
+    import os
+    import subprocess
+    import sys
+
+    from tiny_model import TINY_MODEL
+
+    workdir = tmp_path_factory.mktemp("trained-tiny")
+    overrides = [*TINY_MODEL, "data.shapes_images=60", "data.val_size=12", "data.test_size=12"]
+    command = [sys.executable, str(Path(__file__).resolve().parent.parent / "src" / "main.py"),
+               "--data", "shapes", "--epochs", "1", "--batch-size", "16", "--run-name", "tiny",
+               "--device", "cpu", *(arg for item in overrides for arg in ("--set", item))]
+    env = {**os.environ, "CLIPTUNE_CACHE": str(workdir / "cache")}
+    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return TrainedRun(workdir=workdir, checkpoint=workdir / "checkpoints" / "tiny" / "best.pt")
+
+
+@dataclass
+class TinyStudy:
+    """A 3-trial study (no pruning, so every plot can be drawn) of the tiny model, run by
+    `src/optimize.py` in `workdir`."""
+
+    workdir: Path  # where optimize.py ran: optuna-results/, runs/, checkpoints/
+    results: Path  # optuna-results/<name>
+    name: str
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> TinyStudy:
+    """Run a small study once per test session (for the dashboard and browser tests)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from tiny_model import TINY_MODEL
+
+    from cliptune.config import RunConfig, apply_overrides, save_config
+
+    workdir = tmp_path_factory.mktemp("tiny-study")
+    config = apply_overrides(RunConfig(name="base"), [
+        *TINY_MODEL, "data.source=shapes", "data.shapes_images=60", "data.val_size=12",
+        "data.test_size=12", "train.batch_size=16", "train.eval_batch_size=16",
+        "train.figure_images=0", "train.precision=fp32", "train.device=cpu",
+        f"data.cache_dir={workdir / 'cache'}",
+    ])
+    save_config(config, workdir / "base.yaml")
+    space = {"parameters": {
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True, "target": "train.lr"},
+        "depth": {"type": "int", "low": 1, "high": 2,
+                  "target": ["model.vision_layers", "model.text_layers"]},
+    }}
+    (workdir / "space.yaml").write_text(yaml.safe_dump(space))
+    script = Path(__file__).resolve().parent.parent / "src" / "optimize.py"
+    command = [sys.executable, str(script), "--config", "base.yaml", "--search-space",
+               "space.yaml", "--study-name", "tiny", "--trials", "3", "--epochs", "2",
+               "--pruner", "none", "--seed", "0", "--quiet"]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CLIPTUNE_CACHE": str(workdir / "cache")})
+    assert done.returncode == 0, done.stderr
+    return TinyStudy(workdir=workdir, results=workdir / "optuna-results" / "tiny", name="tiny")

@@ -1,0 +1,143 @@
+"""Hugging Face export: transformers loads the folder and gives our embeddings (1e-4),
+our tokens (one documented id swap) and our preprocessing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from export_helpers import CAPTIONS, random_checkpoint, readme_code, run_python, smooth_image
+from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
+
+from cliptune.checkpoint import load_model
+from cliptune.data import normalize_images
+from cliptune.data.loader import CLIP_STD
+from cliptune.export import export_checkpoint
+from cliptune.export.hf import hf_end_token_id
+from cliptune.retrieval import load_image
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def hf_export(trained_tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf") / "tiny-hf"
+    export_checkpoint(trained_tiny.checkpoint, "hf", out)
+    return load_model(trained_tiny.checkpoint), out
+
+
+def load_hf(folder):
+    model, info = CLIPModel.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not info["mismatched_keys"], info
+    return model.eval()
+
+
+def hf_ids(ours: torch.Tensor, end_id: int) -> torch.Tensor:
+    """Our ids with `<end>` (2) and `end_id` trading places, as the export does."""
+    swapped = ours.clone()
+    swapped[ours == 2] = end_id
+    swapped[ours == end_id] = 2
+    return swapped
+
+
+def embeddings_match(loaded, model, tokenizer, images: torch.Tensor, padding) -> None:
+    inputs = tokenizer(CAPTIONS, padding=padding, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        text = F.normalize(model.get_text_features(**inputs).pooler_output, dim=-1)
+        image = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+        ours_text = loaded.model.encode_text(loaded.tokenizer.encode(CAPTIONS))
+        ours_image = loaded.model.encode_image(images)
+    torch.testing.assert_close(text, ours_text, atol=ATOL, rtol=0)
+    torch.testing.assert_close(image, ours_image, atol=ATOL, rtol=0)
+
+
+def test_hf_round_trip_of_a_trained_checkpoint(hf_export):
+    loaded, folder = hf_export
+    model = load_hf(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    end_id = hf_end_token_id(loaded.tokenizer)
+    assert model.config.text_config.eos_token_id == end_id != 2
+
+    ours = loaded.tokenizer.encode(CAPTIONS)
+    theirs = tokenizer(CAPTIONS, padding="max_length", truncation=True, return_tensors="pt")
+    assert torch.equal(theirs.input_ids, hf_ids(ours, end_id))
+    assert torch.equal(theirs.attention_mask, (ours != 0).long())
+    assert tokenizer.decode(theirs.input_ids[0], skip_special_tokens=True).strip() == "a red circle"
+
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for padding in ("max_length", True):  # padded to the context or to the longest caption
+        embeddings_match(loaded, model, tokenizer, images, padding)
+    torch.testing.assert_close(model.logit_scale.detach(), loaded.model.logit_scale.detach())
+
+
+@pytest.mark.parametrize("model", [
+    {"activation": "quick_gelu", "learnable_temperature": False},
+    {"activation": "gelu", "image_size": 48, "patch_size": 16, "mlp_ratio": 2.0},
+])
+def test_hf_round_trip_of_other_architectures(tmp_path, model):
+    checkpoint = random_checkpoint(tmp_path / "random.pt", **model)
+    export_checkpoint(checkpoint, "hf", tmp_path / "out")
+    loaded = load_model(checkpoint)
+    hf = load_hf(tmp_path / "out")
+    assert hf.config.vision_config.hidden_act == model["activation"]
+    size = loaded.config.model.image_size
+    images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    embeddings_match(loaded, hf, AutoTokenizer.from_pretrained(tmp_path / "out"), images, True)
+
+
+def test_hf_processor_reproduces_our_preprocessing(hf_export, tmp_path):
+    loaded, folder = hf_export
+    processor = CLIPProcessor.from_pretrained(folder)
+    model = load_hf(folder)
+    one_level = 1 / 255 / min(CLIP_STD) + 1e-6  # one uint8 step after normalisation
+    for side in (32, 64, 100):  # square images: our pixels, up to rounding when resized
+        path = tmp_path / f"square{side}.png"
+        smooth_image(side, side, seed=side).save(path)
+        inputs = processor(images=smooth_image(side, side, seed=side), text=["a red circle"],
+                           return_tensors="pt", padding="max_length", truncation=True)
+        ours = normalize_images(load_image(path, 32)[None])
+        exact = 1e-5 if side == 32 else one_level
+        torch.testing.assert_close(inputs["pixel_values"], ours, atol=exact, rtol=0)
+        if side == 32:
+            with torch.no_grad():
+                image = F.normalize(model.get_image_features(
+                    pixel_values=inputs["pixel_values"]).pooler_output, dim=-1)
+            torch.testing.assert_close(image, loaded.model.encode_image(ours), atol=ATOL, rtol=0)
+    # other shapes: the same central crop, resampled a little differently (resize-then-crop)
+    wide = tmp_path / "wide.png"
+    smooth_image(96, 64, seed=3).save(wide)
+    pixels = processor(images=smooth_image(96, 64, seed=3), return_tensors="pt")["pixel_values"]
+    ours = normalize_images(load_image(wide, 32)[None])
+    left = normalize_images(torch.from_numpy(np.array(
+        smooth_image(96, 64, seed=3).crop((0, 0, 64, 64)).resize((32, 32)))).permute(2, 0, 1)[None])
+    close, far = (pixels - ours).abs().mean(), (pixels - left).abs().mean()
+    assert close < 0.05 and far > 4 * close, (close, far)
+
+
+def test_hf_config_files(hf_export):
+    loaded, folder = hf_export
+    config = json.loads((folder / "config.json").read_text())
+    m = loaded.config.model
+    assert config["vision_config"]["hidden_size"] == m.vision_width
+    assert config["vision_config"]["num_attention_heads"] == m.vision_heads
+    assert config["text_config"]["max_position_embeddings"] == m.context_length
+    assert config["text_config"]["intermediate_size"] == int(m.text_width * m.mlp_ratio)
+    pre = json.loads((folder / "preprocessor_config.json").read_text())
+    assert pre["crop_size"] == {"height": 32, "width": 32} and pre["size"] == {"shortest_edge": 32}
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == m.context_length
+    readme = (folder / "README.md").read_text()
+    assert "## Training" in readme and "rsum" in readme and "shapes" in readme
+
+
+def test_hf_readme_snippet_runs(hf_export):
+    _, folder = hf_export
+    done = run_python(readme_code(folder / "README.md"), folder.parent)
+    assert done.returncode == 0, done.stderr
+    probs = eval(done.stdout.strip().splitlines()[-1])  # the snippet prints {caption: prob}
+    assert set(probs) == {"a dog on the grass", "a red car"}
+    assert abs(sum(probs.values()) - 1) < 1e-5
