@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from cliptune.config import load_config
-from cliptune.experiments import EXPERIMENTS_DIR, default_experiment
 from cliptune.hpo.fidelity import load_plan
 from cliptune.hpo.search_space import load_search_space
+from cliptune.resources import EXPERIMENTS_DIR, default_experiment
 
 
 @pytest.fixture

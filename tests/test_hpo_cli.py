@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-import optimize
+from cliptune.cli import optimize
 from cliptune.config import load_config
 from cliptune.errors import ConfigError, DataError
 from cliptune.hpo.baseline import base_params
@@ -65,28 +65,28 @@ def test_flags_reach_the_base_config_and_settings():
 
 def test_user_errors_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
-        optimize.main(["--search-space", str(tmp_path / "nope.yaml"), "--trials", "0"])
+        optimize.run(["--search-space", str(tmp_path / "nope.yaml"), "--trials", "0"])
     with pytest.raises(ConfigError, match="train.nope"):
-        optimize.main(["--set", "train.nope=1", "--trials", "0"])
+        optimize.run(["--set", "train.nope=1", "--trials", "0"])
     with pytest.raises(ConfigError, match="--workers"):
-        optimize.main(["--workers", "0", "--results-dir", str(tmp_path), "--trials", "0"])
+        optimize.run(["--workers", "0", "--results-dir", str(tmp_path), "--trials", "0"])
     with pytest.raises(SystemExit):
         optimize.parse_args(["--pruner", "asha"])
     with pytest.raises(ConfigError, match="--seeds"):
-        optimize.main(["--seeds", "0", "--results-dir", str(tmp_path), "--trials", "0"])
+        optimize.run(["--seeds", "0", "--results-dir", str(tmp_path), "--trials", "0"])
     study_file = tmp_path / "study.yaml"
     study_file.write_text("target: ../nope.yaml\n")
     with pytest.raises(ConfigError, match="nope.yaml"):
-        optimize.main(["--study-config", str(study_file), "--trials", "0"])
+        optimize.run(["--study-config", str(study_file), "--trials", "0"])
     study_file.write_text("target: x.yaml\nfidelity: {epoch: 3}\n")
     with pytest.raises(ConfigError, match="study.yaml: unknown fidelity key.*epoch"):
-        optimize.main(["--study-config", str(study_file), "--trials", "0"])
+        optimize.run(["--study-config", str(study_file), "--trials", "0"])
 
 
 def test_data_errors_stop_the_study_before_its_first_trial(tmp_path):
     results = tmp_path / "results"
     with pytest.raises(DataError):
-        optimize.main(["--data", "folder", "--data-dir", str(tmp_path / "missing"),
+        optimize.run(["--data", "folder", "--data-dir", str(tmp_path / "missing"),
                        "--results-dir", str(results), "--study-name", "d", "--trials", "2",
                        "--quiet"])
     study = optuna.load_study(study_name="d", storage=make_storage(None, results, "d"))
@@ -98,7 +98,7 @@ def test_continuing_fails_trials_a_killed_driver_left_running(tmp_path):
     results, checkpoints = tmp_path / "results", tmp_path / "checkpoints"
     argv = ["--results-dir", str(results), "--study-name", "k", "--trials", "0", "--quiet",
             "--set", f"checkpoints_dir={checkpoints}"]
-    assert optimize.main(argv) == 0
+    assert optimize.run(argv) == 0
     study = optuna.load_study(study_name="k", storage=make_storage(None, results, "k"))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     owner = owner_record(dead.pid)  # recorded while it ran ...
@@ -108,7 +108,7 @@ def test_continuing_fails_trials_a_killed_driver_left_running(tmp_path):
     scratch = scratch_dir(str(checkpoints), "k", orphan.number)
     scratch.mkdir(parents=True)
     (scratch / "last.pt").write_bytes(b"half")
-    assert optimize.main(argv) == 0
+    assert optimize.run(argv) == 0
     trial = optuna.load_study(study_name="k", storage=make_storage(None, results, "k")).trials[0]
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("its owner process died")

@@ -10,8 +10,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-import optimize
 from cliptune.checkpoint import load_checkpoint
+from cliptune.cli import optimize
 from cliptune.config import load_config
 from cliptune.errors import TrainingDiverged
 from cliptune.hpo import objective as objective_module
@@ -38,7 +38,7 @@ def test_cli_study_baseline_fidelity_reports_continue_and_retrain(tmp_path, cach
     flags = write_study_files(tmp_path, cache_dir, trial_epochs=2, target_epochs=2,
                               max_samples=24)
     study_args = flags + ["--study-name", "t", "--pruner", "sha", "--seed", "3"]
-    assert optimize.main(study_args + ["--trials", "4"]) == 0
+    assert optimize.run(study_args + ["--trials", "4"]) == 0
 
     study = load(tmp_path, "t")
     states = [t.state for t in study.trials]
@@ -78,9 +78,9 @@ def test_cli_study_baseline_fidelity_reports_continue_and_retrain(tmp_path, cach
     assert best_config.name == "t-best" and best_config.seed == 3
 
     # the same command continues the study; then retrain best and base with 2 seeds
-    assert optimize.main(study_args + ["--trials", "1"]) == 0
+    assert optimize.run(study_args + ["--trials", "1"]) == 0
     assert len(load(tmp_path, "t").trials) == 5
-    assert optimize.main(flags + ["--study-name", "t", "--seed", "3", "--trials", "0",
+    assert optimize.run(flags + ["--study-name", "t", "--seed", "3", "--trials", "0",
                                   "--retrain-best", "--seeds", "2"]) == 0
     retrain = read_json(out / "retrain_results.json")
     assert retrain["seeds"] == [3, 4] and retrain["epochs"] == 2
@@ -105,16 +105,16 @@ def test_cli_study_baseline_fidelity_reports_continue_and_retrain(tmp_path, cach
 
 def test_continuing_with_other_settings_is_refused_unless_allowed(tmp_path, cache_dir):
     flags = write_study_files(tmp_path, cache_dir)
-    assert optimize.main(flags + ["--study-name", "c", "--trials", "1", "--pruner", "none"]) == 0
+    assert optimize.run(flags + ["--study-name", "c", "--trials", "1", "--pruner", "none"]) == 0
     with pytest.raises(Exception, match=r"(?s)fidelity: epochs: 1 -> 2.*--allow-changes"):
-        optimize.main(flags + ["--study-name", "c", "--trials", "1", "--epochs", "2"])
+        optimize.run(flags + ["--study-name", "c", "--trials", "1", "--epochs", "2"])
     with pytest.raises(Exception, match=r"seed: 0 -> 5"):
-        optimize.main(flags + ["--study-name", "c", "--trials", "0", "--seed", "5"])
+        optimize.run(flags + ["--study-name", "c", "--trials", "0", "--seed", "5"])
     with pytest.raises(Exception, match=r"target: train.weight_decay: 0.1 -> 0.2"):
-        optimize.main(flags + ["--study-name", "c", "--trials", "0",
+        optimize.run(flags + ["--study-name", "c", "--trials", "0",
                                "--set", "train.weight_decay=0.2"])
     assert len(load(tmp_path, "c").trials) == 1
-    assert optimize.main(flags + ["--study-name", "c", "--trials", "1", "--pruner", "none",
+    assert optimize.run(flags + ["--study-name", "c", "--trials", "1", "--pruner", "none",
                                   "--set", "train.weight_decay=0.2", "--allow-changes"]) == 0
     assert len(load(tmp_path, "c").trials) == 2
 

@@ -12,7 +12,7 @@ import pytest
 from hpo_tiny import SPACE, load, tiny_plan, wait_for, write_study_files
 from optuna.trial import TrialState
 
-import optimize
+from cliptune.cli import optimize
 from cliptune.hpo import driver
 from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.hpo.settings import StudySettings
@@ -107,7 +107,7 @@ def test_a_second_driver_leaves_the_first_drivers_trials_alone(tmp_path, cache_d
     try:
         busy = wait_for(lambda: running_trial(tmp_path, "d"), what="the first driver's trial")
         # the setup HPO_GUIDE recommends: another driver on the same journal study
-        assert optimize.main(flags + ["--study-name", "d", "--trials", "1",
+        assert optimize.run(flags + ["--study-name", "d", "--trials", "1",
                                       "--pruner", "none"]) == 0
         assert load(tmp_path, "d").trials[busy.number].state != TrialState.FAIL
         output, _ = first.communicate(timeout=600)

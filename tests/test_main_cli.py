@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import main
 from cliptune.checkpoint import load_checkpoint
+from cliptune.cli import train as main
 from cliptune.errors import CliptuneError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def test_main_trains_evaluates_and_resumes(tmp_path):
 def test_user_mistakes_raise_a_clear_error(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CliptuneError) as info:
-        main.main(args)
+        main.run(args)
     assert message in str(info.value)
 
 

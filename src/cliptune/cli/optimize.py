@@ -1,0 +1,146 @@
+"""Tune CLIP's hyperparameters with Optuna: `python src/optimize.py --trials 50`.
+
+A study tunes a target experiment (experiments/default.yaml) at a reduced fidelity
+(experiments/hpo.yaml: data subset and epochs per trial). Each trial trains a short
+run (TensorBoard: runs/<study>/trial_<n>/), reports the validation metric every
+epoch and may be pruned; the target's own settings are the first trial. Reports are
+rewritten after every trial in optuna-results/<study>/ (report.md, trials.csv,
+best_config.yaml = the target with the best parameters at full fidelity, plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cliptune.cli_common import add_data_args, add_set_arg, apply_data_args, run_cli
+from cliptune.config import apply_overrides, set_value
+from cliptune.hpo.driver import run_study
+from cliptune.hpo.fidelity import StudyPlan, load_plan
+from cliptune.hpo.search_space import load_search_space
+from cliptune.hpo.settings import StudySettings
+from cliptune.hpo.study import METRICS, PRUNERS, SAMPLERS, Heartbeat
+from cliptune.resources import default_experiment
+
+DEFAULTS = StudySettings()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    study = parser.add_argument_group("study")
+    study.add_argument("--trials", type=int, default=DEFAULTS.trials,
+                       help="trials this driver adds (0: only reports / --retrain-best)")
+    study.add_argument("--max-trials", type=int, metavar="N",
+                       help="total trials of the study over all drivers sharing it")
+    study.add_argument("--study-name", default=DEFAULTS.study_name,
+                       help="an existing study of this name is continued")
+    study.add_argument("--storage", metavar="URL|PATH",
+                       help="journal file (default optuna-results/<study>/study.journal) or a "
+                            "database URL (postgresql://user:pass@host/db) for several machines")
+    study.add_argument("--workers", type=int, default=DEFAULTS.workers,
+                       help="worker processes on this machine (worker i uses GPU i mod #GPUs)")
+    study.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="stop starting trials after this long")
+    study.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler)
+    study.add_argument("--pruner", choices=PRUNERS, default=DEFAULTS.pruner)
+    study.add_argument("--patience", type=int, metavar="EPOCHS",
+                       help="also prune trials that have not improved for this many epochs")
+    study.add_argument("--metric", choices=tuple(METRICS), default=DEFAULTS.metric,
+                       help="objective: best val_loss (minimized) or best rsum (maximized)")
+    study.add_argument("--search-space", metavar="FILE",
+                       help="search space YAML (default: experiments/search_space.yaml on a CPU, "
+                            "experiments/gpu-search-space.yaml on a GPU)")
+    study.add_argument("--results-dir", default=DEFAULTS.results_dir, metavar="DIR",
+                       help="where optuna-results/<study>/ reports go")
+    study.add_argument("--allow-changes", action="store_true",
+                       help="continue a study although its search space, target, fidelity, "
+                            "seed or metric differ from what it was created with")
+    study.add_argument("--heartbeat", type=int, metavar="SECONDS",
+                       default=DEFAULTS.heartbeat.interval_s,
+                       help="database storages: liveness beat of running trials; a trial "
+                            "silent for 3 beats is failed and retried")
+    study.add_argument("--retrain-best", action="store_true",
+                       help="afterwards train the best and the base config at full fidelity "
+                            "(--seeds each) and evaluate them on the test split")
+    study.add_argument("--seeds", type=int, default=DEFAULTS.seeds,
+                       help="--retrain-best: seeds per configuration")
+    study.add_argument("--quiet", action="store_true", help="no progress bar or trial lines")
+    run = parser.add_argument_group("target and fidelity")
+    run.add_argument("--study-config", metavar="FILE",
+                     help="study file: the target experiment and the trials' fidelity (default: "
+                          "experiments/hpo.yaml on a CPU, experiments/gpu-hpo.yaml on a GPU)")
+    run.add_argument("--config", metavar="FILE",
+                     help="target experiment to tune (default: the study file's target)")
+    run.add_argument("--epochs", type=int, help="epochs per trial (the pruning budget)")
+    run.add_argument("--max-samples", type=int, help="training images per trial")
+    run.add_argument("--max-eval-samples", type=int, help="validation images per trial")
+    run.add_argument("--seed", type=int, help="seed of the target (trials, sampler, retraining)")
+    add_data_args(parser)
+    add_set_arg(parser)
+    return parser.parse_args(argv)
+
+
+def build_plan(args: argparse.Namespace) -> StudyPlan:
+    """Target and fidelity: the study file (its target or --config), then the data
+    flags, --seed and --set on the target, and the fidelity flags. Without
+    --study-config (--search-space) the hardware chooses the shipped one."""
+    if args.study_config is None:
+        choice = default_experiment("hpo", data=args.data)
+        print(choice.line().replace("--config FILE", "--study-config FILE"), flush=True)
+        args.study_config = str(choice.path)
+    if args.search_space is None:
+        args.search_space = str(default_experiment("search-space", data=args.data).path)
+    plan = load_plan(args.study_config, args.config)
+    apply_data_args(plan.target, args)
+    if args.seed is not None:
+        set_value(plan.target, "seed", args.seed)
+    apply_overrides(plan.target, args.set)
+    for flag, name in (("epochs", "epochs"), ("max_samples", "max_samples"),
+                       ("max_eval_samples", "max_eval_samples")):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(plan.fidelity, name, value)
+    plan.trial_base()  # fidelity errors now, naming the key
+    return plan
+
+
+def build_settings(args: argparse.Namespace) -> StudySettings:
+    """Study settings from the flags."""
+    heartbeat = Heartbeat(interval_s=args.heartbeat, grace_s=3 * args.heartbeat)
+    return StudySettings(
+        study_name=args.study_name, trials=args.trials, max_trials=args.max_trials,
+        storage=args.storage, workers=args.workers, timeout=args.timeout, sampler=args.sampler,
+        pruner=args.pruner, patience=args.patience, metric=args.metric,
+        results_dir=args.results_dir, allow_changes=args.allow_changes,
+        retrain_best=args.retrain_best, seeds=args.seeds, show_progress=not args.quiet,
+        heartbeat=heartbeat,
+    )
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse `argv` and do the work; user errors raise `CliptuneError`. Returns the exit code."""
+    args = parse_args(argv)
+    plan = build_plan(args)
+    settings = build_settings(args)
+    outcome = run_study(settings, plan, load_search_space(args.search_space))
+    s = outcome.summary
+    print(f"study {outcome.study_name!r}: {s.complete} complete, {s.pruned} pruned, "
+          f"{s.failed} failed; pruning saved {100 * s.saved_fraction:.0f}% of the epochs")
+    if outcome.best_trial is not None:
+        print(f"best {settings.metric} = {outcome.best_value:.4f} (trial {outcome.best_trial})")
+    if outcome.retrain is not None:
+        print(outcome.retrain["verdict"])
+    print(f"report: {outcome.out_dir / 'report.md'}")
+    for message in outcome.worker_messages:
+        print(f"worker: {message}")
+    for error in outcome.worker_errors:
+        print(f"error: {error}")
+    if outcome.interrupted:
+        print("interrupted: the running trial(s) are marked failed; the same command "
+              "continues the study")
+        return 130
+    return 1 if outcome.worker_errors else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`cliptune-optimize`: `run` with user errors printed (exit 2), never a traceback."""
+    run_cli(lambda: run(argv))
