@@ -55,6 +55,7 @@ def test_worker_device_is_gpu_i_mod_g():
 def test_workers_are_pinned_to_gpus_with_distinct_seeds(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setattr(driver.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(driver.torch.cuda, "device_count", lambda: 2)  # a faked 2-GPU machine
+    monkeypatch.setattr(driver.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     settings = StudySettings(study_name="g", trials=5, workers=3,
                              results_dir=str(tmp_path / "results"))
     plan, space = tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE)
