@@ -72,7 +72,9 @@ def test_auto_is_the_default_and_resolves_in_the_trainer(tmp_path):
     assert RunConfig().train.precision == "auto"
     config = apply_overrides(RunConfig(), [o for o in TINY if "precision" not in o])
     config.train.device = "cpu"
-    assert Trainer(config).precision == resolve_precision("auto", CPU)
+    trainer = Trainer(config)
+    assert trainer.precision == resolve_precision("auto", CPU)
+    assert trainer.hparams()["train.precision"] == trainer.precision  # TensorBoard's value
 
 
 def test_tf32_on_cuda_only():

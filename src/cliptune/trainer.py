@@ -235,8 +235,9 @@ class Trainer:
     # ------------------------------------------------------------------ fit
 
     def hparams(self) -> dict[str, Any]:
-        """The run's hyperparameters as flat `section.key` values for TensorBoard."""
-        return hparams(self.config, self.hparams_extra)
+        """The run's hyperparameters as flat `section.key` values for TensorBoard
+        (`train.precision` as resolved on this device, not `auto`)."""
+        return {**hparams(self.config, self.hparams_extra), "train.precision": self.precision}
 
     def fit(self) -> FitResult:
         """Train for `train.epochs` epochs (resuming if asked), validating after each epoch."""
