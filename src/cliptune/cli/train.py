@@ -49,7 +49,7 @@ def build_config(args: argparse.Namespace):
     then `--set` overrides."""
     if args.config is None:
         choice = default_experiment("train", args.device, args.data)
-        print(choice.line(), flush=True)
+        args.chosen = choice.line()  # printed once the rank is known (rank 0 only)
         args.config = str(choice.path)
     config = load_config(args.config)
     if args.preset:
@@ -72,6 +72,8 @@ def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = build_config(args)
     ctx = distributed.init_from_env(config.train.device)
+    if ctx.is_main and getattr(args, "chosen", None):
+        print(args.chosen, flush=True)
     try:
         trainer = Trainer(config, resume=None if args.no_resume else args.resume)
         trainer.fit()
