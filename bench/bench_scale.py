@@ -160,7 +160,8 @@ def _timed(run, *args):
 
 
 def bench_pipeline(data, batch_size: int, batches: int) -> None:
-    """Read a batch (timed once: the same for both paths), then crop + flip + normalise it
+    """Read a batch (timed once, its rows already in the page cache: the same for both
+    paths), then crop + flip + normalise it
     with the old per-image loop and with the batched op, interleaved so that a busy machine
     slows both alike. One untimed warm-up batch. Wall-clock images/s, and images per
     CPU-second of this process (steadier when other processes share the cores)."""
@@ -169,6 +170,7 @@ def bench_pipeline(data, batch_size: int, batches: int) -> None:
     batches = min(batches, len(loader) - 1)
     reads, old, new = [], [], []
     for index in range(batches + 1):
+        loader.batch(index)  # rows into the page cache, as from the second epoch on
         batch, read = _timed(loader.batch, index)  # read + crop boxes and flips
         _, before = _timed(per_image_loop, batch.images, batch.boxes, batch.flips)
         _, now = _timed(augment_images, batch.images, batch.boxes, batch.flips, normalize_images)

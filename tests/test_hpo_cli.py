@@ -15,7 +15,7 @@ from cliptune.errors import ConfigError, DataError
 from cliptune.hpo.baseline import base_params
 from cliptune.hpo.objective import scratch_dir
 from cliptune.hpo.owners import owner_record
-from cliptune.hpo.search_space import load_search_space
+from cliptune.hpo.search_space_file import load_search_space
 from cliptune.hpo.study import make_storage
 
 REPO = Path(__file__).resolve().parent.parent

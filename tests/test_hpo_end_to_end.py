@@ -16,7 +16,7 @@ from cliptune.config import load_config
 from cliptune.errors import TrainingDiverged
 from cliptune.hpo import objective as objective_module
 from cliptune.hpo.driver import run_study
-from cliptune.hpo.search_space import search_space_from_dict
+from cliptune.hpo.search_space_file import search_space_from_dict
 from cliptune.hpo.settings import StudySettings
 from cliptune.trainer import Trainer
 

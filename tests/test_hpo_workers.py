@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from cliptune.cli import optimize
 from cliptune.hpo import driver
-from cliptune.hpo.search_space import search_space_from_dict
+from cliptune.hpo.search_space_file import search_space_from_dict
 from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.workers import worker_device
 

@@ -28,7 +28,8 @@ def embed_split(
 
     Returns `(image_emb (N, D), text_emb (M, D))`, float32 on the CPU. The model runs
     in eval mode; its previous train/eval mode is restored afterwards. `precision`
-    `auto` resolves for `device` as in training (see `resolve_precision`).
+    `auto` resolves for `device` as in training (see `resolve_precision`). Embeddings
+    stay on the device until the end, so a GPU never waits for a copy back per batch.
     """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
@@ -40,18 +41,16 @@ def embed_split(
     try:
         with autocast(device, precision):
             images = [
-                model.encode_image(normalize_images(batch.to(device, non_blocking=True)))
-                .float()
-                .cpu()
+                model.encode_image(normalize_images(batch.to(device, non_blocking=True))).float()
                 for batch in eval_batches(split, batch_size)
             ]
             texts = [
-                model.encode_text(tokens[start : start + batch_size].to(device)).float().cpu()
+                model.encode_text(tokens[start : start + batch_size].to(device)).float()
                 for start in range(0, len(tokens), batch_size)
             ]
     finally:
         model.train(was_training)
-    return torch.cat(images), torch.cat(texts)
+    return torch.cat(images).cpu(), torch.cat(texts).cpu()
 
 
 def split_loss(

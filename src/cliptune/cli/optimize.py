@@ -16,7 +16,7 @@ from cliptune.cli_common import add_data_args, add_set_arg, apply_data_args, run
 from cliptune.config import apply_overrides, set_value
 from cliptune.hpo.driver import run_study
 from cliptune.hpo.fidelity import StudyPlan, load_plan
-from cliptune.hpo.search_space import load_search_space
+from cliptune.hpo.search_space_file import load_search_space
 from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.study import METRICS, PRUNERS, SAMPLERS, Heartbeat
 from cliptune.resources import default_experiment
