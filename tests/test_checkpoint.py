@@ -217,3 +217,12 @@ def test_load_model_rejects_incomplete_or_mismatched_checkpoints(tmp_path):
     save_checkpoint(state, tmp_path / "badtok.pt")
     with pytest.raises(CheckpointError, match=r"badtok\.pt: its saved tokenizer is invalid"):
         load_model(tmp_path / "badtok.pt")
+
+
+def test_a_checkpoint_from_before_split_seed_keeps_the_split_its_run_used(tmp_path):
+    path = write_tiny_checkpoint(tmp_path / "tiny.pt", tmp_path / "cache")
+    assert load_model(path).config.data.split_seed == 0  # saved explicitly: kept (seed is 5)
+    state = load_checkpoint(path)
+    del state["config"]["data"]["split_seed"]  # as written before the key existed
+    save_checkpoint(state, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").config.data.split_seed == 5  # the run's seed split it

@@ -109,6 +109,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         config = config_from_dict(checkpoint["config"])
     except CliptuneError as err:
         raise CheckpointError(f"{path}: its saved config is invalid: {err}") from None
+    if "split_seed" not in (checkpoint["config"].get("data") or {}):
+        # written before data.split_seed existed, when the run's seed decided the split:
+        # evaluating it on another split could score it on its own training images
+        config.data.split_seed = config.seed
     model = CLIP(config.model)
     try:
         model.load_state_dict(checkpoint["model"])
