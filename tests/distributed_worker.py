@@ -7,11 +7,15 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tiny_model import TINY_MODEL
 
 from cliptune.config import RunConfig, apply_overrides
+from cliptune.data import Split
+from cliptune.distributed import all_gather_rows
+from cliptune.evaluation import embed_split
 from cliptune.loss import ClipLoss
 from cliptune.model import CLIP
 from cliptune.trainer import Trainer
@@ -75,6 +79,28 @@ def gradient_worker(rank: int, world: int, port: int, out: str) -> None:
         }
     torch.save(results, Path(out) / f"grads_{rank}.pt")
     dist.destroy_process_group()
+
+
+def gather_rows_worker(rank: int, world: int, port: int, out: str) -> None:
+    """`all_gather_rows` of uneven row counts (3 rows on rank 0, none on rank 1, then 2 and
+    5), and a sharded `embed_split` of 7 images and 9 captions."""
+    join(rank, world, port)
+    rows = {0: (3, 2), 1: (0, 5)}[rank]
+    gathered = [all_gather_rows(torch.full((n, 2), float(rank)) + torch.arange(n)[:, None])
+                for n in rows]
+    split = embed_split_fixture()
+    sharded = embed_split(tiny_clip(), split, batch_size=2, device="cpu", sharded=True)
+    torch.save({"gathered": gathered, "sharded": sharded}, Path(out) / f"gathered_{rank}.pt")
+    dist.destroy_process_group()
+
+
+def embed_split_fixture() -> Split:
+    """A 7-image, 9-caption split of random pixels and tokens (fixed seed)."""
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (7, 32, 32, 3), dtype=torch.uint8, generator=g).numpy()
+    tokens = torch.randint(1, 120, (9, 16), generator=g)
+    caption_image = np.array([0, 1, 2, 3, 4, 5, 6, 0, 1])
+    return Split("val", [f"{i}.jpg" for i in range(7)], images, ["c"] * 9, caption_image, tokens)
 
 
 def trainer_worker(rank: int, world: int, port: int, out: str, config_json: str) -> None:

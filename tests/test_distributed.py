@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from distributed_worker import (
+    embed_split_fixture,
     free_port,
+    gather_rows_worker,
     global_batch,
     gradient_worker,
     one_step,
@@ -19,6 +21,7 @@ from tiny_model import TINY_MODEL
 
 from cliptune.checkpoint import load_checkpoint
 from cliptune.config import RunConfig, apply_overrides
+from cliptune.evaluation import embed_split
 from cliptune.trainer import Trainer
 
 SHAPES = TINY_MODEL + [
@@ -97,3 +100,17 @@ def test_only_rank_zero_writes_files(trained):
     assert list((out / "rank0" / "runs" / "run").glob("events.out.tfevents.*"))
     state = load_checkpoint(checkpoints / "last.pt")
     assert state["epoch"] == 2 and state["step"] == 2 * (len(trainer.data.train) // 8) == trainer.step
+
+
+def test_uneven_rows_gather_in_rank_order_and_sharded_embeddings_equal_one_process(tmp_path):
+    spawn(gather_rows_worker, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"gathered_{rank}.pt", weights_only=True) for rank in (0, 1)]
+    expected = [torch.tensor([[0.0, 0], [1, 1], [2, 2]]),  # rank 0's 3 rows, rank 1's none
+                torch.tensor([[0.0, 0], [1, 1], [1, 1], [2, 2], [3, 3], [4, 4], [5, 5]])]
+    images, texts = embed_split(tiny_clip(), embed_split_fixture(), batch_size=4, device="cpu")
+    for got in ranks:
+        for tensor, want in zip(got["gathered"], expected, strict=True):
+            assert torch.equal(tensor, want)
+        assert got["sharded"][0].shape == images.shape and got["sharded"][1].shape == texts.shape
+        torch.testing.assert_close(got["sharded"][0], images, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got["sharded"][1], texts, rtol=1e-5, atol=1e-6)

@@ -121,6 +121,23 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return out / ctx.world_size
 
 
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` concatenated along dim 0 in rank order; the row counts may
+    differ between ranks (the identity on one process). No gradient flows back."""
+    ctx = current()
+    if not ctx.enabled:
+        return tensor
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.empty_like(count) for _ in range(ctx.world_size)]
+    dist.all_gather(counts, count)
+    rows = [int(c) for c in counts]
+    padded = tensor.new_zeros((max(rows), *tensor.shape[1:]))  # all_gather needs equal shapes
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in rows]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, rows, strict=True)])
+
+
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenation over ranks of `tensor` (rank order) whose backward sends each rank the
     gradient of its own rows summed over every rank's loss (the identity without a process

@@ -7,6 +7,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from cliptune import distributed
 from cliptune.checkpoint import LoadedModel
 from cliptune.data import Split, eval_batches, normalize_images, prepare_data
 from cliptune.errors import DataError
@@ -23,8 +24,12 @@ def embed_split(
     batch_size: int,
     device: str | torch.device,
     precision: str = "auto",
+    sharded: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Embed every image and every caption of `split`, in order.
+
+    With `sharded` under torchrun, each rank embeds a contiguous share of the images and
+    captions and every rank returns them all (a collective: every rank must call it).
 
     Returns `(image_emb (N, D), text_emb (M, D))`, float32 on the CPU. The model runs
     in eval mode; its previous train/eval mode is restored afterwards. `precision`
@@ -36,21 +41,35 @@ def embed_split(
     if len(split.image_names) == 0 or len(split.tokens) == 0:
         raise DataError(f"the {split.name} split has no images or no captions to evaluate")
     tokens = torch.as_tensor(split.tokens)
+    image_rows, text_rows = _share(len(split), sharded), _share(len(tokens), sharded)
+    empty = torch.zeros((0, model.config.embed_dim), device=device)  # a rank with no share
     was_training = model.training
     model.eval()
     try:
         with autocast(device, precision):
-            images = [
+            images = [empty] + [
                 model.encode_image(normalize_images(batch.to(device, non_blocking=True))).float()
-                for batch in eval_batches(split, batch_size)
+                for batch in eval_batches(split, batch_size, image_rows)
             ]
-            texts = [
-                model.encode_text(tokens[start : start + batch_size].to(device)).float()
-                for start in range(0, len(tokens), batch_size)
+            texts = [empty] + [
+                model.encode_text(tokens[start : min(start + batch_size, text_rows.stop)]
+                                  .to(device)).float()
+                for start in range(text_rows.start, text_rows.stop, batch_size)
             ]
     finally:
         model.train(was_training)
-    return torch.cat(images).cpu(), torch.cat(texts).cpu()
+    image_emb, text_emb = torch.cat(images), torch.cat(texts)
+    if sharded:
+        image_emb, text_emb = distributed.all_gather_rows(image_emb), distributed.all_gather_rows(text_emb)
+    return image_emb.cpu(), text_emb.cpu()
+
+
+def _share(count: int, sharded: bool) -> range:
+    """The rows this process embeds: all `count`, or with `sharded` its rank's contiguous part."""
+    ctx = distributed.current()
+    if not sharded:
+        return range(count)
+    return range(ctx.rank * count // ctx.world_size, (ctx.rank + 1) * count // ctx.world_size)
 
 
 def split_loss(

@@ -6,8 +6,8 @@ the train state (`state.py`), one training epoch (`loop.py`), checkpoints and re
 rules (`checkpointer.py`), TensorBoard logging and figures (`callbacks.py`); a split is
 evaluated by `cliptune.evaluation`. Under torchrun (see `cliptune.distributed`) the
 model is wrapped in DistributedDataParallel, each rank trains its slice of every global
-batch, rank 0 validates, prints and writes files. The Optuna driver uses only the
-public methods and the per-epoch callbacks.
+batch and embeds its share of the validation split, rank 0 scores it, prints and
+writes files. The Optuna driver uses only the public methods and the per-epoch callbacks.
 """
 
 from __future__ import annotations
@@ -193,26 +193,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _embed_and_score(self, split_name: str) -> tuple[Split, torch.Tensor, torch.Tensor, dict]:
-        split = self.data.split(split_name)
-        batch = self.config.train.eval_batch_size
-        image_emb, text_emb = embed_split(self.model, split, batch_size=batch,
-                                          device=self.device, precision=self.precision)
+    def _embed(self, split: Split, sharded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return embed_split(self.model, split, batch_size=self.config.train.eval_batch_size,
+                           device=self.device, precision=self.precision, sharded=sharded)
+
+    def _score(self, split: Split, image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict:
         scale = self.model.logit_scale.detach().float().cpu()
-        return split, image_emb, text_emb, embedding_metrics(image_emb, text_emb, split, scale,
-                                                             batch)
+        return embedding_metrics(image_emb, text_emb, split, scale,
+                                 self.config.train.eval_batch_size)
 
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Retrieval metrics and loss of the current weights on `split` (no key prefix)."""
         if self.model is None:
             self.build_model()
-        return self._embed_and_score(split)[3]
+        data = self.data.split(split)
+        return self._score(data, *self._embed(data))
 
     def _validate(self) -> dict[str, float]:
-        """Rank 0 scores the validation split; every rank gets its metrics."""
+        """Every rank embeds its share of the validation split, rank 0 scores it, and every
+        rank gets the metrics."""
+        split = self.data.split("val")
+        image_emb, text_emb = self._embed(split, sharded=True)
         metrics = None
         if self.dist.is_main:
-            split, image_emb, text_emb, metrics = self._embed_and_score("val")
+            metrics = self._score(split, image_emb, text_emb)
             self.val_embeddings = (split, image_emb, text_emb)
         return distributed.broadcast_object(metrics)
 

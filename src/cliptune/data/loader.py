@@ -55,10 +55,12 @@ def normalize_images(images: torch.Tensor, out: torch.Tensor | None = None) -> t
     return torch.addcmul(shift, images, scale, out=out)
 
 
-def eval_batches(split: Split, batch_size: int) -> Iterator[torch.Tensor]:
-    """The split's images in order, uint8 (B, 3, H, W), no augmentation; the last batch may be short."""
-    for start in range(0, len(split), batch_size):
-        yield _to_batch(split.images[start:start + batch_size])
+def eval_batches(split: Split, batch_size: int, rows: range | None = None) -> Iterator[torch.Tensor]:
+    """The split's images (or those of `rows`, a step-1 range) in order, uint8 (B, 3, H, W),
+    no augmentation; the last batch may be short."""
+    rows = range(len(split)) if rows is None else rows
+    for start in range(rows.start, rows.stop, batch_size):
+        yield _to_batch(split.images[start:min(start + batch_size, rows.stop)])
 
 
 def default_num_workers(pin_memory: bool, world_size: int = 1) -> int:
