@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cliptune import distributed
 from cliptune.checkpoint import LoadedModel
@@ -13,12 +13,13 @@ from cliptune.data import Split, eval_batches, normalize_images, prepare_data
 from cliptune.errors import DataError
 from cliptune.loss import clip_loss
 from cliptune.metrics import retrieval_metrics
+from cliptune.model import CLIP
 from cliptune.runtime import autocast, resolve_precision
 
 
 @torch.no_grad()
 def embed_split(
-    model: nn.Module,
+    model: CLIP,
     split: Split,
     *,
     batch_size: int,
@@ -113,7 +114,7 @@ def embedding_metrics(
 
 
 def evaluate_split(
-    model: nn.Module,
+    model: CLIP,
     split: Split,
     *,
     batch_size: int,
