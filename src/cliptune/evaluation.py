@@ -34,8 +34,9 @@ def embed_split(
 
     Returns `(image_emb (N, D), text_emb (M, D))`, float32 on the CPU. The model runs
     in eval mode; its previous train/eval mode is restored afterwards. `precision`
-    `auto` resolves for `device` as in training (see `resolve_precision`). Embeddings
-    stay on the device until the end, so a GPU never waits for a copy back per batch.
+    `auto` resolves for `device` as in training (see `resolve_precision`). On a GPU the
+    images are read into page-locked memory and copied asynchronously, and embeddings
+    stay on the device until the end: the GPU embeds one batch while the next is read.
     """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
@@ -50,7 +51,7 @@ def embed_split(
         with autocast(device, precision):
             images = [empty] + [
                 model.encode_image(normalize_images(batch.to(device, non_blocking=True))).float()
-                for batch in eval_batches(split, batch_size, image_rows)
+                for batch in eval_batches(split, batch_size, image_rows, device.type == "cuda")
             ]
             texts = [empty] + [
                 model.encode_text(tokens[start : min(start + batch_size, text_rows.stop)]

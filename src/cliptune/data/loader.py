@@ -55,12 +55,18 @@ def normalize_images(images: torch.Tensor, out: torch.Tensor | None = None) -> t
     return torch.addcmul(shift, images, scale, out=out)
 
 
-def eval_batches(split: Split, batch_size: int, rows: range | None = None) -> Iterator[torch.Tensor]:
+def eval_batches(split: Split, batch_size: int, rows: range | None = None,
+                 pin_memory: bool = False) -> Iterator[torch.Tensor]:
     """The split's images (or those of `rows`, a step-1 range) in order, uint8 (B, 3, H, W),
-    no augmentation; the last batch may be short."""
+    no augmentation; the last batch may be short. With `pin_memory` (CUDA) each batch is
+    read straight into page-locked memory, so its copy to the GPU can be asynchronous."""
     rows = range(len(split)) if rows is None else rows
     for start in range(rows.start, rows.stop, batch_size):
-        yield _to_batch(split.images[start:min(start + batch_size, rows.stop)])
+        positions = np.arange(start, min(start + batch_size, rows.stop))
+        pixels = torch.empty((len(positions), *split.images.shape[1:]), dtype=torch.uint8,
+                             pin_memory=pin_memory)
+        read_images(split.images, positions, pixels.numpy())
+        yield _to_batch(pixels)
 
 
 def default_num_workers(pin_memory: bool, world_size: int = 1) -> int:
