@@ -8,7 +8,9 @@ rank 0 of 1 and every helper is the identity.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -169,9 +171,15 @@ class _GatherWithGrad(torch.autograd.Function):
         return summed.chunk(world, dim=0)[rank]
 
 
-def barrier() -> None:
-    """Wait for every rank (no-op on one process)."""
-    if current().enabled:
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. downloads and caches), the other ranks after it
+    (reading what it wrote); no-op on one process."""
+    ctx = current()
+    if ctx.enabled and not ctx.is_main:
+        dist.barrier()
+    yield
+    if ctx.enabled and ctx.is_main:
         dist.barrier()
 
 

@@ -126,21 +126,17 @@ class Trainer:
     def prepare_data(self) -> PreparedData:
         """Load (or reuse) the dataset, its splits, image cache and tokenizer. Under torchrun
         rank 0 prepares (downloads, caches) first; the others then read its cache."""
-        first = self.dist.enabled and self.dist.is_main
-        if self.dist.enabled and not first:
-            distributed.barrier()
-        if self.data is None:
-            tokenizer = None
-            if self._resume_state is not None:
-                tokenizer = Tokenizer.from_json(self._resume_state["tokenizer"])
-            cfg = self.config
-            self.data = prepare_data(
-                cfg.data, image_size=cfg.model.image_size,
-                vocab_size=cfg.model.vocab_size, context_length=cfg.model.context_length,
-                tokenizer=tokenizer, quiet=not (self.show_progress and self.dist.is_main),
-            )
-        if first:
-            distributed.barrier()
+        with distributed.main_process_first():
+            if self.data is None:
+                tokenizer = None
+                if self._resume_state is not None:
+                    tokenizer = Tokenizer.from_json(self._resume_state["tokenizer"])
+                cfg = self.config
+                self.data = prepare_data(
+                    cfg.data, image_size=cfg.model.image_size,
+                    vocab_size=cfg.model.vocab_size, context_length=cfg.model.context_length,
+                    tokenizer=tokenizer, quiet=not (self.show_progress and self.dist.is_main),
+                )
         if self.data.image_size != self.config.model.image_size:
             raise ConfigError(
                 f"the prepared data has {self.data.image_size}px images but "
@@ -262,13 +258,8 @@ class Trainer:
         finally:
             if board is not None:
                 board.close(self.hparams(), final_metrics(self.history), len(self.history))
-        best_metrics = dict(self.history[int(self.best["epoch"]) - 1]) if self.best else {}
-        result = FitResult(
-            best_metric=self.best_metric, best_value=self.best.get("value", float("nan")),
-            best_epoch=int(self.best.get("epoch", 0)), best_metrics=best_metrics,
-            history=list(self.history), epochs_completed=self.epoch,
-            stopped_early=stopped_early, wall_time=time.perf_counter() - start,
-        )
+        result = FitResult.of(self.state, self.best_metric, stopped_early=stopped_early,
+                              wall_time=time.perf_counter() - start)
         self._print(fit_summary(result, self.config, self.checkpoint_dir, self.run_dir))
         return result
 

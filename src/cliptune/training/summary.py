@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cliptune.config import RunConfig, config_to_dict
+
+if TYPE_CHECKING:
+    from cliptune.training.state import TrainState
 
 
 @dataclass
@@ -21,6 +24,19 @@ class FitResult:
     epochs_completed: int = 0
     stopped_early: bool = False
     wall_time: float = 0.0
+
+    @classmethod
+    def of(cls, state: TrainState, best_metric: str, *, stopped_early: bool,
+           wall_time: float) -> FitResult:
+        """The result of a run whose train state is `state`, ranked by `best_metric`."""
+        best = state.best
+        return cls(
+            best_metric=best_metric, best_value=best.get("value", float("nan")),
+            best_epoch=int(best.get("epoch", 0)),
+            best_metrics=dict(state.history[int(best["epoch"]) - 1]) if best else {},
+            history=list(state.history), epochs_completed=state.epoch,
+            stopped_early=stopped_early, wall_time=wall_time,
+        )
 
 
 def metric_is_minimised(name: str) -> bool:
