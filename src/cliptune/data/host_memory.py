@@ -17,5 +17,6 @@ def empty_batch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     """
     device = torch.device(device)
     if device.type == "cpu" and not pin_memory:
-        return torch.from_numpy(np.empty(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+        numpy_dtype = torch.empty(0, dtype=dtype).numpy().dtype  # e.g. torch.uint8 -> np.uint8
+        return torch.from_numpy(np.empty(shape, dtype=numpy_dtype))
     return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin_memory)
