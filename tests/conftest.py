@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from trainer_helpers import tiny_data
 
 FLICKR_HANDLE = "hsankesara/flickr-image-dataset/versions/1"
 MALFORMED_IMAGE = "2199200615.jpg"
@@ -228,3 +229,15 @@ def tiny_study(tmp_path_factory) -> TinyStudy:
                           env={**os.environ, "CLIPTUNE_CACHE": str(workdir / "cache")})
     assert done.returncode == 0, done.stderr
     return TinyStudy(workdir=workdir, results=workdir / "optuna-results" / "tiny", name="tiny")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A dataset cache folder shared by one test module's tests."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def data(cache_dir, tmp_path_factory):
+    """Tiny prepared Shapes data (`trainer_helpers.tiny_data`), one per test module."""
+    return tiny_data(tmp_path_factory.mktemp("prep"), cache_dir)

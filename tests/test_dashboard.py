@@ -16,13 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import optuna
+from distributed_worker import free_port
 from optuna.storages.journal import JournalFileBackend
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str) -> dict:

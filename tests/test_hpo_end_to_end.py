@@ -21,11 +21,6 @@ from cliptune.hpo.settings import StudySettings
 from cliptune.trainer import Trainer
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def hparams_of(run_dir) -> dict:
     events = EventAccumulator(str(run_dir))
     events.Reload()

@@ -21,11 +21,6 @@ from cliptune.hpo.workers import worker_device
 OPTIMIZE = Path(__file__).resolve().parent.parent / "src" / "optimize.py"
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def start_driver(flags: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(OPTIMIZE), *flags], cwd=cwd, env=env,

@@ -3,23 +3,13 @@ import math
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainer_helpers import tiny_config, tiny_data
+from trainer_helpers import tiny_config
 
 from cliptune import trainer as trainer_module
 from cliptune.checkpoint import load_checkpoint
 from cliptune.errors import CheckpointError, TrainingDiverged
 from cliptune.trainer import Trainer
 from cliptune.training import checkpointer as checkpointer_module
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def data(cache_dir, tmp_path_factory):
-    return tiny_data(tmp_path_factory.mktemp("prep"), cache_dir)
 
 
 def test_checkpoints_tensorboard_and_metrics(tmp_path, cache_dir, data):

@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trainer_helpers import Interrupt, interrupt_after, tiny_config, tiny_data, weights
+from trainer_helpers import Interrupt, interrupt_after, tiny_config, weights
 
 from cliptune.checkpoint import load_checkpoint
 from cliptune.errors import ConfigError
 from cliptune.trainer import Trainer
 from cliptune.training.loop import window_sizes
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def data(cache_dir, tmp_path_factory):
-    return tiny_data(tmp_path_factory.mktemp("prep"), cache_dir)
 
 
 def kill_after_first_epoch(config, data) -> Trainer:
