@@ -106,7 +106,7 @@ def cpu_worker(rank: int, world: int, port: int, args, out: str) -> None:
     gather = gather_ms(local, model_preset(args.preset).embed_dim, 20)
     if rank == 0:
         torch.save({"seconds": seconds, "gather_ms": gather}, out)
-    dist.destroy_process_group()
+    distributed.shutdown()
 
 
 def cpu_bench(args) -> None:
@@ -168,7 +168,7 @@ def cuda_bench(args) -> None:
     ratios = [d / p for d, p in zip(times["ddp (world 1)"], times["plain"], strict=True)]
     print(f"median per-round cost of the DDP path: {100 * (statistics.median(ratios) - 1):+.2f}% "
           "(target < 2%)")
-    dist.destroy_process_group()
+    distributed.shutdown()
 
 
 def main() -> None:

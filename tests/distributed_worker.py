@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from tiny_model import TINY_MODEL
 
 from cliptune.config import RunConfig, apply_overrides
 from cliptune.data import Split
-from cliptune.distributed import all_gather_rows
+from cliptune.distributed import all_gather_rows, shutdown
 from cliptune.evaluation import embed_split
 from cliptune.loss import ClipLoss
 from cliptune.model import CLIP
@@ -78,7 +79,7 @@ def gradient_worker(rank: int, world: int, port: int, out: str) -> None:
             "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
         }
     torch.save(results, Path(out) / f"grads_{rank}.pt")
-    dist.destroy_process_group()
+    shutdown()
 
 
 def gather_rows_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -91,7 +92,7 @@ def gather_rows_worker(rank: int, world: int, port: int, out: str) -> None:
     split = embed_split_fixture()
     sharded = embed_split(tiny_clip(), split, batch_size=2, device="cpu", sharded=True)
     torch.save({"gathered": gathered, "sharded": sharded}, Path(out) / f"gathered_{rank}.pt")
-    dist.destroy_process_group()
+    shutdown()
 
 
 def embed_split_fixture() -> Split:
@@ -117,4 +118,18 @@ def trainer_worker(rank: int, world: int, port: int, out: str, config_json: str)
     torch.save({"weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
                 "history": result.history},
                Path(out) / f"trained_{rank}.pt")
-    dist.destroy_process_group()
+    shutdown()
+
+
+def shutdown_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 0 reaches `shutdown` a second late; each rank saves how long its `shutdown`
+    took and whether it left the group."""
+    join(rank, world, port)
+    all_gather_rows(torch.ones(2, 3))
+    if rank == 0:
+        time.sleep(1.0)
+    start = time.perf_counter()
+    shutdown()
+    seconds = time.perf_counter() - start
+    torch.save({"seconds": seconds, "left": not dist.is_initialized()},
+               Path(out) / f"shutdown_{rank}.pt")

@@ -14,6 +14,7 @@ from distributed_worker import (
     global_batch,
     gradient_worker,
     one_step,
+    shutdown_worker,
     tiny_clip,
     trainer_worker,
 )
@@ -114,3 +115,11 @@ def test_uneven_rows_gather_in_rank_order_and_sharded_embeddings_equal_one_proce
         assert got["sharded"][0].shape == images.shape and got["sharded"][1].shape == texts.shape
         torch.testing.assert_close(got["sharded"][0], images, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got["sharded"][1], texts, rtol=1e-5, atol=1e-6)
+
+
+def test_shutdown_waits_for_the_slowest_rank_then_leaves(tmp_path):
+    # the wait lets gloo's threads release the last collective's tensors while Python is up
+    spawn(shutdown_worker, str(tmp_path))
+    fast, slow = (torch.load(tmp_path / f"shutdown_{rank}.pt") for rank in (1, 0))
+    assert fast["seconds"] >= 0.9 > slow["seconds"]
+    assert fast["left"] and slow["left"]

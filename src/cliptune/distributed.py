@@ -87,8 +87,18 @@ def init_from_env(device: str = "auto") -> DistContext:
 
 
 def shutdown() -> None:
-    """Leave the process group (no-op without one)."""
+    """Wait for every rank, then leave the process group (no-op without one).
+
+    Call it last, on every rank. The wait matters beyond the handshake: gloo's worker threads
+    release a finished collective's tensors after the caller has moved on, and freeing a
+    tensor that Python created takes the GIL. A thread that asks for the GIL while the
+    interpreter shuts down aborts the process ("terminate called without an active
+    exception", exit -6), and DistributedDataParallel keeps the group and its threads alive
+    past `destroy_process_group`. The barrier releases the GIL while it waits for the
+    slowest rank, so those threads finish while Python is still up.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -82,13 +82,13 @@ def run(argv: list[str] | None = None) -> int:
             print(format_metrics_table(results))
             if config.train.save_checkpoints:
                 print(f"metrics: {trainer.checkpoint_dir / 'metrics.json'}")
+        distributed.shutdown()
     except (dist.DistError, RuntimeError) as err:
         if not ctx.enabled or not _is_lost_peer(err):
             raise
         # no shutdown: destroying a broken group can block; the process exit frees it
         print(f"error: {distributed.peer_lost_message(err)}", file=sys.stderr, flush=True)
         return 1
-    distributed.shutdown()
     return 0
 
 
