@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import yaml
+from optuna.trial import FrozenTrial, TrialState
 from tiny_model import TINY_MODEL
 
 from cliptune.config import RunConfig, apply_overrides, save_config
@@ -79,3 +83,20 @@ def wait_for(predicate, timeout_s: float = 300.0, what: str = "condition"):
 def read_json(path: Path) -> dict:
     """Parse a JSON file."""
     return json.loads(path.read_text())
+
+
+def kill_mid_trial(find_running: Callable[[], FrozenTrial | None],
+                   study: Callable[[], optuna.Study]) -> FrozenTrial:
+    """SIGKILL the owner of the RUNNING trial `find_running` returns, and return that trial.
+
+    The owner is stopped (SIGSTOP) and the trial looked up again before the kill, so a trial
+    that finished between the first look and the kill is never taken for the killed one;
+    then it looks for another."""
+    while True:
+        trial = wait_for(find_running, what="a process in mid-trial")
+        pid = trial.user_attrs["owner"]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        if study().trials[trial.number].state == TrialState.RUNNING:
+            os.kill(pid, signal.SIGKILL)
+            return trial
+        os.kill(pid, signal.SIGCONT)

@@ -5,13 +5,11 @@ and retried."""
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
 
 import optuna
 import pandas as pd
 import pytest
-from hpo_tiny import load, wait_for, write_study_files
+from hpo_tiny import kill_mid_trial, load, write_study_files
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from pg_race import open_together
@@ -59,9 +57,8 @@ def test_two_drivers_share_a_study_and_a_killed_ones_trial_is_retried(
     survivor = start_driver(flags + ["--trials", "16"], tmp_path)
     victim_driver = start_driver(flags + ["--trials", "16"], tmp_path)
     try:
-        victim = wait_for(lambda: _running_of(tmp_path, postgres_url, victim_driver.pid),
-                          what="the second driver in mid-trial")
-        os.kill(victim_driver.pid, signal.SIGKILL)
+        victim = kill_mid_trial(lambda: _running_of(tmp_path, postgres_url, victim_driver.pid),
+                                lambda: load(tmp_path, "pg", postgres_url))
         victim_driver.wait(60)
         output, _ = survivor.communicate(timeout=600)
     finally:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hpo_tiny import SPACE, load, tiny_plan, wait_for, write_study_files
+from hpo_tiny import SPACE, kill_mid_trial, load, tiny_plan, wait_for, write_study_files
 from optuna.trial import TrialState
 
 from cliptune.cli import optimize
@@ -75,10 +74,9 @@ def test_a_killed_worker_fails_its_trial_and_is_replaced(tmp_path, cache_dir):
     proc = start_driver(flags + ["--study-name", "k", "--workers", "2", "--trials", "4",
                                  "--pruner", "none"], tmp_path)
     try:
-        victim = wait_for(lambda: running_trial(tmp_path, "k", not_pid=proc.pid),
-                          what="a worker in mid-trial")
+        victim = kill_mid_trial(lambda: running_trial(tmp_path, "k", not_pid=proc.pid),
+                                lambda: load(tmp_path, "k"))
         pid = victim.user_attrs["owner"]["pid"]
-        os.kill(pid, signal.SIGKILL)
         output, _ = proc.communicate(timeout=600)
     finally:
         proc.kill()
