@@ -20,8 +20,9 @@ STOP_WITHIN_S = 60
 def torchrun(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "CLIPTUNE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
            "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "src" / "main.py"), *TINY_FLAGS, "--device", "cpu", *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", str(REPO / "src" / "main.py"), *TINY_FLAGS,
+               "--device", "cpu", *args]
     return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
