@@ -21,7 +21,7 @@ from cliptune.hpo.study import make_storage
 TINY = TINY_MODEL + [
     "data.source=shapes", "data.shapes_images=80", "data.val_size=16", "data.test_size=16",
     "train.batch_size=16", "train.eval_batch_size=16", "train.figure_images=0",
-    "train.precision=fp32",
+    "train.precision=fp32", "train.device=cpu",
 ]
 # The target (TINY: lr 5e-4, depth 1, head_dim 16) lies inside: it is the baseline trial.
 SPACE = {"parameters": {

@@ -29,6 +29,7 @@ SHAPES = TINY_MODEL + [
     "data.source=shapes", "data.shapes_images=64", "data.val_size=16", "data.test_size=8",
     "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=16", "train.log_every=1",
     "train.figure_images=1", "train.precision=fp32", "train.lr=2e-3", "train.warmup_fraction=0",
+    "train.device=cpu",  # gloo ranks on the CPU, also on a machine with fewer GPUs than ranks
 ]
 
 

@@ -14,7 +14,7 @@ from cliptune.errors import CliptuneError
 REPO = Path(__file__).resolve().parent.parent
 TINY_FLAGS = [
     "--data", "shapes", "--epochs", "2", "--batch-size", "16", "--image-size", "32",
-    "--run-name", "cli", "--set", "data.shapes_images=60", "--set", "data.val_size=12",
+    "--run-name", "cli", "--device", "cpu", "--set", "data.shapes_images=60", "--set", "data.val_size=12",
     "--set", "data.test_size=12", "--set", "model.vision_width=32", "--set", "model.text_width=32",
     "--set", "model.vision_layers=1", "--set", "model.text_layers=1", "--set", "model.vision_heads=2",
     "--set", "model.text_heads=2", "--set", "model.embed_dim=32", "--set", "model.vocab_size=128",

@@ -12,6 +12,7 @@ TINY = TINY_MODEL + [
     "data.source=shapes", "data.shapes_images=80", "data.val_size=16", "data.test_size=16",
     "train.epochs=2", "train.batch_size=16", "train.eval_batch_size=16", "train.log_every=1",
     "train.figure_images=2", "train.precision=fp32",
+    "train.device=cpu",  # exact-number tests: never TF32 on a GPU machine
 ]
 
 
