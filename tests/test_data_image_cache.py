@@ -149,3 +149,37 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir("/x/y") == tmp_path.__class__("/x/y")
     monkeypatch.delenv("CLIPTUNE_CACHE")
     assert default_cache_dir(None) == tmp_path.__class__("~/.cache/cliptune").expanduser()
+
+
+def _build_when_released(barrier, folder, names, cache_dir, out) -> None:
+    """Child process: wait for the other builder, then both ask for the same cache at once."""
+    barrier.wait()
+    cache = load_or_build(folder, names, 224, cache_dir, slot="t", workers=1)
+    np.save(out, np.array([cache.reused, cache.path.stat().st_ino, int(cache.images.sum())]))
+
+
+def test_two_processes_building_the_same_cache_at_once_build_it_once(tmp_path, capfd):
+    import multiprocessing
+
+    folder, rng = tmp_path / "data", np.random.default_rng(0)
+    folder.mkdir()
+    names = [f"{i:03d}.bmp" for i in range(96)]  # about half a second to build
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(folder / name)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    outs = [tmp_path / f"builder{i}.npy" for i in (0, 1)]
+    builders = [context.Process(target=_build_when_released,
+                                args=(barrier, folder, names, tmp_path / "cache", out))
+                for out in outs]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join(timeout=120)
+        assert builder.exitcode == 0
+    results = [np.load(out) for out in outs]
+    assert sorted(bool(r[0]) for r in results) == [False, True]  # one built, one reused
+    assert results[0][1] == results[1][1] and results[0][2] == results[1][2]  # the same file
+    assert capfd.readouterr().err.count("waiting for another process to finish building") == 1
+    cache_files = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert len(cache_files) == 3 and not any("partial" in name for name in cache_files)

@@ -12,7 +12,11 @@ notice a file replaced by another with the same size and time stamp. Any change 
 content or size gives a new key: the file is rebuilt and the stale one deleted.
 
 A build writes into a temporary file and renames it into place when complete, so an
-interrupted build is never reused. Decoding is spread over a process pool (one process
+interrupted build is never reused. Builds of one cache are serialised by a file lock
+(`<stem>.lock`, the `filelock` library: an OS lock released when its holder exits, even
+killed): processes that need the same cache at once (HPO workers, torchrun ranks on one
+host) wait for the one build and then read its file, so a machine builds a cache once
+and holds at most one temporary copy. Decoding is spread over a process pool (one process
 per core), hashing over threads (hashlib releases the GIL).
 
 Resize: shorter side to `size` (bicubic, antialiased), then the central square. JPEGs
@@ -25,17 +29,21 @@ left as zeros, marked bad, and reported with a warning that counts them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import multiprocessing
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 from PIL import Image
 
 from cliptune.data.issues import warn_skipped
@@ -141,13 +149,13 @@ def cache_key(names: list[str], digests: list[str], size: int) -> str:
 
 
 def _replace_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = path.with_name(f".{path.name}.partial")  # one writer: the lock holder
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
 
 
 def _build(path: Path, paths: list[Path], size: int, workers: int) -> dict[int, str]:
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.npy")
+    partial = path.with_name(f".{path.stem}.partial.npy")  # one writer: the lock holder
     images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
                                        shape=(len(paths), size, size, 3))
     del images  # workers open it themselves; the file is already full size
@@ -159,6 +167,22 @@ def _build(path: Path, paths: list[Path], size: int, workers: int) -> dict[int, 
     finally:
         partial.unlink(missing_ok=True)
     return errors
+
+
+@contextlib.contextmanager
+def _build_lock(lock_path: Path, path: Path) -> Iterator[None]:
+    """Hold the lock of one cache's build; say so once when another process holds it."""
+    lock = FileLock(lock_path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"image cache: waiting for another process to finish building {path}",
+              file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def load_or_build(root: Path, names: list[str], size: int, cache_dir: Path, *, slot: str,
@@ -174,15 +198,17 @@ def load_or_build(root: Path, names: list[str], size: int, cache_dir: Path, *, s
     stem = f"{size}px-{cache_key(names, digests, size)}"
     path, meta_path = folder / f"{stem}.npy", folder / f"{stem}.json"
     reused = path.is_file() and meta_path.is_file()
-    if reused:
-        bad = json.loads(meta_path.read_text(encoding="utf-8"))["bad"]
-    else:
-        errors = _build(path, paths, size, workers)
-        bad = {names[row]: reason for row, reason in sorted(errors.items())}
-        _replace_atomically(meta_path, json.dumps({"names": names, "bad": bad}))
-        for stale in folder.glob(f"{size}px-*"):
-            if stale.stem != stem:
-                stale.unlink(missing_ok=True)
+    if not reused:
+        with _build_lock(folder / f"{stem}.lock", path):
+            reused = path.is_file() and meta_path.is_file()  # another process built it meanwhile
+            if not reused:
+                errors = _build(path, paths, size, workers)
+                bad = {names[row]: reason for row, reason in sorted(errors.items())}
+                _replace_atomically(meta_path, json.dumps({"names": names, "bad": bad}))
+                for stale in folder.glob(f"{size}px-*"):
+                    if stale.stem != stem and stale.suffix != ".lock":  # held by a live builder
+                        stale.unlink(missing_ok=True)
+    bad = json.loads(meta_path.read_text(encoding="utf-8"))["bad"]
     images = np.load(path, mmap_mode="r")
     if images.shape != (len(names), size, size, 3):
         raise DataError(f"image cache {path} has shape {images.shape}; delete it and rerun")
