@@ -70,7 +70,7 @@ SIZES = {
                   "epochs": 2, "max_samples": 2048, "max_eval_samples": 256, "set": []},
     },
     "quick": {
-        "train": {"images": 240, "epochs": 4, "batch": 32, "model": TINY_MODEL},
+        "train": {"images": 240, "epochs": 3, "batch": 32, "model": TINY_MODEL},
         "bench": {"preset": "tiny", "batch": 8, "steps": 1, "repeats": 2, "warmup": 1},
         "feed": {"images": 300, "size": 64, "model": "tiny", "batch": 16, "steps": 3,
                  "warmup": 2},
@@ -593,6 +593,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", help="comma-separated steps to run (default: all)")
     parser.add_argument("--budget", type=float, help="seconds for the whole run (default: "
                         "480 on a GPU, 600 with --quick)")
+    parser.add_argument("--step-timeout", type=float, metavar="SECONDS",
+                        help="cap on each step's time limit (default: the step's own)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -638,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
                              "figures": {}, "error": f"not started: the --budget of {budget:.0f} "
                              f"s was spent (rerun with --steps {name})"}
         else:
-            limit = min(step.quick_timeout_s if args.quick else step.gpu_timeout_s, left)
+            limit = min(step.quick_timeout_s if args.quick else step.gpu_timeout_s, left,
+                        args.step_timeout or left)
             entries[name] = run_step(step, args, limit)
         entry = entries[name]
         print(f"  ({step.label}) {name}: {'ok' if entry['ok'] else 'FAILED'} in "

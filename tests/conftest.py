@@ -255,3 +255,16 @@ def cache_dir(tmp_path_factory):
 def data(cache_dir, tmp_path_factory):
     """Tiny prepared Shapes data (`trainer_helpers.tiny_data`), one per test module."""
     return tiny_data(tmp_path_factory.mktemp("prep"), cache_dir)
+
+
+@pytest.fixture
+def no_tf32():
+    """Full fp32 matmuls and convolutions on CUDA for the test (the Trainer turns TF32 on
+    process-wide), restored afterwards."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    yield
+    matmul.allow_tf32, cudnn.allow_tf32 = before
