@@ -11,6 +11,7 @@ measured in the same run.
     python bench/bench_model.py --ablation           # also cliptune minus each speed-up
     python bench/bench_model.py --profile cliptune   # top ops of one variant (torch.profiler)
     python bench/bench_model.py --device cuda --preset vit-b-32 --batch-size 256 --compile
+    python bench/bench_model.py --device cuda ... --compile --compile-mode reduce-overhead
 
 `open_clip` is a benchmark-only dependency (requirements-dev.txt).
 """
@@ -122,7 +123,8 @@ def low_precision_attention(attention: SelfAttention, x: torch.Tensor) -> torch.
 
 
 def cliptune_step(
-    config, images, tokens, compiled: bool = False, fused: bool = True, fp32_attention: bool = True
+    config, images, tokens, compiled: bool = False, fused: bool = True, fp32_attention: bool = True,
+    compile_mode: str | None = None,
 ) -> Step:
     torch.manual_seed(0)
     model = CLIP(config).train().to(images.device)
@@ -132,11 +134,12 @@ def cliptune_step(
                 module.forward = types.MethodType(low_precision_attention, module)
     # fused=None is torch's default (a per-parameter loop on the CPU), as OpenCLIP gets
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, fused=fused or None)
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model, mode=compile_mode) if compiled else model
     return training_step(forward, ClipLoss(), optimizer, images, tokens, model.clamp_logit_scale)
 
 
-def openclip_step(config, images, tokens, compiled: bool = False) -> Step:
+def openclip_step(config, images, tokens, compiled: bool = False,
+                  compile_mode: str | None = None) -> Step:
     from open_clip.loss import ClipLoss as OpenClipLoss
 
     torch.manual_seed(0)
@@ -148,7 +151,7 @@ def openclip_step(config, images, tokens, compiled: bool = False) -> Step:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
 
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model, mode=compile_mode) if compiled else model
     return training_step(forward, OpenClipLoss(), optimizer, images, tokens, clamp)
 
 
@@ -192,6 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
     parser.add_argument("--compile", action="store_true", help="also torch.compile both models")
+    parser.add_argument("--compile-mode", help="torch.compile mode of the compiled variants, "
+                        "e.g. max-autotune or reduce-overhead (CUDA graphs)")
     parser.add_argument(
         "--ablation",
         action="store_true",
@@ -217,8 +222,11 @@ def build_variants(args: argparse.Namespace, config: ModelConfig) -> list[Varian
             config, images, tokens, fp32_attention=False
         )
     if args.compile:
-        steps["openclip-compiled"] = openclip_step(config, images, tokens, compiled=True)
-        steps["cliptune-compiled"] = cliptune_step(config, images, tokens, compiled=True)
+        mode = args.compile_mode
+        steps["openclip-compiled"] = openclip_step(config, images, tokens, compiled=True,
+                                                   compile_mode=mode)
+        steps["cliptune-compiled"] = cliptune_step(config, images, tokens, compiled=True,
+                                                   compile_mode=mode)
     return [Variant(name, step, []) for name, step in steps.items()]
 
 
@@ -235,8 +243,36 @@ def profile_variant(variant: Variant, steps: int, device: torch.device) -> None:
     print(prof.key_averages().table(sort_by=sort, row_limit=15))
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+@dataclass
+class Measurement:
+    """What one timed run measured: each variant's samples/s per repeat, the best bf16
+    matmul rate (FLOP/s) and the training FLOPs per sample."""
+
+    variants: list[Variant]
+    peak_flops: float
+    flops_per_sample: float
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per variant: median samples/s, its ratio to the first variant's median (OpenCLIP
+        eager), the median of per-repeat ratios (robust to load from other processes that
+        slows every variant of one repeat alike), and MFU against the measured peak."""
+        baseline = self.variants[0].rates
+        out = {}
+        for variant in self.variants:
+            rate = statistics.median(variant.rates)
+            out[variant.name] = {
+                "samples_per_s": rate,
+                "vs_openclip": rate / statistics.median(baseline),
+                "paired": statistics.median(
+                    r / b for r, b in zip(variant.rates, baseline, strict=True)),
+                "mfu": rate * self.flops_per_sample / self.peak_flops,
+            }
+        return out
+
+
+def measure(args: argparse.Namespace) -> Measurement | None:
+    """Warm up and time the variants `args` asks for, interleaved, printing as it goes
+    (`--profile`: print the profile instead and return None)."""
     config = model_preset(args.preset)
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -259,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile not in by_name:
             raise SystemExit(f"--profile: choose one of {', '.join(by_name)}")
         profile_variant(by_name[args.profile], args.steps, device)
-        return
+        return None
     peak = 0.0
     for repeat in range(args.repeats):
         peak = max(peak, matmul_peak_flops(device))
@@ -267,19 +303,21 @@ def main(argv: list[str] | None = None) -> None:
             variant.rates.append(args.batch_size * args.steps / time_steps(variant.step, args.steps, device))
         row = "  ".join(f"{v.name} {v.rates[-1]:.0f}" for v in variants)
         print(f"  repeat {repeat + 1}: {row} samples/s", flush=True)
-    baseline = variants[0].rates
+    return Measurement(variants, peak, flops_per_sample)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = measure(args)
+    if result is None:
+        return
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    print(f"bf16 matmul peak (best of {args.repeats}): {peak / 1e9:.0f} GFLOP/s")
-    print(f"training FLOPs per sample: {flops_per_sample / 1e9:.3f} GFLOP")
+    print(f"bf16 matmul peak (best of {args.repeats}): {result.peak_flops / 1e9:.0f} GFLOP/s")
+    print(f"training FLOPs per sample: {result.flops_per_sample / 1e9:.3f} GFLOP")
     print(f"{'variant':<24}{'samples/s':>10}{'vs openclip':>13}{'paired':>9}{'MFU':>8}")
-    for variant in variants:
-        rate = statistics.median(variant.rates)
-        ratio = rate / statistics.median(baseline)
-        # The median of per-repeat ratios is robust to load from other processes that
-        # slows every variant of one repeat alike.
-        paired = statistics.median(r / b for r, b in zip(variant.rates, baseline, strict=True))
-        mfu = rate * flops_per_sample / peak
-        print(f"{variant.name:<24}{rate:>10.0f}{ratio:>12.2f}x{paired:>8.2f}x{mfu:>8.1%}")
+    for name, row in result.summary().items():
+        print(f"{name:<24}{row['samples_per_s']:>10.0f}{row['vs_openclip']:>12.2f}x"
+              f"{row['paired']:>8.2f}x{row['mfu']:>8.1%}")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def build_fake(work: Path, n_images: int) -> Path:
     return version_dir
 
 
-def _data_config(version_dir: Path, work: Path) -> DataConfig:
+def data_config(version_dir: Path, work: Path) -> DataConfig:
+    """The fake Flickr30k under `version_dir`, its image cache under `work`."""
     return DataConfig(source="flickr30k", data_dir=str(version_dir), cache_dir=str(work / "cache"))
 
 
@@ -113,7 +114,7 @@ def bench_prepare(version_dir: Path, work: Path, size: int, model: str):
     timings = []
     for _ in range(2):
         start = time.perf_counter()
-        data = prepare_data(_data_config(version_dir, work), image_size=size,
+        data = prepare_data(data_config(version_dir, work), image_size=size,
                             vocab_size=m.vocab_size, context_length=m.context_length)
         timings.append(time.perf_counter() - start)
     print(f"prepare at {size} px (vocab {m.vocab_size}): cold {timings[0]:.1f} s "
@@ -239,7 +240,9 @@ def _rate(run, steps: int, batch_size: int, device: torch.device) -> float:
 
 
 def bench_feed(data, name: str, batch_size: int, steps: int, warmup: int, device: torch.device,
-               precision: str, workers: str, compile_model: bool = False) -> None:
+               precision: str, workers: str, compile_model: bool = False) -> tuple[float, float]:
+    """Samples/s of training steps fed one synthetic batch already on the device, and fed
+    by `device_batches` from the data (printed, and returned in that order)."""
     model, loss_fn, optimizer = _model(name, data, device, compile_model)
     loader = TrainLoader(data.train, batch_size=batch_size, seed=0, epoch=1, augment=True,
                          flip=True, num_workers=workers, pin_memory=device.type == "cuda",
@@ -267,6 +270,7 @@ def bench_feed(data, name: str, batch_size: int, steps: int, warmup: int, device
           f"{steps} steps after {warmup} warm-up, {loader.num_workers} reader processes: "
           f"synthetic {synthetic_rate:.0f} samples/s, fed from the fake Flickr30k "
           f"{fed_rate:.0f} samples/s = {fed_rate / synthetic_rate:.1%} (target >= 95%)")
+    return synthetic_rate, fed_rate
 
 
 def main() -> None:
@@ -299,7 +303,7 @@ def main() -> None:
             data = bench_prepare(version_dir, args.work, args.image_size, args.model)
         else:
             m = model_preset(args.model)
-            data = prepare_data(_data_config(version_dir, args.work), image_size=args.image_size,
+            data = prepare_data(data_config(version_dir, args.work), image_size=args.image_size,
                                 vocab_size=m.vocab_size, context_length=m.context_length)
         if "rss" in parts and not args.skip_rss:
             bench_rss(version_dir, args.work, args.image_size)
@@ -316,7 +320,7 @@ def main() -> None:
                        args.precision, workers)
     else:
         m = model_preset(args.model)
-        data = prepare_data(_data_config(version_dir, args.work), image_size=args.image_size,
+        data = prepare_data(data_config(version_dir, args.work), image_size=args.image_size,
                             vocab_size=m.vocab_size, context_length=m.context_length)
         bench_feed(data, args.model, args.batch_size, args.steps, args.warmup, device,
                    args.precision, workers, args.compile)

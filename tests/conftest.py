@@ -1,5 +1,6 @@
 """Shared fixtures: a fake KaggleHub cache laid out like the real Flickr30k download,
-small datasets in each folder format, a small Shapes dataset, and a network guard."""
+small datasets in each folder format, a small Shapes dataset, a network guard, and the skip
+of tests marked `cuda` on machines without a GPU."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 from trainer_helpers import tiny_data
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip on machines where torch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
 
 FLICKR_HANDLE = "hsankesara/flickr-image-dataset/versions/1"
 MALFORMED_IMAGE = "2199200615.jpg"
@@ -253,3 +267,16 @@ def cache_dir(tmp_path_factory):
 def data(cache_dir, tmp_path_factory):
     """Tiny prepared Shapes data (`trainer_helpers.tiny_data`), one per test module."""
     return tiny_data(tmp_path_factory.mktemp("prep"), cache_dir)
+
+
+@pytest.fixture
+def no_tf32():
+    """Full fp32 matmuls and convolutions on CUDA for the test (the Trainer turns TF32 on
+    process-wide), restored afterwards."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
+    yield
+    matmul.allow_tf32, cudnn.allow_tf32 = before
