@@ -162,7 +162,7 @@ def test_plots_are_throttled_between_trials(tmp_path):
     assert history.stat().st_mtime_ns > first
 
 
-def test_best_checkpoint_is_promoted_only_when_better(tmp_path):
+def test_best_checkpoint_is_promoted_only_for_the_study_best(tmp_path):
     study = make_study(tmp_path, 0)
     folder = tmp_path / "ckpt" / "s"
 
@@ -176,13 +176,13 @@ def test_best_checkpoint_is_promoted_only_when_better(tmp_path):
         return study.trials[trial.number], scratch
 
     trial, scratch = finished(2.0, "a")
-    assert settle_trial_checkpoint(trial, folder, minimize=True)
+    assert settle_trial_checkpoint(study, trial, folder)
     assert (folder / "best.pt").read_text() == "a" and not scratch.exists()
     trial, scratch = finished(3.0, "b")
-    assert not settle_trial_checkpoint(trial, folder, minimize=True)
+    assert not settle_trial_checkpoint(study, trial, folder)
     assert (folder / "best.pt").read_text() == "a" and not scratch.exists()
     trial, _ = finished(1.0, "c")
-    assert settle_trial_checkpoint(trial, folder, minimize=True)
+    assert settle_trial_checkpoint(study, trial, folder)
     assert json.loads((folder / "best.json").read_text()) == {"trial": 2, "value": 1.0}
 
 

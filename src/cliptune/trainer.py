@@ -303,7 +303,17 @@ class Trainer:
                 return True
         return False
 
-    def checkpoint_state(self, metrics: dict[str, float]) -> dict[str, Any]:
-        """Everything needed to resume or to use the model: config, tokenizer, train state."""
-        return {"config": config_to_dict(self.config), "tokenizer": self.data.tokenizer.to_json(),
-                **self.state.state_dict(), "metrics": metrics}
+    def checkpoint_state(self, metrics: dict[str, float], *,
+                         weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """Everything needed to resume or to use the model: config, tokenizer, train state.
+
+        With `weights` (a model state dict, e.g. the best epoch's kept on the CPU) a
+        weights-only checkpoint of the epoch `metrics` belong to: config, tokenizer, those
+        weights, history and best, no optimizer, schedule, scaler or RNG state. evaluate.py,
+        retrieve.py, export and `load_model` read it; a run cannot resume from it."""
+        common = {"config": config_to_dict(self.config),
+                  "tokenizer": self.data.tokenizer.to_json(), "metrics": metrics}
+        if weights is None:
+            return {**common, **self.state.state_dict()}
+        return {**common, "model": weights, "epoch": int(metrics["epoch"]),
+                "best": dict(self.state.best), "history": list(self.state.history)}

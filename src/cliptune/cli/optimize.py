@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     study.add_argument("--storage", metavar="URL|PATH",
                        help="journal file (default optuna-results/<study>/study.journal) or a "
                             "database URL (postgresql://user:pass@host/db) for several machines")
+    study.add_argument("--artifact-store", metavar="DIR|s3://BUCKET|gs://BUCKET",
+                       help="where the best trials' checkpoints are stored (default "
+                            "optuna-results/<study>/artifacts); drivers on several machines "
+                            "share one: a shared folder, S3 (boto3) or GCS")
     study.add_argument("--workers", type=int, default=DEFAULTS.workers,
                        help="worker processes on this machine (worker i uses GPU i mod #GPUs)")
     study.add_argument("--timeout", type=float, metavar="SECONDS",
@@ -108,7 +112,7 @@ def build_settings(args: argparse.Namespace) -> StudySettings:
     heartbeat = Heartbeat(interval_s=args.heartbeat, grace_s=3 * args.heartbeat)
     return StudySettings(
         study_name=args.study_name, trials=args.trials, max_trials=args.max_trials,
-        storage=args.storage, workers=args.workers, timeout=args.timeout, sampler=args.sampler,
+        storage=args.storage, artifact_store=args.artifact_store, workers=args.workers, timeout=args.timeout, sampler=args.sampler,
         pruner=args.pruner, patience=args.patience, metric=args.metric,
         results_dir=args.results_dir, allow_changes=args.allow_changes,
         retrain_best=args.retrain_best, seeds=args.seeds, show_progress=not args.quiet,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -55,6 +58,20 @@ class PreparedData:
     # Area fraction kept by training crops (TrainLoader's crop_scale): narrower when
     # captions state positions and sizes, which strong crops would falsify (Shapes).
     crop_scale: tuple[float, float] = CROP_SCALE
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short hash of what training and evaluation see: the source, the image size,
+        each split's image names, captions and caption->image map, and the image cache's
+        content key (its file name hashes every image's bytes). Machine-independent: two
+        processes or machines that prepared the same data agree, any other data differs."""
+        digest = hashlib.sha256(json.dumps([self.source, self.image_size]).encode())
+        for split in (self.train, self.val, self.test):
+            digest.update(json.dumps([split.name, split.image_names, split.captions]).encode())
+            digest.update(np.ascontiguousarray(split.caption_image, dtype=np.int64).tobytes())
+            if isinstance(split.images, ImageRows):
+                digest.update(split.images.path.name.encode())
+        return digest.hexdigest()[:16]
 
     def split(self, name: str) -> Split:
         """The split called `name` (train, val or test)."""

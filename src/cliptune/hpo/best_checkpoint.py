@@ -1,10 +1,24 @@
-"""Keep only the best trial's checkpoint: `checkpoints/<study>/best.pt`.
+"""The study's best model: in Optuna's artifact store, and on each machine `checkpoints/<study>/best.pt`.
 
-Trials checkpoint into a scratch folder. When a trial finishes, the driver (one
-process per machine, so no two promotions race) moves its best.pt to the study's
-folder if its value beats the one recorded in `best.json` next to it, and deletes
-the scratch folder either way. `os.replace` makes each file appear whole or not at
-all, so a crash never leaves a half-written best.pt.
+A trial keeps its best epoch's weights in memory and, when it completes better than
+every trial completed so far, writes them once as a weights-only checkpoint (config,
+tokenizer, weights; no optimizer state) into a scratch folder and uploads that file to
+the artifact store while the trial still runs (`checkpoint_artifact` attribute). A
+trial that is not the best when it ends never becomes the best later, so the store
+holds every checkpoint the study's best can be.
+
+On each machine the driver (one process, so no two promotions race) keeps
+`checkpoints/<study>/best.pt` + `best.json` (`{trial, value}`) for the study-wide best
+trial: it moves the scratch file there when the best trial ran here, or downloads the
+best trial's artifact when it ran elsewhere. `os.replace` makes each file appear whole
+or not at all. best_results.json names best.pt only when best.json says it is the
+best trial's, so results, config and checkpoint always belong to the same trial.
+
+Stores: a folder (`FileSystemArtifactStore`, `optuna-results/<study>/artifacts` by
+default; a shared file system for several machines), `s3://BUCKET`
+(`Boto3ArtifactStore`, needs boto3; S3 and compatibles such as MinIO through the usual
+AWS environment variables) or `gs://BUCKET` (`GCSArtifactStore`, needs
+google-cloud-storage).
 """
 
 from __future__ import annotations
@@ -13,13 +27,52 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import optuna
+from optuna.artifacts import (
+    Boto3ArtifactStore,
+    FileSystemArtifactStore,
+    GCSArtifactStore,
+    download_artifact,
+)
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
+
+from cliptune.errors import ConfigError
+
+ARTIFACT_ATTR = "checkpoint_artifact"  # trial attribute: the artifact id of its checkpoint
+BUCKET_STORES = {"s3://": (Boto3ArtifactStore, "boto3"),
+                 "gs://": (GCSArtifactStore, "google-cloud-storage")}
 
 
 def study_checkpoint_dir(checkpoints_dir: str | Path, study_name: str) -> Path:
     """`<checkpoints_dir>/<study>/`, holding best.pt and best.json."""
     return Path(checkpoints_dir) / study_name
+
+
+def default_artifact_dir(results_dir: str | Path, study_name: str) -> Path:
+    """`<results_dir>/<study>/artifacts`: the artifact store when none is given."""
+    return Path(results_dir) / study_name / "artifacts"
+
+
+def make_artifact_store(spec: str | None, results_dir: str | Path, study_name: str) -> Any:
+    """The artifact store `--artifact-store` names: a folder (default
+    `default_artifact_dir`), `s3://BUCKET` or `gs://BUCKET`."""
+    for prefix, (store, package) in BUCKET_STORES.items():
+        if spec is not None and spec.startswith(prefix):
+            bucket = spec[len(prefix):].strip("/")
+            if not bucket or "/" in bucket:
+                raise ConfigError(f"--artifact-store {spec}: give a bucket, {prefix}BUCKET "
+                                  "(artifacts are stored at the bucket's top level)")
+            try:
+                return store(bucket)
+            except ImportError:
+                raise ConfigError(f"--artifact-store {spec} needs the {package} package: "
+                                  f"pip install {package}") from None
+    folder = Path(spec).expanduser() if spec else default_artifact_dir(results_dir, study_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(folder)
 
 
 def recorded_best(folder: Path) -> dict | None:
@@ -30,20 +83,25 @@ def recorded_best(folder: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _beats(value: float, record: dict | None, minimize: bool) -> bool:
-    if record is None:
-        return True
-    return value < record["value"] if minimize else value > record["value"]
+def _install(source: Path, folder: Path, trial: FrozenTrial) -> Path:
+    """Move `source` to `folder/best.pt` as trial `trial`'s checkpoint. best.json goes first
+    and comes back last: a crash in between leaves no record, never a wrong one."""
+    record = folder / "best.json"
+    record.unlink(missing_ok=True)
+    os.replace(source, folder / "best.pt")
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({"trial": trial.number, "value": trial.value}, indent=2),
+                   encoding="utf-8")
+    os.replace(tmp, record)
+    return folder / "best.pt"
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+def _is_study_best(study: optuna.Study, trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and study.best_trial.number == trial.number
 
 
-def settle_trial_checkpoint(trial: FrozenTrial, folder: Path, minimize: bool) -> bool:
-    """Promote `trial`'s checkpoint to `folder/best.pt` if it is the best so far.
+def settle_trial_checkpoint(study: optuna.Study, trial: FrozenTrial, folder: Path) -> bool:
+    """Move `trial`'s checkpoint to `folder/best.pt` if it is the study's best trial.
 
     Always removes the trial's scratch checkpoint folder. Returns True if promoted.
     """
@@ -52,14 +110,39 @@ def settle_trial_checkpoint(trial: FrozenTrial, folder: Path, minimize: bool) ->
         return False
     source = Path(source)
     promoted = False
-    if (
-        trial.state == TrialState.COMPLETE
-        and source.is_file()
-        and _beats(trial.value, recorded_best(folder), minimize)
-    ):
+    if source.is_file() and _is_study_best(study, trial):
         folder.mkdir(parents=True, exist_ok=True)
-        os.replace(source, folder / "best.pt")
-        _write_json_atomic(folder / "best.json", {"trial": trial.number, "value": trial.value})
+        _install(source, folder, trial)
         promoted = True
     shutil.rmtree(source.parent, ignore_errors=True)
     return promoted
+
+
+def local_best_checkpoint(best: FrozenTrial, folder: Path,
+                          store: Any) -> tuple[Path | None, str]:
+    """`folder/best.pt` as the checkpoint of trial `best`, downloading it from `store` when
+    this machine holds another trial's (or none); returns (path, "") or (None, why not)."""
+    record = recorded_best(folder)
+    if record is not None and record["trial"] == best.number:
+        return folder / "best.pt", ""
+    artifact = best.user_attrs.get(ARTIFACT_ATTR)
+    if artifact is None:
+        return None, (f"trial {best.number} stored no checkpoint in the artifact store (it ran "
+                      "with train.save_checkpoints off, or before trials uploaded their "
+                      "checkpoints) and this machine does not hold it")
+    if store is None:
+        return None, f"trial {best.number}'s checkpoint is artifact {artifact}; no store given"
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".best.pt.{os.getpid()}.download"
+    partial.unlink(missing_ok=True)
+    try:
+        download_artifact(artifact_store=store, file_path=str(partial), artifact_id=artifact)
+    except ArtifactNotFound:
+        partial.unlink(missing_ok=True)
+        return None, (f"trial {best.number}'s checkpoint (artifact {artifact}) is not in this "
+                      "machine's artifact store: point --artifact-store at the store the "
+                      "machine that ran it used (a shared folder, s3:// or gs://)")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return _install(partial, folder, best), ""

@@ -1,7 +1,9 @@
 """Run a study: open it, run trials in one or several processes, keep the reports current.
 
-The driver process owns the console, the reports and the best checkpoint. With
-`workers=1` it runs the trials itself; with more it starts that many processes
+The driver process owns the console, the reports and the best checkpoint. It makes
+the study's data decision and prepares the data (image cache included) before any
+trial, see `study_data`. With `workers=1` it runs the trials itself; with more it
+starts that many processes
 (see `workers.py`) and watches the storage for finished trials. Several drivers,
 on one machine or many, may share a study: each fails only trials whose owner is
 dead, and each draws its own sampler seed.
@@ -23,8 +25,13 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
 
 from cliptune.config import RunConfig
+from cliptune.data import PreparedData
 from cliptune.hpo.baseline import enqueue_baseline
-from cliptune.hpo.best_checkpoint import settle_trial_checkpoint, study_checkpoint_dir
+from cliptune.hpo.best_checkpoint import (
+    make_artifact_store,
+    settle_trial_checkpoint,
+    study_checkpoint_dir,
+)
 from cliptune.hpo.fidelity import StudyPlan
 from cliptune.hpo.fingerprint import check_fingerprint, study_fingerprint
 from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings, scratch_dir
@@ -44,6 +51,7 @@ from cliptune.hpo.study import (
     make_storage,
     open_study,
 )
+from cliptune.hpo.study_data import data_record, decide_data
 from cliptune.hpo.workers import FINISHED, WorkerJob, run_trials, run_workers, worker_device
 from cliptune.runtime import check_precision, resolve_device
 
@@ -93,11 +101,10 @@ class TrialMonitor:
     """
 
     def __init__(self, reporter: StudyReporter, progress: StudyProgress, checkpoint_folder: Path,
-                 minimize: bool, already_finished: set[int]):
+                 already_finished: set[int]):
         self.reporter = reporter
         self.progress = progress
         self.checkpoint_folder = checkpoint_folder
-        self.minimize = minimize
         self.seen = set(already_finished)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -106,7 +113,7 @@ class TrialMonitor:
             return
         self.seen.add(trial.number)
         try:
-            settle_trial_checkpoint(trial, self.checkpoint_folder, self.minimize)
+            settle_trial_checkpoint(study, trial, self.checkpoint_folder)
             self.progress.trial_finished(study, trial)
         except Exception as err:  # noqa: BLE001 - reporting must never stop a study
             print(f"warning: after trial {trial.number}: {type(err).__name__}: {err}", flush=True)
@@ -138,11 +145,13 @@ class OpenedStudy:
     existing: int  # trials it had before this run
     created: bool
     notes: list[str] = field(default_factory=list)  # what the user should know
+    data: PreparedData | None = None  # the trials' data, prepared once (None: no trials)
 
 
 def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> OpenedStudy:
-    """Create or load the study, check its fingerprint, enqueue the baseline (new
-    study), fail trials of dead owners, record the study's attributes."""
+    """Create or load the study, make its data decision and prepare the data (when trials
+    are to run), check its fingerprint, enqueue the baseline (new study), fail trials of
+    dead owners, record the study's attributes."""
     settings.check()
     base = prepare_base(plan.trial_base(), space, settings.metric)
     storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
@@ -151,6 +160,7 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
                                 make_sampler(settings.sampler, plan.target.seed),
                                 make_pruner(settings.pruner, base.train.epochs, settings.patience))
     existing = len(study.get_trials(deepcopy=False))
+    recorded = study.user_attrs.get("fingerprint")
     fingerprint = study_fingerprint(settings.metric, describe(space), plan.target,
                                     plan.fidelity.record())
     notes = []
@@ -163,8 +173,8 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
             notes.append(f"no baseline trial: {reason}")
         study.set_user_attr("baseline_note", notes[0] if notes else "")
     else:
-        changes = check_fingerprint(settings.study_name, study.user_attrs.get("fingerprint"),
-                                    fingerprint, settings.allow_changes)
+        changes = check_fingerprint(settings.study_name, recorded, fingerprint,
+                                    settings.allow_changes)
         notes += [f"continued with changed settings (--allow-changes): {c}" for c in changes]
         if not has_heartbeat(storage):
             dead = fail_dead_owners(study, storage, "its owner process died (found when a "
@@ -174,10 +184,19 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
                               ignore_errors=True)
             if dead:
                 notes.append(f"marked {len(dead)} trial(s) of dead workers as failed: {dead}")
+    data = None
+    if settings.trials > 0:  # the study's one data decision, once its other settings match
+        data, note = decide_data(recorded, base, quiet=not settings.show_progress)
+        current = {"data": data_record(data)}
+        changes = check_fingerprint(settings.study_name, recorded, current, settings.allow_changes)
+        notes += [note] if note else []
+        notes += [f"continued with other data (--allow-changes): {c}" for c in changes]
+        if "data" not in (recorded or {}):  # a new study, or one from before the data part
+            study.set_user_attr("fingerprint", {**(recorded or fingerprint), **current})
     study.set_user_attr("search_space", describe(space))
     budget = study.user_attrs.get("epochs", base.train.epochs)
     base.train.epochs = budget
-    return OpenedStudy(study, storage, base, budget, existing, created, notes)
+    return OpenedStudy(study, storage, base, budget, existing, created, notes, data)
 
 
 def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
@@ -197,6 +216,8 @@ def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSp
         checkpoints_dir=opened.base.checkpoints_dir, storage_label=storage_label(settings),
         search_space=describe(space), settings={"sampler": settings.sampler, "pruner": pruner},
         target=plan.target, space=space, fidelity=fidelity, notes=list(opened.notes),
+        artifact_store=make_artifact_store(settings.artifact_store, settings.results_dir,
+                                           settings.study_name),
     )
 
 
@@ -212,7 +233,8 @@ def _jobs(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
         base = copy.deepcopy(opened.base)
         base.train.device = worker_device(index, opened.base.train.device, gpus)
         jobs.append(WorkerJob(settings, base, space, opened.budget, index, n,
-                              seed_for(index, 0), threads, settings.timeout))
+                              seed_for(index, 0), threads, settings.timeout,
+                              data_record(opened.data)))
     return jobs
 
 
@@ -239,18 +261,17 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
               f"storage {storage_label(settings)}", flush=True)
         for note in opened.notes:
             print(f"note: {note}", flush=True)
-    objective = None
-    if settings.trials > 0 and settings.workers == 1:  # load the data before the first trial
-        objective = Objective(space, opened.base,
-                              ObjectiveSettings(settings.study_name, settings.metric, budget))
-        objective.load_data(quiet=not settings.show_progress)
     ctx = report_context(settings, opened, space, plan)
+    objective = None
+    if settings.trials > 0 and settings.workers == 1:  # the data the driver prepared
+        objective = Objective(space, opened.base, ObjectiveSettings(
+            settings.study_name, settings.metric, budget, ctx.artifact_store))
+        objective.load_data(data=opened.data)
     reporter = StudyReporter(ctx, settings.plot_interval_s)
     progress = StudyProgress(settings.trials or None, settings.metric, budget,
                              settings.show_progress)
     monitor = TrialMonitor(
         reporter, progress, study_checkpoint_dir(opened.base.checkpoints_dir, settings.study_name),
-        METRICS[settings.metric] == "minimize",
         {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)},
     )
     interrupted, errors, messages = False, [], []

@@ -1,8 +1,11 @@
 """A study's fingerprint: what its trials are comparable under.
 
 Recorded when the study is created (user attribute `fingerprint`); continuing the
-study with a different search space, target experiment, fidelity, seed or metric
-stops with a message naming what changed, unless the user allows it explicitly.
+study with a different search space, target experiment, fidelity, seed, metric or data
+(the `data` part: the resolved source and the data's fingerprint, see `study_data`)
+stops with a message naming what changed, unless the user allows it explicitly. A part
+missing on either side (a study from before that part existed; a driver that runs no
+trials and so loads no data) is not compared.
 Machine-specific keys (device, folders, caches) are left out, so drivers on
 different machines can share a study.
 """
@@ -20,7 +23,7 @@ MACHINE_KEYS = {
     "data.num_workers", "data.download_timeout", "train.device", "train.compile",
     "train.log_every", "train.eval_batch_size",
 }
-PARTS = ("metric", "search_space", "target", "fidelity", "seed")
+PARTS = ("metric", "search_space", "target", "fidelity", "seed", "data")
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -36,7 +39,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def study_fingerprint(metric: str, search_space: list[str], target: RunConfig,
                       fidelity: dict[str, Any]) -> dict[str, Any]:
-    """The fingerprint of a study (plain JSON-able dict)."""
+    """The fingerprint of a study (plain JSON-able dict), less its `data` part."""
     flat = {k: v for k, v in _flatten(config_to_dict(target)).items() if k not in MACHINE_KEYS}
     flat.pop("seed", None)
     return {"metric": metric, "search_space": list(search_space), "target": flat,
@@ -61,6 +64,8 @@ def fingerprint_changes(recorded: dict[str, Any] | None, current: dict[str, Any]
         return []
     lines = []
     for part in PARTS:
+        if part not in recorded or part not in current:
+            continue
         changes = _changes(recorded.get(part), current.get(part))
         if changes:
             shown = "; ".join(changes[:6]) + (f"; ... ({len(changes)} in all)"

@@ -1,22 +1,33 @@
-"""The Optuna objective: one trial = one short CLIP training run, pruned by epoch."""
+"""The Optuna objective: one trial = one short CLIP training run, pruned by epoch.
+
+A trial's Trainer writes no checkpoint: the objective keeps the best epoch's weights in
+memory (on the CPU) and, when the trial completes better than every trial completed so
+far, writes them once as a weights-only checkpoint and uploads it to the study's
+artifact store (see `best_checkpoint`).
+"""
 
 from __future__ import annotations
 
 import gc
 import math
-import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 
+from cliptune.checkpoint import save_checkpoint
 from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData
 from cliptune.errors import ConfigError, TrainingDiverged
+from cliptune.hpo.best_checkpoint import ARTIFACT_ATTR
 from cliptune.hpo.owners import Beat
 from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.study import METRICS, TrialFailed
+from cliptune.hpo.study_data import data_record, prepare_trial_data
+from cliptune.model import CLIP
 from cliptune.trainer import Trainer
 
 # The Trainer's callback key of each objective metric.
@@ -56,6 +67,17 @@ class ObjectiveSettings:
     study_name: str
     metric: str  # val_loss | rsum
     epochs: int  # the per-trial budget
+    artifact_store: Any = None  # where the best trials' checkpoints go (None: not uploaded)
+
+
+def keep_weights(model: CLIP, kept: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """A CPU copy of `model`'s weights, written into `kept` (the previous copy) when given."""
+    state = model.state_dict()
+    if kept is None:
+        return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
+    for name, value in state.items():
+        kept[name].copy_(value)
+    return kept
 
 
 class Objective:
@@ -84,10 +106,12 @@ class Objective:
         config.train.save_last = False  # trials never resume: best.pt is all they keep
         return config
 
-    def load_data(self, *, quiet: bool = True) -> None:
-        """Load the dataset now: data errors stop the study before its first trial."""
+    def load_data(self, *, quiet: bool = True, data: PreparedData | None = None) -> PreparedData:
+        """Load the dataset now (or share `data`, prepared from the base config): data
+        errors stop the study before its first trial."""
         self._data_for(self.base)
-        self._data = Trainer(self.base, show_progress=not quiet, resume=None).prepare_data()
+        self._data = data if data is not None else prepare_trial_data(self.base, quiet=quiet)
+        return self._data
 
     def _data_for(self, config: RunConfig) -> PreparedData | None:
         """The loaded data if `config` needs the same (else None: the trial loads its own)."""
@@ -127,13 +151,19 @@ class Objective:
         key = CALLBACK_KEYS[self.settings.metric]
         minimize = METRICS[self.settings.metric] == "minimize"
         history: list[dict[str, float]] = []
+        keep = config.train.save_checkpoints
+        config.train.save_checkpoints = False  # the Trainer writes nothing; see below
+        kept: dict[str, torch.Tensor] | None = None
 
         def report(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+            nonlocal kept
             history.append(metrics)
             trial.report(metrics[key], epoch)
             if trial.should_prune():
                 _record_best(trial, history, key, minimize)
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+            if keep and trainer.best.get("epoch") == epoch:
+                kept = keep_weights(trainer.model, kept)
 
         trainer = Trainer(
             config,
@@ -146,17 +176,42 @@ class Objective:
         )
         try:
             self._data = trainer.prepare_data()
+            trial.set_user_attr("data", data_record(self._data))
             trainer.fit()
-        except BaseException:
-            shutil.rmtree(trainer.checkpoint_dir, ignore_errors=True)
-            raise
         finally:  # fit may rename the run when its folder already exists
             trial.set_user_attr("run_dir", str(trainer.run_dir))
         value = _record_best(trial, history, key, minimize)
-        checkpoint = trainer.checkpoint_dir / "best.pt"
-        if checkpoint.is_file():
-            trial.set_user_attr("checkpoint", str(checkpoint))
+        if kept is not None and _beats_completed(trial, value, minimize):
+            self._save_best(trial, trainer, kept)
         return value
+
+    def _save_best(self, trial: optuna.Trial, trainer: Trainer,
+                   weights: dict[str, torch.Tensor]) -> None:
+        """Write the best epoch's weights once (weights-only checkpoint in the trial's
+        scratch folder) and upload the file to the artifact store while the trial runs."""
+        metrics = next(m for m in trainer.history if m["epoch"] == trainer.best["epoch"])
+        path = trainer.checkpoint_dir / "best.pt"
+        try:
+            save_checkpoint(trainer.checkpoint_state(metrics, weights=weights), path)
+            trial.set_user_attr("checkpoint", str(path))
+            if self.settings.artifact_store is not None:
+                artifact = optuna.artifacts.upload_artifact(
+                    artifact_store=self.settings.artifact_store, file_path=str(path),
+                    study_or_trial=trial)
+                trial.set_user_attr(ARTIFACT_ATTR, artifact)  # set once the upload is whole
+        except Exception as err:  # noqa: BLE001 - a lost checkpoint must not lose the trial
+            print(f"warning: trial {trial.number}: its checkpoint was not stored: "
+                  f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
+
+
+def _beats_completed(trial: optuna.Trial, value: float, minimize: bool) -> bool:
+    """Whether `value` beats every trial of the study completed so far (only such a trial
+    can become the study's best: a checkpoint of any other would never be used)."""
+    done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        return True
+    best = min(t.value for t in done) if minimize else max(t.value for t in done)
+    return value < best if minimize else value > best
 
 
 def _record_best(

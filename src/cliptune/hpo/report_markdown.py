@@ -121,8 +121,8 @@ def _plot_lines(plots: dict[str, list[str] | str]) -> list[str]:
 def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySummary,
                     importances: list[Importances], plots: dict[str, list[str] | str],
                     best: FrozenTrial | None, baseline: FrozenTrial | None,
-                    retrain: dict | None) -> str:
-    """The text of report.md."""
+                    retrain: dict | None, best_record: dict | None = None) -> str:
+    """The text of report.md (`best_record`: best_results.json's content)."""
     direction = METRICS[ctx.metric]
     out = [f"# Optuna study `{ctx.study_name}`", ""]
     settings = ", ".join(f"{k} {v}" for k, v in ctx.settings.items())
@@ -151,6 +151,9 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
         out.append("No trial has completed yet.")
     else:
         seconds = best.duration.total_seconds() if best.duration else 0.0
+        record = best_record or {}
+        checkpoint = (f"`{record['checkpoint']}`" if record.get("checkpoint")
+                      else f"none on this machine ({record.get('checkpoint_note', '')})")
         out += [
             f"Trial **{best.number}**: {ctx.metric} = **{best.value:.4f}** at epoch "
             f"{best.user_attrs.get('best_epoch', '?')} ({seconds:.0f} s).", "",
@@ -158,8 +161,7 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
             "Validation metrics at its best epoch (recalls in %):", "",
             *metrics_table({"val": {k[4:]: v for k, v in best.user_attrs.get("metrics", {}).items()}}),
             "",
-            f"Checkpoint (trial fidelity): "
-            f"`{Path(ctx.checkpoints_dir) / ctx.study_name / 'best.pt'}`; TensorBoard run: "
+            f"Checkpoint (trial fidelity, weights only): {checkpoint}; TensorBoard run: "
             f"`{best.user_attrs.get('run_dir', '')}`; the target with these parameters at full "
             "fidelity: [best_config.yaml](best_config.yaml).",
         ]

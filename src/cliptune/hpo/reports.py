@@ -3,7 +3,9 @@
 Cheap files (CSV, JSON, text, YAML, report.md) are rewritten each time; the plots
 are costlier (a few seconds, ~5 MB of HTML each) and the driver asks for them less
 often (see `StudyReporter`). Every file is written to a temporary name and moved in
-place, so a crash never leaves half a report.
+place, so a crash never leaves half a report. best_results.json, best_config.yaml and
+the checkpoint best_results.json names are always of the same trial, the study-wide
+best (see `best_checkpoint`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cliptune.config import RunConfig, config_from_dict, dump_config
 from cliptune.hpo.baseline import baseline_trial
+from cliptune.hpo.best_checkpoint import ARTIFACT_ATTR, local_best_checkpoint, study_checkpoint_dir
 from cliptune.hpo.importances import all_importances, importance_evaluator
 from cliptune.hpo.plots import write_plots
 from cliptune.hpo.report_markdown import PLOTS_DIR, report_markdown
@@ -50,6 +53,7 @@ class ReportContext:
     space: SearchSpace | None = None  # applies a trial's params to the target
     fidelity: str = ""  # the trials' fidelity against the target's, in words
     notes: list[str] = field(default_factory=list)  # shown at the top of report.md
+    artifact_store: Any = None  # holds the checkpoints of trials that were the best
 
 
 @dataclass
@@ -164,9 +168,10 @@ def retrain_results(ctx: ReportContext) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def best_results(study: optuna.Study, trial: FrozenTrial, ctx: ReportContext) -> dict:
-    """The content of best_results.json."""
-    checkpoint = Path(ctx.checkpoints_dir) / ctx.study_name / "best.pt"
+def best_results(study: optuna.Study, trial: FrozenTrial, ctx: ReportContext,
+                 checkpoint: Path | None = None, checkpoint_note: str = "") -> dict:
+    """The content of best_results.json; `checkpoint`: trial `trial`'s checkpoint on this
+    machine (None: not here, `checkpoint_note` says why)."""
     return {
         "study": ctx.study_name,
         "metric": ctx.metric,
@@ -179,7 +184,9 @@ def best_results(study: optuna.Study, trial: FrozenTrial, ctx: ReportContext) ->
         "epochs": len(trial.intermediate_values),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
         "run_dir": trial.user_attrs.get("run_dir"),
-        "checkpoint": str(checkpoint) if checkpoint.is_file() else None,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "checkpoint_artifact": trial.user_attrs.get(ARTIFACT_ATTR),
+        "checkpoint_note": checkpoint_note,
         "retrain": retrain_results(ctx),
     }
 
@@ -226,19 +233,24 @@ class StudyReporter:
         frame.to_csv(tmp, index=False)
         os.replace(tmp, ctx.out_dir / "trials.csv")
         best = best_trial(study)
+        record = None
         if best is not None:
+            checkpoint, note = local_best_checkpoint(
+                best, study_checkpoint_dir(ctx.checkpoints_dir, ctx.study_name),
+                ctx.artifact_store)
+            record = best_results(study, best, ctx, checkpoint, note)
             write_text_atomic(ctx.out_dir / "best_params.json",
                               json.dumps(best.params, indent=2) + "\n")
             write_text_atomic(ctx.out_dir / "best_hyperparameters.txt",
                               best_hyperparameters_text(best, ctx))
             write_text_atomic(ctx.out_dir / "best_results.json",
-                              json.dumps(best_results(study, best, ctx), indent=2) + "\n")
+                              json.dumps(record, indent=2) + "\n")
             write_text_atomic(ctx.out_dir / "best_config.yaml", best_config_yaml(best, ctx))
         summary = summarize(study, ctx.budget)
         write_text_atomic(
             ctx.out_dir / "report.md",
             report_markdown(study, ctx, summary, all_importances(study), self._plots, best,
-                            baseline_trial(study), retrain_results(ctx)),
+                            baseline_trial(study), retrain_results(ctx), record),
         )
 
     def write_safely(self, study: optuna.Study, *, plots: bool | None = None) -> None:

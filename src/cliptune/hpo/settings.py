@@ -17,6 +17,7 @@ class StudySettings:
     trials: int = 50  # trials this driver adds to the study
     max_trials: int | None = None  # total over all drivers (complete + pruned + running)
     storage: str | None = None  # None: optuna-results/<study>/study.journal
+    artifact_store: str | None = None  # None: optuna-results/<study>/artifacts
     workers: int = 1
     timeout: float | None = None  # seconds, per driver
     sampler: str = "tpe"

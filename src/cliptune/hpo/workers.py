@@ -4,7 +4,10 @@ With `--workers N` the driver starts N processes (spawn), each looping over tria
 the same storage with its own sampler seed; on a machine with G GPUs worker i trains
 on GPU i mod G. When a worker dies (SIGKILL, the OOM killer), the driver fails its
 running trial at once with the reason and starts a replacement for the trials it
-still owed, so the study reaches the requested number of trials.
+still owed, so the study reaches the requested number of trials. Workers train on the
+data the driver decided on (the resolved source, never `auto`) and prepared before they
+started; one that loads other data, or meets another user error, prints it and exits
+with code 2, and is not replaced (a replacement would stop the same way).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,11 +25,14 @@ import torch
 from optuna.trial import TrialState
 
 from cliptune.config import RunConfig
+from cliptune.errors import CliptuneError
+from cliptune.hpo.best_checkpoint import make_artifact_store
 from cliptune.hpo.objective import Objective, ObjectiveSettings, scratch_dir
 from cliptune.hpo.owners import OWNER_ATTR, fail_trial
 from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.study import TrialFailed, make_pruner, make_sampler, make_storage
+from cliptune.hpo.study_data import check_same_data
 
 # States that use up a shared --max-trials budget (a FAIL is retried or replaced).
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -33,6 +40,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 POLL_INTERVAL_S = 1.0
 WORKER_EXIT_GRACE_S = 60.0
 MAX_RESTARTS = 3  # replacements per worker slot before the driver gives up on it
+USER_ERROR_EXIT = 2  # a worker stopped on a user error it printed: not replaced
 
 
 def budget_used(study: optuna.Study) -> int:
@@ -80,7 +88,7 @@ class WorkerJob:
     """What one worker process needs (picklable)."""
 
     settings: StudySettings
-    base: RunConfig  # the trial base config, device already pinned
+    base: RunConfig  # the trial base config, device already pinned, data source resolved
     space: SearchSpace
     budget: int
     index: int
@@ -88,10 +96,21 @@ class WorkerJob:
     seed: int
     threads: int
     timeout: float | None = None
+    data: dict | None = None  # the study's data record (`study_data.data_record`)
 
 
 def worker_main(job: WorkerJob) -> None:
     """Entry point of a worker process."""
+    try:
+        _work(job)
+    except KeyboardInterrupt:
+        pass  # the driver writes the reports; the interrupted trial is already marked FAIL
+    except CliptuneError as err:
+        print(f"error: worker {job.index}: {err}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT)
+
+
+def _work(job: WorkerJob) -> None:
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     s = job.settings
@@ -99,17 +118,18 @@ def worker_main(job: WorkerJob) -> None:
     study = optuna.load_study(study_name=s.study_name, storage=storage,
                               sampler=make_sampler(s.sampler, job.seed),
                               pruner=make_pruner(s.pruner, job.budget, s.patience))
+    store = make_artifact_store(s.artifact_store, s.results_dir, s.study_name)
     objective = Objective(job.space, job.base,
-                          ObjectiveSettings(s.study_name, s.metric, job.budget))
-    try:
-        objective.load_data()
-        run_trials(study, objective, job.trials, job.timeout, s.max_trials)
-    except KeyboardInterrupt:
-        pass  # the driver writes the reports; the interrupted trial is already marked FAIL
+                          ObjectiveSettings(s.study_name, s.metric, job.budget, store))
+    check_same_data(objective.load_data(), job.data, f"worker {job.index}")
+    run_trials(study, objective, job.trials, job.timeout, s.max_trials)
 
 
 def exit_reason(name: str, pid: int, exitcode: int) -> str:
     """Why a worker process ended, for a trial's fail_reason."""
+    if exitcode == USER_ERROR_EXIT:
+        return (f"worker {name} (pid {pid}) stopped on the error it printed above; not "
+                "replaced, a replacement would stop the same way")
     if exitcode < 0:
         try:
             sig = signal.Signals(-exitcode).name
@@ -180,13 +200,16 @@ class WorkerPool:
             line = f"{reason}; trial(s) {failed or 'none'} marked failed"
             timeout = slot.job.settings.timeout
             left = None if timeout is None else timeout - (time.monotonic() - self.start_time)
-            if remaining > 0 and slot.restarts < MAX_RESTARTS and (left is None or left > 0):
+            replace_it = p.exitcode != USER_ERROR_EXIT and slot.restarts < MAX_RESTARTS
+            if remaining > 0 and replace_it and (left is None or left > 0):
                 slot.restarts += 1
                 slot.job = replace(slot.job, trials=remaining, timeout=left,
                                    seed=self.seed_for(slot.job.index, slot.restarts))
                 slot.finished, slot.handled = 0, False
                 slot.process = self._start(slot.job)
                 line += f"; started a replacement for its {remaining} remaining trial(s)"
+            elif p.exitcode == USER_ERROR_EXIT:
+                slot.errors.append(line)
             elif remaining > 0:
                 slot.errors.append(f"{line}; gave up after {slot.restarts} replacements")
             self.messages.append(line)

@@ -150,6 +150,12 @@ def start_run(
     if path is None:
         return None, None
     state = Checkpointer.load(path)
+    if "optimizer" not in state:
+        raise CheckpointError(
+            f"{path} holds model weights only (an HPO trial's or a study's best.pt): evaluate, "
+            "export or retrieve with it, but a run cannot resume from it; start a new run "
+            "with --no-resume or --run-name NAME"
+        )
     if config.data.source == "auto":
         config.data.source = state["config"]["data"]["source"]
     check_resume_config(state["config"], config)
