@@ -102,13 +102,15 @@ def _baseline_lines(baseline: FrozenTrial | None, best: FrozenTrial | None, metr
             f"{baseline.state.name.lower()}."]
 
 
-def _plot_lines(plots: dict[str, list[str] | str]) -> list[str]:
+def _plot_lines(study: optuna.Study, plots: dict[str, list[str] | str]) -> list[str]:
     out = []
     for plot in PLOTS:
         files = plots.get(plot.name)
         if isinstance(files, list):
             links = ", ".join(f"[{Path(f).suffix[1:]}]({PLOTS_DIR}/{f})" for f in files)
-            out.append(f"- {plot.title}: {links}")
+            found = plot.source(study) if plot.source is not None else None
+            what = f" (from {found[1]})" if found is not None else ""
+            out.append(f"- {plot.title}{what}: {links}")
             if len(files) > 1:
                 out.append(f"\n  ![{plot.title}]({PLOTS_DIR}/{files[1]})")
         elif isinstance(files, str):
@@ -177,7 +179,7 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
           *(fmt(t.params.get(n, "")) for n in names)] for t in complete],
     ) if complete else ["No complete trials yet."]
     out += importance_section(importances)
-    out += ["", "## Plots", "", *_plot_lines(plots)]
+    out += ["", "## Plots", "", *_plot_lines(study, plots)]
     seeds_cmd = f"python src/optimize.py --study-name {ctx.study_name} --trials 0 --retrain-best"
     out += [
         "", "## Next steps", "", "```",
