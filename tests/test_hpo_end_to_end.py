@@ -87,7 +87,11 @@ def test_cli_study_baseline_fidelity_reports_continue_and_retrain(tmp_path, cach
     assert retrain["difference"]["rsum"] == pytest.approx(
         retrain["configs"]["best"]["test_mean"]["rsum"]
         - retrain["configs"]["base"]["test_mean"]["rsum"])
-    assert "than the spread" in retrain["verdict"]
+    comparison = retrain["comparison"]
+    assert comparison["differences"] == pytest.approx(
+        [b["test"]["rsum"] - a["test"]["rsum"] for b, a in zip(best_runs, base_runs, strict=True)])
+    assert comparison["verdict_word"] in ("better", "worse", "within the noise")
+    assert len(comparison["interval_95"]) == 2 and retrain["verdict"] == comparison["verdict"]
     # the retrained run is best_config.yaml at full fidelity, seeded
     trained = load_checkpoint(best_runs[1]["checkpoint"])["config"]
     assert trained["seed"] == 4 and trained["data"]["max_samples"] is None

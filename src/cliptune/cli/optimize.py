@@ -16,6 +16,7 @@ from cliptune.cli_common import add_data_args, add_set_arg, apply_data_args, run
 from cliptune.config import apply_overrides, set_value
 from cliptune.hpo.driver import run_study
 from cliptune.hpo.fidelity import StudyPlan, load_plan
+from cliptune.hpo.retrain import comparison_lines
 from cliptune.hpo.search_space_file import load_search_space
 from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.study import METRICS, PRUNERS, SAMPLERS, Heartbeat
@@ -128,7 +129,7 @@ def run(argv: list[str] | None = None) -> int:
     if outcome.best_trial is not None:
         print(f"best {settings.metric} = {outcome.best_value:.4f} (trial {outcome.best_trial})")
     if outcome.retrain is not None:
-        print(outcome.retrain["verdict"])
+        print("\n".join(comparison_lines(outcome.retrain)))
     print(f"report: {outcome.out_dir / 'report.md'}")
     for message in outcome.worker_messages:
         print(f"worker: {message}")

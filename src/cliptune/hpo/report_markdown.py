@@ -69,7 +69,22 @@ def retrain_section(retrain: dict) -> list[str]:
            "mean ± standard deviation over the seeds (recalls in %).", "",
            *table(["config", "trial", "seeds", "test rsum", "i2t R@1", "t2i R@1", "test loss"],
                   rows)]
-    if "difference" in retrain:
+    comparison = retrain.get("comparison")
+    if comparison is not None:
+        best, base = configs["best"]["runs"], configs["base"]["runs"]
+        out += ["", "Test rsum per seed (paired: the same seed, data order and split):", "",
+                *table(["seed", "best", "base", "best - base", "minutes (best / base)"],
+                       [[str(b["seed"]), f"{b['test']['rsum']:.1f}", f"{a['test']['rsum']:.1f}",
+                         f"{d:+.1f}", f"{b['wall_time_s'] / 60:.1f} / {a['wall_time_s'] / 60:.1f}"]
+                        for b, a, d in zip(best, base, comparison["differences"], strict=True)])]
+        interval = comparison["interval_95"]
+        shown = (f"[{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval
+                 else "none (one seed)")
+        out += ["", f"Paired difference (best - base): {comparison['mean_difference']:+.1f} "
+                    f"rsum, 95% t-interval {shown}; pooled std {comparison['pooled_std']:.1f}. "
+                    "Rule: better (worse) when the interval excludes 0 on that side and the "
+                    "difference exceeds twice the pooled std; otherwise within the noise."]
+    if "verdict" in retrain:
         out += ["", f"**{retrain['verdict']}**"]
     return out
 
