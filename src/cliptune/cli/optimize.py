@@ -11,11 +11,13 @@ best_config.yaml = the target with the best parameters at full fidelity, plots).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from cliptune.cli_common import add_data_args, add_set_arg, apply_data_args, run_cli
 from cliptune.config import apply_overrides, set_value
-from cliptune.hpo.driver import run_study
+from cliptune.hpo.driver import prepare_base, run_study
 from cliptune.hpo.fidelity import StudyPlan, load_plan
+from cliptune.hpo.fidelity_check import CheckSettings, check_fidelity, summary_lines
 from cliptune.hpo.retrain import comparison_lines
 from cliptune.hpo.search_space_file import load_search_space
 from cliptune.hpo.settings import StudySettings
@@ -64,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "(--seeds each) and evaluate them on the test split")
     study.add_argument("--seeds", type=int, default=DEFAULTS.seeds,
                        help="--retrain-best: seeds per configuration")
+    study.add_argument("--check-fidelity", type=int, metavar="K",
+                       help="instead of trials: train K configurations of the space at the "
+                            "trial and at the full fidelity and report how well the first ranks "
+                            "the second (optuna-results/<study>/fidelity_check.md)")
     study.add_argument("--quiet", action="store_true", help="no progress bar or trial lines")
     run = parser.add_argument_group("target and fidelity")
     run.add_argument("--study-config", metavar="FILE",
@@ -122,7 +128,17 @@ def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = build_plan(args)
     settings = build_settings(args)
-    outcome = run_study(settings, plan, load_search_space(args.search_space))
+    space = load_search_space(args.search_space)
+    if args.check_fidelity is not None:
+        check = CheckSettings(settings.study_name, settings.metric, settings.pruner,
+                              settings.results_dir, args.check_fidelity, plan.target.seed,
+                              settings.show_progress)
+        payload = check_fidelity(check, plan, space, prepare_base(plan.trial_base(), space,
+                                                                  settings.metric))
+        print("\n".join(summary_lines(payload)))
+        print(f"report: {Path(settings.results_dir) / settings.study_name / 'fidelity_check.md'}")
+        return 0
+    outcome = run_study(settings, plan, space)
     s = outcome.summary
     print(f"study {outcome.study_name!r}: {s.complete} complete, {s.pruned} pruned, "
           f"{s.failed} failed; pruning saved {100 * s.saved_fraction:.0f}% of the epochs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,11 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
             f"{ctx.budget} epochs per trial" + (f"; {settings}" if settings else "") + "."]
     if ctx.fidelity:
         out += ["", f"Fidelity: trials run {ctx.fidelity}."]
+    check = ctx.out_dir / "fidelity_check.json"
+    if check.is_file():
+        final = json.loads(check.read_text(encoding="utf-8"))["agreement"].get("final")
+        rho = f": Spearman {final['spearman']:.2f} between trial and full fidelity" if final else ""
+        out += ["", f"Fidelity check{rho} ([fidelity_check.md](fidelity_check.md))."]
     out += [f"\nNote: {note}" for note in ctx.notes]
     out += [
         "", "## Summary", "",
