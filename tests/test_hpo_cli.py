@@ -50,7 +50,8 @@ def test_flags_reach_the_base_config_and_settings():
     plan = optimize.build_plan(args)
     settings = optimize.build_settings(args)
     config, trial = plan.target, plan.trial_base()
-    assert (config.data.max_samples, config.seed, config.data.source) == (None, 7, "shapes")
+    assert (config.data.max_samples, config.seed, config.data.source) == (None, 0, "shapes")
+    assert settings.seed == 7  # the sampler's: the trials train with the target's seed
     assert (config.train.batch_size, config.model.vision_layers) == (64, 2)
     assert (trial.data.max_samples, trial.data.max_eval_samples, trial.train.epochs) == (
         500, 100, 4)
@@ -61,6 +62,10 @@ def test_flags_reach_the_base_config_and_settings():
     assert (settings.retrain_best, settings.seeds, settings.max_trials) == (True, 2, 9)
     assert (settings.heartbeat.interval_s, settings.heartbeat.grace_s) == (5, 15)
     assert settings.allow_changes
+    assert settings.given == {"metric", "target.data.source", "target.train.batch_size",
+                              "target.model.vision_layers", "fidelity.epochs",
+                              "fidelity.max_samples", "fidelity.max_eval_samples"}
+    assert optimize.build_settings(optimize.parse_args([])).given == frozenset()
 
 
 def test_user_errors_are_config_errors(tmp_path):

@@ -13,9 +13,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from cliptune.checkpoint import load_checkpoint
 from cliptune.cli import optimize
 from cliptune.config import load_config
-from cliptune.errors import TrainingDiverged
+from cliptune.errors import ConfigError, TrainingDiverged
 from cliptune.hpo import objective as objective_module
 from cliptune.hpo.driver import run_study
+from cliptune.hpo.fingerprint import SPACE_ATTR
 from cliptune.hpo.search_space_file import search_space_from_dict
 from cliptune.hpo.settings import StudySettings
 from cliptune.trainer import Trainer
@@ -32,7 +33,7 @@ def hparams_of(run_dir) -> dict:
 def test_cli_study_baseline_fidelity_reports_continue_and_retrain(tmp_path, cache_dir):
     flags = write_study_files(tmp_path, cache_dir, trial_epochs=2, target_epochs=2,
                               max_samples=24)
-    study_args = flags + ["--study-name", "t", "--pruner", "sha", "--seed", "3"]
+    study_args = flags + ["--study-name", "t", "--pruner", "sha", "--set", "seed=3"]
     assert optimize.run(study_args + ["--trials", "4"]) == 0
 
     study = load(tmp_path, "t")
@@ -75,8 +76,10 @@ def test_cli_study_baseline_fidelity_reports_continue_and_retrain(tmp_path, cach
     # the same command continues the study; then retrain best and base with 2 seeds
     assert optimize.run(study_args + ["--trials", "1"]) == 0
     assert len(load(tmp_path, "t").trials) == 5
-    assert optimize.run(flags + ["--study-name", "t", "--seed", "3", "--trials", "0",
-                                  "--retrain-best", "--seeds", "2"]) == 0
+    # retraining takes target (its seed 3), fidelity and space from the study: only where
+    # this machine keeps its files is passed
+    assert optimize.run(["--study-name", "t", "--trials", "0", "--retrain-best", "--seeds", "2",
+                         *machine_flags(tmp_path, cache_dir)]) == 0
     retrain = read_json(out / "retrain_results.json")
     assert retrain["seeds"] == [3, 4] and retrain["epochs"] == 2
     best_runs, base_runs = retrain["configs"]["best"]["runs"], retrain["configs"]["base"]["runs"]
@@ -87,7 +90,11 @@ def test_cli_study_baseline_fidelity_reports_continue_and_retrain(tmp_path, cach
     assert retrain["difference"]["rsum"] == pytest.approx(
         retrain["configs"]["best"]["test_mean"]["rsum"]
         - retrain["configs"]["base"]["test_mean"]["rsum"])
-    assert "than the spread" in retrain["verdict"]
+    comparison = retrain["comparison"]
+    assert comparison["differences"] == pytest.approx(
+        [b["test"]["rsum"] - a["test"]["rsum"] for b, a in zip(best_runs, base_runs, strict=True)])
+    assert comparison["verdict_word"] in ("better", "worse", "within the noise")
+    assert len(comparison["interval_95"]) == 2 and retrain["verdict"] == comparison["verdict"]
     # the retrained run is best_config.yaml at full fidelity, seeded
     trained = load_checkpoint(best_runs[1]["checkpoint"])["config"]
     assert trained["seed"] == 4 and trained["data"]["max_samples"] is None
@@ -103,8 +110,18 @@ def test_continuing_with_other_settings_is_refused_unless_allowed(tmp_path, cach
     assert optimize.run(flags + ["--study-name", "c", "--trials", "1", "--pruner", "none"]) == 0
     with pytest.raises(Exception, match=r"(?s)fidelity: epochs: 1 -> 2.*--allow-changes"):
         optimize.run(flags + ["--study-name", "c", "--trials", "1", "--epochs", "2"])
-    with pytest.raises(Exception, match=r"seed: 0 -> 5"):
-        optimize.run(flags + ["--study-name", "c", "--trials", "0", "--seed", "5"])
+    assert optimize.run(flags + ["--study-name", "c", "--trials", "0", "--seed", "5"]) == 0
+    with pytest.raises(ConfigError, match=r"target: seed: 0 -> 5"):
+        optimize.run(flags + ["--study-name", "c", "--trials", "0", "--set", "seed=5"])
+    # a study created before the sampler seed left the fingerprint: a separate `seed` part
+    study = load(tmp_path, "c")
+    fingerprint = study.user_attrs["fingerprint"]
+    target = dict(fingerprint["target"])
+    study.set_user_attr("fingerprint", {**fingerprint, "target": target, "seed": target.pop("seed")})
+    study.set_user_attr(SPACE_ATTR, None)
+    assert optimize.run(flags + ["--study-name", "c", "--trials", "0", "--seed", "4"]) == 0
+    with pytest.raises(ConfigError, match=r"target: seed: 0 -> 5"):
+        optimize.run(flags + ["--study-name", "c", "--trials", "0", "--set", "seed=5"])
     with pytest.raises(Exception, match=r"target: train.weight_decay: 0.1 -> 0.2"):
         optimize.run(flags + ["--study-name", "c", "--trials", "0",
                                "--set", "train.weight_decay=0.2"])
@@ -112,6 +129,35 @@ def test_continuing_with_other_settings_is_refused_unless_allowed(tmp_path, cach
     assert optimize.run(flags + ["--study-name", "c", "--trials", "1", "--pruner", "none",
                                   "--set", "train.weight_decay=0.2", "--allow-changes"]) == 0
     assert len(load(tmp_path, "c").trials) == 2
+
+
+def machine_flags(root, cache_dir) -> list[str]:
+    """Where this machine keeps data, runs and checkpoints (not part of a study)."""
+    return ["--results-dir", str(root / "results"), "--quiet", "--cache-dir", str(cache_dir),
+            "--set", f"runs_dir={root / 'runs'}", "--set", f"checkpoints_dir={root / 'checkpoints'}"]
+
+
+def test_joining_takes_what_the_study_recorded(tmp_path, cache_dir):
+    flags = write_study_files(tmp_path, cache_dir, max_samples=20)
+    assert optimize.run(flags + ["--study-name", "j", "--trials", "1", "--pruner", "none",
+                                  "--set", "train.weight_decay=0.2", "--metric", "rsum"]) == 0
+    # another driver: no study file, no search space, its own sampler seed
+    join = ["--study-name", "j", "--pruner", "none", *machine_flags(tmp_path, cache_dir)]
+    assert optimize.run(join + ["--trials", "1", "--seed", "9"]) == 0
+    study = load(tmp_path, "j")
+    assert study.direction.name == "MAXIMIZE" and len(study.trials) == 2
+    second = study.trials[1]
+    assert set(second.params) == set(SPACE["parameters"])  # the study's space, not the shipped
+    config = second.user_attrs["config"]
+    assert (config["data"]["max_samples"], config["train"]["epochs"]) == (20, 1)
+    assert (config["train"]["weight_decay"], config["seed"]) == (0.2, 0)
+    report = (tmp_path / "results" / "j" / "report.md").read_text()
+    assert "took the study's recorded settings for what the command did not set" in report
+    with pytest.raises(ConfigError, match=r"fidelity: max_samples: 20 -> 30"):
+        optimize.run(join + ["--trials", "0", "--max-samples", "30"])
+    with pytest.raises(ConfigError, match=r"target: train.weight_decay: 0.2 -> 0.1"):
+        optimize.run(join + ["--trials", "0", "--set", "train.weight_decay=0.1"])
+    assert len(load(tmp_path, "j").trials) == 2
 
 
 def test_a_failing_trial_does_not_stop_the_study(tmp_path, cache_dir, monkeypatch):

@@ -137,7 +137,8 @@ def test_too_few_trials_give_notes_not_errors(tmp_path):
     StudyReporter(ctx).write(study, plots=True)
     report = (ctx.out_dir / "report.md").read_text()
     assert "needs at least 2 trials (has 1)" in report
-    assert "Parameter importances (complete trials): not drawn" in report
+    assert ("Parameter importances: not drawn (needs at least 2 trials that reported a value)"
+            in report)
     assert not (ctx.out_dir / "plots" / "param_importances.html").exists()
     assert (ctx.out_dir / "plots" / "optimization_history.html").is_file()
 
@@ -237,3 +238,32 @@ def test_rung_importances_use_pruned_trials_at_their_common_epoch(tmp_path):
     assert result.trials == len(reported) > summarize(study, BUDGET).complete
     assert set(result.values) == {"lr", "depth"}
     assert result.values["lr"] > result.values["depth"]  # the synthetic loss is mostly lr
+
+
+@pytest.mark.parametrize("complete", [0, 1])
+def test_importance_plot_with_fewer_than_2_complete_trials_uses_the_common_rung(
+        tmp_path, complete):
+    study = make_study(tmp_path, 0)
+    distributions = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+                     "depth": optuna.distributions.IntDistribution(1, 3)}
+    for k in range(6):  # pruned after 2 epochs; the loss at epoch 2 is mostly lr
+        lr, depth = 10 ** (-4 + 0.4 * k), 1 + k % 3
+        values = {e: abs(math.log10(lr) + 2.5) + depth / 100 + 1 / e for e in (1, 2)}
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED, params={"lr": lr, "depth": depth},
+            distributions=distributions, intermediate_values=values))
+    for _ in range(complete):
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": 3e-3, "depth": 2}, distributions=distributions,
+            intermediate_values={e: 1.0 / e for e in range(1, 5)}, value=0.25,
+            user_attrs={"config": config_to_dict(RunConfig(name="s/trial_0006"))}))
+    ctx = context(tmp_path)
+    StudyReporter(ctx).write(study, plots=True)
+    plots = ctx.out_dir / "plots"
+    html = (plots / "param_importances.html").read_text()
+    assert '"type":"bar"' in html and "value at epoch 2" in html
+    with Image.open(plots / "param_importances.png") as image:
+        assert image.size[0] > 100
+    report = (ctx.out_dir / "report.md").read_text()
+    assert (f"Parameter importances (from {6 + complete} complete and pruned trials, value at "
+            "epoch 2 (the deepest epoch all reached") in report

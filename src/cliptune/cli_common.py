@@ -10,7 +10,7 @@ from cliptune.config import CHOICES, RunConfig, set_value
 from cliptune.errors import CliptuneError
 
 # flag destination -> config key; flags left unset keep the config's value
-_DATA_FLAGS = {
+DATA_FLAGS = {  # flag dest -> config key
     "data": "data.source",
     "data_dir": "data.data_dir",
     "data_format": "data.format",
@@ -38,7 +38,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def apply_data_args(config: RunConfig, args: argparse.Namespace) -> None:
     """Copy the data flags the user gave into `config.data`."""
-    for dest, key in _DATA_FLAGS.items():
+    for dest, key in DATA_FLAGS.items():
         value = getattr(args, dest)
         if value is not None:
             set_value(config, key, value)

@@ -11,11 +11,14 @@ best_config.yaml = the target with the best parameters at full fidelity, plots).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from cliptune.cli_common import add_data_args, add_set_arg, apply_data_args, run_cli
-from cliptune.config import apply_overrides, set_value
-from cliptune.hpo.driver import run_study
+from cliptune.cli_common import DATA_FLAGS, add_data_args, add_set_arg, apply_data_args, run_cli
+from cliptune.config import apply_overrides
+from cliptune.hpo.driver import driver_seed, prepare_base, resolve_definition, run_study
 from cliptune.hpo.fidelity import StudyPlan, load_plan
+from cliptune.hpo.fidelity_check import CheckSettings, check_fidelity, summary_lines
+from cliptune.hpo.retrain import comparison_lines
 from cliptune.hpo.search_space_file import load_search_space
 from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.study import METRICS, PRUNERS, SAMPLERS, Heartbeat
@@ -48,16 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     study.add_argument("--pruner", choices=PRUNERS, default=DEFAULTS.pruner)
     study.add_argument("--patience", type=int, metavar="EPOCHS",
                        help="also prune trials that have not improved for this many epochs")
-    study.add_argument("--metric", choices=tuple(METRICS), default=DEFAULTS.metric,
-                       help="objective: best val_loss (minimized) or best rsum (maximized)")
+    study.add_argument("--metric", choices=tuple(METRICS),
+                       help="objective: best val_loss (minimized, the default) or best rsum "
+                            "(maximized); a joined study keeps its own")
     study.add_argument("--search-space", metavar="FILE",
                        help="search space YAML (default: experiments/search_space.yaml on a CPU, "
                             "experiments/gpu-search-space.yaml on a GPU)")
     study.add_argument("--results-dir", default=DEFAULTS.results_dir, metavar="DIR",
                        help="where optuna-results/<study>/ reports go")
     study.add_argument("--allow-changes", action="store_true",
-                       help="continue a study although its search space, target, fidelity, "
-                            "seed or metric differ from what it was created with")
+                       help="continue a study although flags you pass set its search space, "
+                            "target, fidelity or metric to other values than it was created with")
     study.add_argument("--heartbeat", type=int, metavar="SECONDS",
                        default=DEFAULTS.heartbeat.interval_s,
                        help="database storages: liveness beat of running trials; a trial "
@@ -67,6 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "(--seeds each) and evaluate them on the test split")
     study.add_argument("--seeds", type=int, default=DEFAULTS.seeds,
                        help="--retrain-best: seeds per configuration")
+    study.add_argument("--check-fidelity", type=int, metavar="K",
+                       help="instead of trials: train K configurations of the space at the "
+                            "trial and at the full fidelity and report how well the first ranks "
+                            "the second (optuna-results/<study>/fidelity_check.md)")
     study.add_argument("--quiet", action="store_true", help="no progress bar or trial lines")
     run = parser.add_argument_group("target and fidelity")
     run.add_argument("--study-config", metavar="FILE",
@@ -77,15 +85,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--epochs", type=int, help="epochs per trial (the pruning budget)")
     run.add_argument("--max-samples", type=int, help="training images per trial")
     run.add_argument("--max-eval-samples", type=int, help="validation images per trial")
-    run.add_argument("--seed", type=int, help="seed of the target (trials, sampler, retraining)")
+    run.add_argument("--seed", type=int,
+                     help="this driver's sampler seed (default: the target's seed); drivers "
+                          "sharing a study may each pass their own. The trials' training seed "
+                          "is the target's: --set seed=N")
     add_data_args(parser)
     add_set_arg(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.given = given_keys(args)  # before build_plan fills in the default files
+    return args
+
+
+def given_keys(args: argparse.Namespace) -> frozenset[str]:
+    """What the command line sets of a study's definition (before the defaults fill
+    in): a joined study takes the rest from what it recorded."""
+    given = {"target"} if args.config or args.study_config else set()
+    given |= {"fidelity"} if args.study_config else set()
+    given |= {"search_space"} if args.search_space else set()
+    given |= {"metric"} if args.metric else set()
+    given |= {f"target.{key}" for dest, key in DATA_FLAGS.items() if getattr(args, dest)}
+    given |= {f"target.{item.split('=', 1)[0].strip()}" for item in args.set}
+    given |= {f"fidelity.{name}" for name in ("epochs", "max_samples", "max_eval_samples")
+              if getattr(args, name) is not None}
+    return frozenset(given)
 
 
 def build_plan(args: argparse.Namespace) -> StudyPlan:
     """Target and fidelity: the study file (its target or --config), then the data
-    flags, --seed and --set on the target, and the fidelity flags. Without
+    flags and --set on the target, and the fidelity flags. Without
     --study-config (--search-space) the hardware chooses the shipped one."""
     if args.study_config is None:
         choice = default_experiment("hpo", data=args.data)
@@ -95,8 +122,6 @@ def build_plan(args: argparse.Namespace) -> StudyPlan:
         args.search_space = str(default_experiment("search-space", data=args.data).path)
     plan = load_plan(args.study_config, args.config)
     apply_data_args(plan.target, args)
-    if args.seed is not None:
-        set_value(plan.target, "seed", args.seed)
     apply_overrides(plan.target, args.set)
     for flag, name in (("epochs", "epochs"), ("max_samples", "max_samples"),
                        ("max_eval_samples", "max_eval_samples")):
@@ -112,11 +137,12 @@ def build_settings(args: argparse.Namespace) -> StudySettings:
     heartbeat = Heartbeat(interval_s=args.heartbeat, grace_s=3 * args.heartbeat)
     return StudySettings(
         study_name=args.study_name, trials=args.trials, max_trials=args.max_trials,
-        storage=args.storage, artifact_store=args.artifact_store, workers=args.workers, timeout=args.timeout, sampler=args.sampler,
-        pruner=args.pruner, patience=args.patience, metric=args.metric,
+        storage=args.storage, artifact_store=args.artifact_store, workers=args.workers,
+        timeout=args.timeout, sampler=args.sampler,
+        pruner=args.pruner, patience=args.patience, metric=args.metric or DEFAULTS.metric,
         results_dir=args.results_dir, allow_changes=args.allow_changes,
         retrain_best=args.retrain_best, seeds=args.seeds, show_progress=not args.quiet,
-        heartbeat=heartbeat,
+        heartbeat=heartbeat, seed=args.seed, given=args.given,
     )
 
 
@@ -125,14 +151,27 @@ def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = build_plan(args)
     settings = build_settings(args)
-    outcome = run_study(settings, plan, load_search_space(args.search_space))
+    space = load_search_space(args.search_space)
+    if args.check_fidelity is not None:
+        settings, plan, space, notes = resolve_definition(settings, plan, space)
+        for note in notes:
+            print(f"note: {note}", flush=True)
+        check = CheckSettings(settings.study_name, settings.metric, settings.pruner,
+                              settings.results_dir, args.check_fidelity,
+                              driver_seed(settings, plan), settings.show_progress)
+        payload = check_fidelity(check, plan, space, prepare_base(plan.trial_base(), space,
+                                                                  settings.metric))
+        print("\n".join(summary_lines(payload)))
+        print(f"report: {Path(settings.results_dir) / settings.study_name / 'fidelity_check.md'}")
+        return 0
+    outcome = run_study(settings, plan, space)
     s = outcome.summary
     print(f"study {outcome.study_name!r}: {s.complete} complete, {s.pruned} pruned, "
           f"{s.failed} failed; pruning saved {100 * s.saved_fraction:.0f}% of the epochs")
     if outcome.best_trial is not None:
         print(f"best {settings.metric} = {outcome.best_value:.4f} (trial {outcome.best_trial})")
     if outcome.retrain is not None:
-        print(outcome.retrain["verdict"])
+        print("\n".join(comparison_lines(outcome.retrain)))
     print(f"report: {outcome.out_dir / 'report.md'}")
     for message in outcome.worker_messages:
         print(f"worker: {message}")

@@ -16,7 +16,7 @@ import os
 import shutil
 import socket
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -33,13 +33,19 @@ from cliptune.hpo.best_checkpoint import (
     study_checkpoint_dir,
 )
 from cliptune.hpo.fidelity import StudyPlan
-from cliptune.hpo.fingerprint import check_fingerprint, study_fingerprint
+from cliptune.hpo.fingerprint import (
+    SPACE_ATTR,
+    adopt_recorded,
+    check_fingerprint,
+    study_fingerprint,
+)
 from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings, scratch_dir
 from cliptune.hpo.owners import fail_dead_owners
 from cliptune.hpo.progress import StudyProgress
 from cliptune.hpo.reports import ReportContext, StudyReporter, StudySummary, best_trial, summarize
 from cliptune.hpo.retrain import retrain_study
 from cliptune.hpo.search_space import SearchSpace, describe
+from cliptune.hpo.search_space_file import space_to_dict
 from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.study import (
     METRICS,
@@ -86,6 +92,11 @@ def driver_salt(created: bool) -> int:
     """0 for the driver that created the study (reproducible), else a number of this
     host and process, so drivers that join or continue a study draw other seeds."""
     return 0 if created else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+
+
+def driver_seed(settings: StudySettings, plan: StudyPlan) -> int:
+    """This driver's sampler seed: --seed, else the target's seed."""
+    return plan.target.seed if settings.seed is None else settings.seed
 
 
 def sampler_seed(seed: int, existing_trials: int, worker: int, salt: int = 0) -> int:
@@ -148,6 +159,25 @@ class OpenedStudy:
     data: PreparedData | None = None  # the trials' data, prepared once (None: no trials)
 
 
+def resolve_definition(settings: StudySettings, plan: StudyPlan, space: SearchSpace
+                       ) -> tuple[StudySettings, StudyPlan, SearchSpace, list[str]]:
+    """For an existing study: its recorded metric, search space, target and fidelity where
+    the command line did not set them (`settings.given`), with notes on what was taken;
+    unchanged for a new study."""
+    storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
+                           settings.heartbeat)
+    try:
+        attrs = optuna.load_study(study_name=settings.study_name, storage=storage).user_attrs
+    except KeyError:  # no such study yet
+        return settings, plan, space, []
+    plan, space, metric, adopted = adopt_recorded(
+        attrs.get("fingerprint"), attrs.get(SPACE_ATTR), plan, space, settings.metric,
+        settings.given)
+    notes = [f"took the study's recorded settings for what the command did not set: "
+             f"{'; '.join(adopted)}"] if adopted else []
+    return replace(settings, metric=metric), plan, space, notes
+
+
 def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> OpenedStudy:
     """Create or load the study, make its data decision and prepare the data (when trials
     are to run), check its fingerprint, enqueue the baseline (new study), fail trials of
@@ -157,7 +187,7 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
     storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
                            settings.heartbeat)
     study, created = open_study(storage, settings.study_name, settings.metric,
-                                make_sampler(settings.sampler, plan.target.seed),
+                                make_sampler(settings.sampler, driver_seed(settings, plan)),
                                 make_pruner(settings.pruner, base.train.epochs, settings.patience))
     existing = len(study.get_trials(deepcopy=False))
     recorded = study.user_attrs.get("fingerprint")
@@ -165,7 +195,8 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
                                     plan.fidelity.record())
     notes = []
     if created:
-        for key, value in (("fingerprint", fingerprint), ("epochs", base.train.epochs),
+        for key, value in (("fingerprint", fingerprint), (SPACE_ATTR, space_to_dict(space)),
+                           ("epochs", base.train.epochs),
                            ("runs_dir", base.runs_dir), ("checkpoints_dir", base.checkpoints_dir)):
             study.set_user_attr(key, value)
         reason = enqueue_baseline(study, space, plan.target)
@@ -244,12 +275,14 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
     Ctrl-C stops after the running trial(s); the reports then cover what finished.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
+    settings, plan, space, adopted = resolve_definition(settings, plan, space)
     opened = open_for_trials(settings, plan, space)
+    opened.notes[:0] = adopted
     study, budget = opened.study, opened.budget
     salt = driver_salt(opened.created)
 
     def seed_for(index: int, restart: int) -> int:
-        return sampler_seed(plan.target.seed, opened.existing,
+        return sampler_seed(driver_seed(settings, plan), opened.existing,
                             index + restart * max(1, settings.workers), salt)
 
     study.sampler = make_sampler(settings.sampler, seed_for(0, 0))

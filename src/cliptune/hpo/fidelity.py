@@ -58,6 +58,13 @@ class Fidelity:
         return {"epochs": self.epochs, "max_samples": self.max_samples,
                 "max_eval_samples": self.max_eval_samples, "set": dict(self.overrides)}
 
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> Fidelity:
+        """The `Fidelity` whose flattened `record()` is `flat` (a study's fingerprint part)."""
+        return cls(epochs=flat.get("epochs"), max_samples=flat.get("max_samples"),
+                   max_eval_samples=flat.get("max_eval_samples"),
+                   overrides={k[4:]: v for k, v in flat.items() if k.startswith("set.")})
+
 
 def _smaller(cap: int, existing: int | None) -> int:
     return cap if existing is None else min(cap, existing)

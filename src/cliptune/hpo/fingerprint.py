@@ -1,21 +1,28 @@
 """A study's fingerprint: what its trials are comparable under.
 
-Recorded when the study is created (user attribute `fingerprint`); continuing the
-study with a different search space, target experiment, fidelity, seed, metric or data
-(the `data` part: the resolved source and the data's fingerprint, see `study_data`)
-stops with a message naming what changed, unless the user allows it explicitly. A part
-missing on either side (a study from before that part existed; a driver that runs no
-trials and so loads no data) is not compared.
-Machine-specific keys (device, folders, caches) are left out, so drivers on
-different machines can share a study.
+Recorded when the study is created (user attribute `fingerprint`, and the search
+space itself in `search_space_definition`): the metric, the search space, the target
+experiment (its seed included: the trials' training seed), the fidelity and the data
+(the `data` part: the resolved source and the data's fingerprint, see `study_data`; a
+part missing on either side, as in a study from before it existed or a driver that
+loads no data, is not compared). A driver
+that joins the study, or retrains it, takes from there whatever its command line does
+not set (`adopt_recorded`); only what the command line sets and that differs stops it,
+with a message naming the key, unless the user allows it explicitly. The sampler seed
+is a driver setting, not part of it. Machine-specific keys (device, folders, caches)
+are left out, so drivers on different machines can share a study.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from cliptune.config import RunConfig, config_to_dict
+from cliptune.config import RunConfig, config_to_dict, set_value
 from cliptune.errors import ConfigError
+from cliptune.hpo.fidelity import Fidelity, StudyPlan
+from cliptune.hpo.search_space import SearchSpace, describe
+from cliptune.hpo.search_space_file import search_space_from_dict
 
 # Keys that say where or on what a run happens, not what it learns.
 MACHINE_KEYS = {
@@ -23,7 +30,8 @@ MACHINE_KEYS = {
     "data.num_workers", "data.download_timeout", "train.device", "train.compile",
     "train.log_every", "train.eval_batch_size",
 }
-PARTS = ("metric", "search_space", "target", "fidelity", "seed", "data")
+PARTS = ("metric", "search_space", "target", "fidelity", "data")
+SPACE_ATTR = "search_space_definition"  # study user attribute: space_to_dict(space)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -41,9 +49,61 @@ def study_fingerprint(metric: str, search_space: list[str], target: RunConfig,
                       fidelity: dict[str, Any]) -> dict[str, Any]:
     """The fingerprint of a study (plain JSON-able dict), less its `data` part."""
     flat = {k: v for k, v in _flatten(config_to_dict(target)).items() if k not in MACHINE_KEYS}
-    flat.pop("seed", None)
     return {"metric": metric, "search_space": list(search_space), "target": flat,
-            "fidelity": _flatten(fidelity), "seed": target.seed}
+            "fidelity": _flatten(fidelity)}
+
+
+def normalize(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded fingerprint in today's form: studies created before the sampler seed
+    became a driver setting kept the target's seed as a separate `seed` part."""
+    if recorded is None or "seed" not in recorded:
+        return recorded
+    recorded = copy.deepcopy(recorded)
+    recorded["target"]["seed"] = recorded.pop("seed")
+    return recorded
+
+
+def _given(given: frozenset[str] | None, part: str, key: str | None = None) -> bool:
+    """Whether the command line set `part` (a whole file) or `part.key` (a flag);
+    `given` None: everything counts as set (callers of the Python API)."""
+    return given is None or part in given or (key is not None and f"{part}.{key}" in given)
+
+
+def adopt_recorded(recorded: dict[str, Any] | None, recorded_space: dict[str, Any] | None,
+                   plan: StudyPlan, space: SearchSpace, metric: str,
+                   given: frozenset[str] | None) -> tuple[StudyPlan, SearchSpace, str, list[str]]:
+    """The plan, space and metric to run an existing study with: the study's recorded
+    values wherever they differ from what the command line did not set (`given`: the
+    parts and `part.key`s it set). Returns them with the adopted changes in words;
+    what the command line set is kept, for `check_fingerprint` to refuse.
+    """
+    recorded = normalize(recorded)
+    if recorded is None:
+        return plan, space, metric, []
+    plan = copy.deepcopy(plan)
+    adopted: list[str] = []
+    if recorded.get("metric") not in (None, metric) and not _given(given, "metric"):
+        adopted.append(f"metric {metric} -> {recorded['metric']}")
+        metric = recorded["metric"]
+    if (recorded.get("search_space") != describe(space) and recorded_space is not None
+            and not _given(given, "search_space")):
+        space = search_space_from_dict(recorded_space, "the study's recorded search space")
+        adopted.append("its search space")
+    current = study_fingerprint(metric, describe(space), plan.target, plan.fidelity.record())
+    for key, value in recorded.get("target", {}).items():
+        if current["target"].get(key, value) != value and not _given(given, "target", key):
+            adopted.append(f"target.{key} {current['target'][key]!r} -> {value!r}")
+            set_value(plan.target, key, value)
+    flat = dict(current["fidelity"])
+    for key in sorted(set(flat) | set(recorded.get("fidelity", {}))):
+        value = recorded.get("fidelity", {}).get(key)
+        if flat.get(key) != value and not _given(given, "fidelity", key):
+            adopted.append(f"fidelity.{key} {flat.get(key)!r} -> {value!r}")
+            flat[key] = value
+    plan.fidelity = Fidelity.from_flat({k: v for k, v in flat.items() if v is not None
+                                        or not k.startswith("set.")})
+    plan.trial_base()  # the adopted definition is valid (errors name the key)
+    return plan, space, metric, adopted
 
 
 def _changes(recorded: Any, current: Any) -> list[str]:
@@ -60,6 +120,7 @@ def _changes(recorded: Any, current: Any) -> list[str]:
 
 def fingerprint_changes(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
     """Human-readable differences, one line per changed part (empty: the same study)."""
+    recorded = normalize(recorded)
     if recorded is None:
         return []
     lines = []
@@ -80,9 +141,10 @@ def check_fingerprint(study_name: str, recorded: dict[str, Any] | None,
     changes = fingerprint_changes(recorded, current)
     if changes and not allow_changes:
         raise ConfigError(
-            f"study {study_name!r} was created with other settings, so its trials would "
-            "not be comparable:\n  " + "\n  ".join(changes)
-            + "\nrun it with the settings it was created with, start a new --study-name, "
-            "or pass --allow-changes to continue anyway"
+            f"study {study_name!r} was created with other settings than this command sets, "
+            "so its trials would not be comparable (recorded -> this command):\n  "
+            + "\n  ".join(changes)
+            + "\nleave those flags out (the study's own settings are then used), start a new "
+            "--study-name, or pass --allow-changes to continue anyway"
         )
     return changes

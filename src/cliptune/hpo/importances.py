@@ -3,7 +3,8 @@
 Optuna's evaluators use COMPLETE trials only; with Hyperband most trials are
 pruned, so those figures may rest on a handful of trials. A second figure uses
 every trial that reported values (pruned ones included) at the deepest epoch all of
-them reached: more trials, earlier signal. Each result carries its trial count and
+them reached: more trials, earlier signal. The importance plot uses the complete
+trials, or that second set while fewer than 2 trials have completed (`plot_source`). Each result carries its trial count and
 a warning when that count is small.
 """
 
@@ -64,25 +65,49 @@ def deepest_common_epoch(trials: list[FrozenTrial]) -> int | None:
     return min(reached) if reached and len(reached) == len(trials) else None
 
 
-def rung_importances(study: optuna.Study) -> Importances:
-    """Importances over complete and pruned trials, by their value at the deepest epoch
-    they all reached (an in-memory copy of the study holds those values)."""
+def rung_study(study: optuna.Study) -> tuple[optuna.Study, int, int] | None:
+    """An in-memory copy of `study` whose trials are its complete and pruned ones, each
+    valued at the deepest epoch they all reached: (copy, epoch, trials), or None while
+    no trial has reported a value."""
     names = {n for t in study.get_trials(deepcopy=False) for n in t.params}
     trials = [t for t in study.get_trials(deepcopy=False,
                                           states=(TrialState.COMPLETE, TrialState.PRUNED))
               if t.intermediate_values and _searched(t, names)]
     epoch = deepest_common_epoch(trials)
     if epoch is None:
-        return Importances("all trials", {}, 0, "no trial has reported a value yet")
+        return None
     copy = optuna.create_study(direction=study.direction)
     copy.add_trials([
         optuna.trial.create_trial(params=t.params, distributions=t.distributions,
                                   value=t.intermediate_values[epoch])
         for t in trials if epoch in t.intermediate_values
     ])
-    result = _evaluate(copy, f"complete and pruned trials, value at epoch {epoch}", len(trials))
-    result.title = f"complete and pruned trials, value at epoch {epoch}"
-    return result
+    return copy, epoch, len(trials)
+
+
+def rung_importances(study: optuna.Study) -> Importances:
+    """Importances over complete and pruned trials, by their value at the deepest epoch
+    they all reached (`rung_study`)."""
+    found = rung_study(study)
+    if found is None:
+        return Importances("all trials", {}, 0, "no trial has reported a value yet")
+    copy, epoch, count = found
+    return _evaluate(copy, f"complete and pruned trials, value at epoch {epoch}", count)
+
+
+def plot_source(study: optuna.Study) -> tuple[optuna.Study, str] | None:
+    """What the importance plot is drawn from, and in words: the study's complete trials
+    when it has 2 or more, else every complete and pruned trial at the deepest epoch they
+    all reached (`rung_study`); None when neither has 2 trials."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) >= 2:
+        return study, f"{len(complete)} complete trials, final value"
+    found = rung_study(study)
+    if found is None or found[2] < 2:
+        return None
+    copy, epoch, count = found
+    return copy, (f"{count} complete and pruned trials, value at epoch {epoch} (the deepest "
+                  f"epoch all reached; fewer than 2 trials completed)")
 
 
 def all_importances(study: optuna.Study) -> list[Importances]:

@@ -45,6 +45,13 @@ def scratch_dir(checkpoints_dir: str, study_name: str, number: int) -> Path:
     return Path(checkpoints_dir) / SCRATCH_DIR / trial_run_name(study_name, number)
 
 
+def data_key(config: RunConfig) -> str:
+    """What decides a run's `PreparedData`: runs with equal keys can share it."""
+    m = config.model
+    return repr((config_to_dict(config)["data"], config.seed, m.image_size, m.vocab_size,
+                 m.context_length))
+
+
 def _failure_reason(err: BaseException) -> str | None:
     """Why a trial failed, for the errors a search can run into; None for bugs."""
     if isinstance(err, TrainingDiverged):
@@ -115,9 +122,7 @@ class Objective:
 
     def _data_for(self, config: RunConfig) -> PreparedData | None:
         """The loaded data if `config` needs the same (else None: the trial loads its own)."""
-        m = config.model
-        key = repr((config_to_dict(config)["data"], config.seed, m.image_size,
-                    m.vocab_size, m.context_length))
+        key = data_key(config)
         if key != self._data_key:
             self._data, self._data_key = None, key
         return self._data

@@ -23,6 +23,8 @@ import optuna.visualization as vis  # noqa: E402
 import optuna.visualization.matplotlib as vis_mpl  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from cliptune.hpo.importances import plot_source  # noqa: E402
+
 STATE_STYLE = {  # (colour, legend label) of the curves of each trial state
     TrialState.COMPLETE: ("#1f77b4", "complete"),
     TrialState.PRUNED: ("#b0b0b0", "pruned"),
@@ -41,6 +43,8 @@ class Plot:
     png: Callable | None = None  # (study, evaluator, metric) -> matplotlib Figure or Axes
     needs_complete: int = 1  # complete trials needed before it means anything
     needs_params: int = 1  # distinct parameters needed
+    # study -> (the study to draw, what it is in words) or None (nothing to draw yet)
+    source: Callable | None = None
 
 
 def _curves(study: optuna.Study):
@@ -96,10 +100,10 @@ PLOTS = (
          lambda s, e, m: vis.plot_optimization_history(s, target_name=m).update_xaxes(
              title_text="trial"),
          _history_png),
-    Plot("param_importances", "Parameter importances (complete trials)",
+    Plot("param_importances", "Parameter importances",
          lambda s, e, m: vis.plot_param_importances(s, evaluator=e, target_name=m),
          lambda s, e, m: vis_mpl.plot_param_importances(s, evaluator=e, target_name=m),
-         needs_complete=2),
+         needs_complete=0, source=plot_source),
     Plot("intermediate_values", "Learning curves (pruned trials stop early)",
          learning_curves_html, learning_curves_png, needs_complete=0),
     Plot("parallel_coordinate", "Parallel coordinate",
@@ -131,10 +135,11 @@ def _skip_reason(plot: Plot, study: optuna.Study) -> str | None:
     return None
 
 
-def _draw(plot: Plot, study: optuna.Study, folder: Path, evaluator, metric: str) -> list[str]:
+def _draw(plot: Plot, study: optuna.Study, folder: Path, evaluator, metric: str,
+          title: str) -> list[str]:
     files = [f"{plot.name}.html"]
     figure = plot.html(study, evaluator, metric)
-    figure.update_layout(title=f"{plot.title}: {metric}")
+    figure.update_layout(title=f"{title}: {metric}")
     # plotly.js goes once into the folder (plotly.min.js), not into every page
     _replace_atomically(
         lambda p, f=figure: f.write_html(p, include_plotlyjs="directory"), folder / files[0]
@@ -167,12 +172,20 @@ def write_plots(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental-API and too-few-trials notices
         for plot in PLOTS:
-            reason = _skip_reason(plot, study)
+            drawn, title, reason = study, plot.title, None
+            if plot.source is not None:
+                found = plot.source(study)
+                if found is None:
+                    reason = "needs at least 2 trials that reported a value"
+                else:
+                    drawn, what = found
+                    title = f"{plot.title} ({what})"
+            reason = reason or _skip_reason(plot, drawn)
             if reason is not None:
                 written[plot.name] = reason
                 continue
             try:
-                written[plot.name] = _draw(plot, study, folder, evaluator, metric)
+                written[plot.name] = _draw(plot, drawn, folder, evaluator, metric, title)
             except Exception as err:  # noqa: BLE001 - a plot must never stop a study
                 print(f"warning: plot {plot.name} not drawn: {type(err).__name__}: {err}",
                       file=sys.stderr, flush=True)

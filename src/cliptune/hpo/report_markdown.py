@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +70,22 @@ def retrain_section(retrain: dict) -> list[str]:
            "mean ± standard deviation over the seeds (recalls in %).", "",
            *table(["config", "trial", "seeds", "test rsum", "i2t R@1", "t2i R@1", "test loss"],
                   rows)]
-    if "difference" in retrain:
+    comparison = retrain.get("comparison")
+    if comparison is not None:
+        best, base = configs["best"]["runs"], configs["base"]["runs"]
+        out += ["", "Test rsum per seed (paired: the same seed, data order and split):", "",
+                *table(["seed", "best", "base", "best - base", "minutes (best / base)"],
+                       [[str(b["seed"]), f"{b['test']['rsum']:.1f}", f"{a['test']['rsum']:.1f}",
+                         f"{d:+.1f}", f"{b['wall_time_s'] / 60:.1f} / {a['wall_time_s'] / 60:.1f}"]
+                        for b, a, d in zip(best, base, comparison["differences"], strict=True)])]
+        interval = comparison["interval_95"]
+        shown = (f"[{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval
+                 else "none (one seed)")
+        out += ["", f"Paired difference (best - base): {comparison['mean_difference']:+.1f} "
+                    f"rsum, 95% t-interval {shown}; pooled std {comparison['pooled_std']:.1f}. "
+                    "Rule: better (worse) when the interval excludes 0 on that side and the "
+                    "difference exceeds twice the pooled std; otherwise within the noise."]
+    if "verdict" in retrain:
         out += ["", f"**{retrain['verdict']}**"]
     return out
 
@@ -102,13 +118,15 @@ def _baseline_lines(baseline: FrozenTrial | None, best: FrozenTrial | None, metr
             f"{baseline.state.name.lower()}."]
 
 
-def _plot_lines(plots: dict[str, list[str] | str]) -> list[str]:
+def _plot_lines(study: optuna.Study, plots: dict[str, list[str] | str]) -> list[str]:
     out = []
     for plot in PLOTS:
         files = plots.get(plot.name)
         if isinstance(files, list):
             links = ", ".join(f"[{Path(f).suffix[1:]}]({PLOTS_DIR}/{f})" for f in files)
-            out.append(f"- {plot.title}: {links}")
+            found = plot.source(study) if plot.source is not None else None
+            what = f" (from {found[1]})" if found is not None else ""
+            out.append(f"- {plot.title}{what}: {links}")
             if len(files) > 1:
                 out.append(f"\n  ![{plot.title}]({PLOTS_DIR}/{files[1]})")
         elif isinstance(files, str):
@@ -130,6 +148,11 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
             f"{ctx.budget} epochs per trial" + (f"; {settings}" if settings else "") + "."]
     if ctx.fidelity:
         out += ["", f"Fidelity: trials run {ctx.fidelity}."]
+    check = ctx.out_dir / "fidelity_check.json"
+    if check.is_file():
+        final = json.loads(check.read_text(encoding="utf-8"))["agreement"].get("final")
+        rho = f": Spearman {final['spearman']:.2f} between trial and full fidelity" if final else ""
+        out += ["", f"Fidelity check{rho} ([fidelity_check.md](fidelity_check.md))."]
     out += [f"\nNote: {note}" for note in ctx.notes]
     out += [
         "", "## Summary", "",
@@ -179,7 +202,7 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
           *(fmt(t.params.get(n, "")) for n in names)] for t in complete],
     ) if complete else ["No complete trials yet."]
     out += importance_section(importances)
-    out += ["", "## Plots", "", *_plot_lines(plots)]
+    out += ["", "## Plots", "", *_plot_lines(study, plots)]
     seeds_cmd = f"python src/optimize.py --study-name {ctx.study_name} --trials 0 --retrain-best"
     out += [
         "", "## Next steps", "", "```",

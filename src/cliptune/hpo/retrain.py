@@ -3,8 +3,8 @@
 Both train at the target's full fidelity (all its data, its epochs) and are scored
 on the standard test split, which the study never saw. Seeds change the
 initialisation, data order and augmentation; with `data.split_seed` the split stays
-the same. Results: mean ± std per configuration, the difference of the means, and
-whether that difference is larger than the spread.
+the same. Results: mean ± std per configuration, the paired difference (best - base,
+seed by seed) with a 95% t-interval, and a verdict in words (`compare`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import statistics
 import time
 
 import optuna
+from scipy import stats
 
 from cliptune.config import RunConfig
 from cliptune.errors import CliptuneError
@@ -55,13 +56,56 @@ def _summary(runs: list[dict]) -> tuple[dict, dict]:
     return means, stds
 
 
-def verdict(difference: float, spread: float, metric: str = "rsum") -> str:
-    """Plain words: is the best config's lead larger than the seed-to-seed spread?"""
-    side = "beats" if difference > 0 else "trails"
-    size = "larger" if abs(difference) > spread else "not larger"
-    return (f"The best config {side} the base config by {abs(difference):.1f} test {metric} "
-            f"(mean of the seeds); that is {size} than the spread "
-            f"(the larger standard deviation, {spread:.1f}).")
+def compare(best: list[float], base: list[float], metric: str = "rsum",
+            higher_is_better: bool = True) -> dict:
+    """Best vs base over paired seeds: the per-seed differences (best - base), their mean
+    with a 95% t-interval, the pooled std of the two configurations, and a verdict.
+
+    The rule: "better" when the interval lies above 0 (below, for a metric where lower
+    is better) AND the mean difference exceeds twice the pooled standard deviation
+    sqrt((s_best^2 + s_base^2) / 2); "worse" by the same rule the other way; otherwise
+    "within the noise". One seed gives no interval: always "within the noise".
+    """
+    if len(best) != len(base) or not best:
+        raise ValueError("compare needs the same number (>= 1) of best and base values")
+    diffs = [a - b for a, b in zip(best, base, strict=True)]
+    n, mean = len(diffs), statistics.fmean(diffs)
+    pooled = ((statistics.variance(best) + statistics.variance(base)) / 2) ** 0.5 if n > 1 else 0.0
+    interval = None
+    if n > 1:
+        half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / n ** 0.5
+        interval = (mean - half, mean + half)
+    gain = mean if higher_is_better else -mean
+    word = "within the noise"
+    if interval is not None and abs(mean) > 2 * pooled:
+        low, high = interval if higher_is_better else (-interval[1], -interval[0])
+        word = "better" if low > 0 and gain > 0 else "worse" if high < 0 and gain < 0 else word
+    if interval is None:
+        reason = "one seed gives no interval; retrain with --seeds 3 or more"
+    else:
+        reason = (f"paired difference {mean:+.2f}, 95% interval [{interval[0]:+.2f}, "
+                  f"{interval[1]:+.2f}] over {n} seeds; twice the pooled std is {2 * pooled:.2f}")
+    relation = {"better": "better than", "worse": "worse than"}.get(word, "within the noise of")
+    sentence = (f"The best config is {relation} the base config at full fidelity on test "
+                f"{metric} ({reason}).")
+    return {"metric": metric, "differences": diffs, "mean_difference": mean,
+            "std_difference": statistics.stdev(diffs) if n > 1 else 0.0,
+            "interval_95": list(interval) if interval else None, "pooled_std": pooled,
+            "verdict_word": word, "verdict": sentence}
+
+
+def comparison_lines(payload: dict) -> list[str]:
+    """The retraining as console lines: per seed, mean ± std, the verdict."""
+    best, base = payload["configs"]["best"], payload["configs"]["base"]
+    key = payload["comparison"]["metric"]
+    lines = [f"retrained at full fidelity, test {key} (best vs base):"]
+    for b, a, diff in zip(best["runs"], base["runs"], payload["comparison"]["differences"],
+                          strict=True):
+        lines.append(f"  seed {b['seed']}: {b['test'][key]:.2f} vs {a['test'][key]:.2f} "
+                     f"({diff:+.2f})")
+    lines.append(f"  mean ± std: {best['test_mean'][key]:.2f} ± {best['test_std'][key]:.2f} vs "
+                 f"{base['test_mean'][key]:.2f} ± {base['test_std'][key]:.2f}")
+    return lines + [payload["verdict"]]
 
 
 def retrain_study(study: optuna.Study, ctx: ReportContext, plan: StudyPlan, space: SearchSpace,
@@ -99,9 +143,9 @@ def retrain_study(study: optuna.Study, ctx: ReportContext, plan: StudyPlan, spac
     best_c, base_c = payload["configs"]["best"], payload["configs"]["base"]
     payload["difference"] = {k: best_c["test_mean"][k] - base_c["test_mean"][k]
                              for k in best_c["test_mean"] if k in base_c["test_mean"]}
-    spread = max(best_c["test_std"].get("rsum", 0.0), base_c["test_std"].get("rsum", 0.0))
-    payload["spread_rsum"] = spread
-    payload["verdict"] = verdict(payload["difference"]["rsum"], spread)
+    payload["comparison"] = compare([r["test"]["rsum"] for r in best_c["runs"]],
+                                    [r["test"]["rsum"] for r in base_c["runs"]])
+    payload["verdict"] = payload["comparison"]["verdict"]
     payload["test"] = best_c["test_mean"]  # the best config's mean test metrics
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(ctx.out_dir / RETRAIN_FILE, json.dumps(payload, indent=2) + "\n")

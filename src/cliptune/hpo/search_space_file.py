@@ -162,6 +162,20 @@ def search_space_from_dict(data: Any, source: str = "<search space>") -> SearchS
     return SearchSpace(parameters, source)
 
 
+def space_to_dict(space: SearchSpace) -> dict[str, Any]:
+    """The `{parameters: {...}}` mapping `search_space_from_dict` reads back (what a
+    study records, so a driver that joins it needs no search space file)."""
+    entries: dict[str, Any] = {}
+    for p in space.parameters:
+        entry: dict[str, Any] = {"type": p.kind, "target": list(p.targets)}
+        if p.kind == "categorical":
+            entry["choices"] = list(p.choices)
+        else:
+            entry.update(low=p.low, high=p.high, log=p.log, step=p.step)
+        entries[p.name] = entry
+    return {"parameters": entries}
+
+
 def load_search_space(path: str | Path) -> SearchSpace:
     """Read a search space YAML file; every error names the file and the entry."""
     data = read_yaml(path, "--search-space: file not found")

@@ -31,6 +31,11 @@ class StudySettings:
     show_progress: bool = True
     plot_interval_s: float = PLOT_INTERVAL_S
     heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    seed: int | None = None  # this driver's sampler seed (None: the target's seed)
+    # What the command line set of the study's definition: "metric", "search_space",
+    # "target" / "fidelity" (a whole file) or "target.<key>" / "fidelity.<key>" (a flag).
+    # A driver joining a study takes the rest from the study; None: everything is set.
+    given: frozenset[str] | None = None
 
     def check(self) -> None:
         """Raise `ConfigError` naming the flag for an impossible value."""

@@ -24,6 +24,7 @@ METRICS = {"val_loss": "minimize", "rsum": "maximize"}
 # one judging trials after 1 and 5 epochs, one after 5 (docs/BENCHMARKS.md has the
 # measured saving).
 REDUCTION_FACTOR = 5
+MEDIAN_WARMUP_EPOCHS = 1  # Optuna: the earliest prune is at step == n_warmup_steps
 HEARTBEAT_INTERVAL_S = 60
 HEARTBEAT_GRACE_S = 180
 STORAGE_ATTEMPTS = 6
@@ -71,7 +72,8 @@ def make_pruner(name: str, epochs: int, patience: int | None = None) -> optuna.p
             min_resource=1, max_resource=epochs, reduction_factor=REDUCTION_FACTOR
         )
     elif name == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=5,
+                                             n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
     elif name == "sha":
         pruner = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=1, reduction_factor=REDUCTION_FACTOR
@@ -87,6 +89,24 @@ def make_pruner(name: str, epochs: int, patience: int | None = None) -> optuna.p
             warnings.simplefilter("ignore", ExperimentalWarning)
             return optuna.pruners.PatientPruner(pruner, patience=patience)
     return pruner or optuna.pruners.NopPruner()
+
+
+def pruner_rungs(name: str, epochs: int) -> list[int]:
+    """The epochs at which `make_pruner(name, epochs)` compares trials (before the last).
+
+    hyperband and sha: successive-halving rungs at 1, 5, 25, ... (min resource 1 times
+    powers of the reduction factor; Hyperband's brackets start at later powers, so they
+    add no other epochs); median: every epoch from its warm-up on; none: no rung.
+    """
+    if name in ("hyperband", "sha"):
+        rungs, step = [], 1
+        while step < epochs:
+            rungs.append(step)
+            step *= REDUCTION_FACTOR
+        return rungs
+    if name == "median":
+        return list(range(MEDIAN_WARMUP_EPOCHS, epochs))
+    return []
 
 
 def default_journal_path(results_dir: str | Path, study_name: str) -> Path:
