@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
 
 from cliptune.checkpoint import load_model
 from cliptune.data import normalize_images
-from cliptune.data.loader import CLIP_STD
+from cliptune.data.preprocess import CLIP_STD
 from cliptune.export import export_checkpoint
 from cliptune.export.hf import hf_end_token_id
 from cliptune.retrieval import load_image
@@ -94,7 +94,7 @@ def test_hf_processor_reproduces_our_preprocessing(hf_export, tmp_path):
     processor = CLIPProcessor.from_pretrained(folder)
     model = load_hf(folder)
     one_level = 1 / 255 / min(CLIP_STD) + 1e-6  # one uint8 step after normalisation
-    for side in (32, 64, 100):  # square images: our pixels, up to rounding when resized
+    for side in (32, 64, 100):  # our pixels, up to rounding when resized (test_preprocess: JPEGs)
         path = tmp_path / f"square{side}.png"
         smooth_image(side, side, seed=side).save(path)
         inputs = processor(images=smooth_image(side, side, seed=side), text=["a red circle"],
@@ -107,7 +107,7 @@ def test_hf_processor_reproduces_our_preprocessing(hf_export, tmp_path):
                 image = F.normalize(model.get_image_features(
                     pixel_values=inputs["pixel_values"]).pooler_output, dim=-1)
             torch.testing.assert_close(image, loaded.model.encode_image(ours), atol=ATOL, rtol=0)
-    # other shapes: the same central crop, resampled a little differently (resize-then-crop)
+    # other shapes: the same central crop (not the left square)
     wide = tmp_path / "wide.png"
     smooth_image(96, 64, seed=3).save(wide)
     pixels = processor(images=smooth_image(96, 64, seed=3), return_tensors="pt")["pixel_values"]

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from cliptune.checkpoint import LoadedModel
 from cliptune.data import normalize_images
-from cliptune.data.image_cache import decode_image
+from cliptune.data.preprocess import DECODE_ERRORS, decode_image
 from cliptune.errors import CliptuneError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -41,17 +40,14 @@ class Match:
 
 
 def load_image(path: str | Path, image_size: int) -> Tensor:
-    """Read an image as uint8 (3, S, S), resized exactly as the data pipeline's cache does
-    (shorter side to S, centre crop)."""
+    """Read an image as uint8 (3, S, S) with the data pipeline's recipe
+    (`cliptune.data.preprocess`: shorter side to S, centre crop)."""
     path = Path(path)
     if not path.is_file():
         raise CliptuneError(f"image not found: {path}")
     try:
         pixels = decode_image(path, image_size)
-    # PIL reports an unreadable file as OSError, ValueError or SyntaxError; decode_image
-    # turns an image over PIL's pixel limit into a DecompressionBomb error or warning
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:
+    except DECODE_ERRORS as err:
         raise CliptuneError(f"{path} is not a readable image ({err})") from None
     return torch.from_numpy(np.array(pixels, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 

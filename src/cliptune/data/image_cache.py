@@ -19,9 +19,8 @@ host) wait for the one build and then read its file, so a machine builds a cache
 and holds at most one temporary copy. Decoding is spread over a process pool (one process
 per core), hashing over threads (hashlib releases the GIL).
 
-Resize: shorter side to `size` (bicubic, antialiased), then the central square. JPEGs
-are decoded at the smallest DCT scale that still covers `size` (PIL's draft mode),
-which makes downscaling several times faster.
+Pixels: `cliptune.data.preprocess.decode_image`, the one recipe that the shard decoder,
+`retrieve.py` and the exports share.
 
 Unreadable images (corrupt, truncated, over PIL's decompression-bomb pixel limit) are
 left as zeros, marked bad, and reported with a warning that counts them.
@@ -32,11 +31,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,13 +41,12 @@ from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
-from PIL import Image
 
 from cliptune.data.issues import warn_skipped
+from cliptune.data.preprocess import DECODE_ERRORS, RESIZE_METHOD, decode_error, decode_image
 from cliptune.errors import DataError
 
-CACHE_FORMAT = 1
-RESIZE_METHOD = "shorter-side-bicubic-center-crop"
+CACHE_FORMAT = 2  # 2: full-size decode (no JPEG draft mode), the recipe of data/preprocess.py
 SERIAL_BELOW = 64  # images; a process pool costs more than it saves below this
 
 
@@ -79,30 +75,11 @@ def file_digest(path: Path) -> str:
         return "missing"
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """The image at `path` as uint8 (size, size, 3): shorter side to `size`, center crop."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            width, height = image.size
-            scale = size / min(width, height)
-            if image.format == "JPEG" and scale < 1:
-                image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-            image = image.convert("RGB")
-            width, height = image.size  # draft mode may have shrunk it
-            side = min(width, height)
-            left, top = (width - side) / 2, (height - side) / 2
-            box = (left, top, left + side, top + side)
-            return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box))
-
-
 def _read_error(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
     try:
         return decode_image(path, size), None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        return None, f"too large ({err})"
-    except (OSError, ValueError, SyntaxError) as err:  # PIL's ways of saying "corrupt"
-        return None, f"unreadable ({type(err).__name__}: {err})"
+    except DECODE_ERRORS as err:
+        return None, decode_error(err)
 
 
 def _decode_chunk(target: Path, rows: list[int], paths: list[Path], size: int) -> dict[int, str]:

@@ -25,10 +25,9 @@ from cliptune.data.augment import CROP_SCALE, draw_augmentation
 from cliptune.data.host_memory import empty_batch
 from cliptune.data.image_rows import read_images
 from cliptune.data.prepared import Split
+from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD
 from cliptune.errors import DataError
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_AUTO_WORKERS = 4
 
 

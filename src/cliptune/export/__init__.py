@@ -54,6 +54,15 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
                             "--force only replaces earlier exports: choose another folder")
 
 
+def _readable_files(folder: Path) -> None:
+    """Give every file in `folder` the mode a plain `open()` would (0666 less the umask):
+    safetensors writes its files 0600, unlike the JSON and text files next to them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
+
+
 def export_checkpoint(
     checkpoint: str | Path, fmt: str, out_dir: str | Path, *, overwrite: bool = False
 ) -> ExportResult:
@@ -81,6 +90,7 @@ def export_checkpoint(
         (partial / "cliptune_config.yaml").write_text(dump_config(loaded.config), encoding="utf-8")
         marker = {"format": fmt, "checkpoint": str(source), "epoch": loaded.checkpoint.get("epoch")}
         (partial / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _readable_files(partial)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(partial, out_dir)

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from cliptune.checkpoint import LoadedModel
 from cliptune.config import ModelConfig
-from cliptune.data.loader import CLIP_MEAN, CLIP_STD
+from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD
 from cliptune.errors import CheckpointError
 from cliptune.export.tokenizer_files import swap_token_ids, write_tokenizer_files
 from cliptune.tokenizer import Tokenizer
@@ -134,8 +134,9 @@ def hf_config(config: ModelConfig, end_id: int) -> dict:
 
 
 def image_processor_config(config: ModelConfig) -> dict:
-    """CLIPImageProcessor settings that match our preprocessing: shorter side to
-    `image_size` (bicubic), centre crop, scale to [0, 1], CLIP mean/std."""
+    """CLIPImageProcessor settings for `cliptune.data.preprocess`'s recipe: shorter side to
+    `image_size` (bicubic), centre crop, scale to [0, 1], CLIP mean/std. Within one level
+    of our pixels, except that it centres the crop by flooring (see that module)."""
     size = config.image_size
     return {
         "image_processor_type": "CLIPImageProcessor",

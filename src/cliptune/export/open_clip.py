@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from cliptune.checkpoint import LoadedModel
 from cliptune.config import ModelConfig
-from cliptune.data.loader import CLIP_MEAN, CLIP_STD
+from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD, INTERPOLATION
 from cliptune.export.tokenizer_files import write_tokenizer_files
 from cliptune.tokenizer import Tokenizer
 
@@ -83,14 +83,14 @@ def open_clip_model_config(config: ModelConfig) -> dict:
 
 
 def preprocess_config(config: ModelConfig) -> dict:
-    """OpenCLIP's `preprocess_cfg`: shorter side to `image_size` (bicubic), centre crop,
-    CLIP mean/std."""
+    """OpenCLIP's `preprocess_cfg` for `cliptune.data.preprocess`'s recipe: OpenCLIP builds
+    torchvision's Resize (bicubic, shorter side) + CenterCrop from it, the same pixels."""
     return {
         "size": config.image_size,
         "mode": "RGB",
         "mean": list(CLIP_MEAN),
         "std": list(CLIP_STD),
-        "interpolation": "bicubic",
+        "interpolation": INTERPOLATION,
         "resize_mode": "shortest",
     }
 

@@ -1,0 +1,81 @@
+"""THE definition of a model's input pixels: one recipe for every path an image takes.
+
+The image cache, the webdataset shard decoder, `retrieve.py` and both exports (OpenCLIP's
+`preprocess_cfg`, Hugging Face's `CLIPImageProcessor`) all mean this:
+
+1. decode the whole image (no reduced-size JPEG decode, see below) and convert to RGB;
+2. resize it so its shorter side is `size`, the longer side `int(size * long / short)`,
+   with PIL's bicubic filter (antialiased when downscaling);
+3. crop the central `size` x `size` square, offset `round((side - size) / 2)` (Python's
+   rounding, half to even);
+4. as float: `(pixel / 255 - CLIP_MEAN) / CLIP_STD` (`loader.normalize_images`, on the device).
+
+Steps 2-3 are torchvision's `Resize(size, BICUBIC)` + `CenterCrop(size)` on a PIL image,
+which is what OpenCLIP builds from the exported `preprocess_cfg`: the same pixels,
+exactly. transformers' `CLIPImageProcessor` resizes the same way (torchvision on
+tensors: within one level of PIL) but centres its crop with `floor((side - size) / 2)`:
+where `side - size` is odd and its floored half odd, its crop sits one resized pixel
+earlier along the long side (docs/USING_ELSEWHERE.md).
+
+PIL's JPEG draft mode (decoding at 1/2, 1/4 or 1/8 scale in the DCT) is not used: on
+photo-like JPEGs it moved pixels by up to 27 levels at 64 px even when the draft kept 4x
+the target size, and for Flickr30k's ~500x375 images at 128 px or more it could not
+shrink the decode anyway (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+INTERPOLATION = "bicubic"
+# Part of the image cache key: changing the recipe must change this name.
+RESIZE_METHOD = "pil-bicubic-shorter-side-then-center-crop-round"
+
+# What PIL raises for a file it cannot decode (corrupt, truncated, not an image), plus the
+# decompression-bomb guard (over PIL's pixel limit), which `decode_image` turns into an error.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+                 Image.DecompressionBombWarning)
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) after resizing the shorter side to `size` (torchvision's rule)."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def preprocess_pil(image: Image.Image, size: int) -> np.ndarray:
+    """A decoded PIL image -> uint8 (size, size, 3): steps 1-3 of the module docstring."""
+    image = image.convert("RGB")
+    width, height = resized_size(*image.size, size)
+    if (width, height) != image.size:
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = int(round((width - size) / 2)), int(round((height - size) / 2))
+    return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def decode_image(source: str | Path | bytes | BinaryIO, size: int) -> np.ndarray:
+    """The image file at `source` (a path, encoded bytes or a binary file) as uint8
+    (size, size, 3). Raises one of `DECODE_ERRORS` when it cannot be read (an image over
+    PIL's pixel limit raises rather than warns)."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(source) as image:
+            return preprocess_pil(image, size)
+
+
+def decode_error(err: BaseException) -> str:
+    """A short reason for one of `DECODE_ERRORS`, for the skipped-images report."""
+    if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"too large ({err})"
+    return f"unreadable ({type(err).__name__}: {err})"
