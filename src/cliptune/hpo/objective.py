@@ -89,6 +89,11 @@ class Objective:
         self._data_for(self.base)
         self._data = Trainer(self.base, show_progress=not quiet, resume=None).prepare_data()
 
+    @property
+    def data(self) -> PreparedData | None:
+        """The dataset the trials share (None until loaded)."""
+        return self._data
+
     def _data_for(self, config: RunConfig) -> PreparedData | None:
         """The loaded data if `config` needs the same (else None: the trial loads its own)."""
         m = config.model
