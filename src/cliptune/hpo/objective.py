@@ -120,6 +120,11 @@ class Objective:
         self._data = data if data is not None else prepare_trial_data(self.base, quiet=quiet)
         return self._data
 
+    @property
+    def data(self) -> PreparedData | None:
+        """The dataset the trials share (None until loaded)."""
+        return self._data
+
     def _data_for(self, config: RunConfig) -> PreparedData | None:
         """The loaded data if `config` needs the same (else None: the trial loads its own)."""
         key = data_key(config)

@@ -1,0 +1,632 @@
+"""Optuna study designs compared at equal compute (issue 16): anytime curves, speed-up over
+random search, paired wins, and the full-fidelity test R-sum of each design's winner.
+
+    python bench/bench_search.py --out bench-search --quick                  # <= 10 min here
+    python bench/bench_search.py --out bench-search --seeds 5 \\
+        --designs shipped,random,tpe,random-median,tpe-sha-min2 --retrain-seeds 3
+
+A design = sampler + pruner + fidelity (per-trial epoch budget, training subset). Every
+(design, seed) study runs in this process with in-memory storage through the package's
+own pieces (`make_sampler`, `make_pruner`, `Objective`, the search space file, the
+baseline trial first, as `optimize.py` does) and stops adding trials once its training
+compute reaches the budget. Compute is training FLOPs: `training_flops_per_sample` of the
+trial's model (forward x 3) times the image-text pairs it trained on (epochs run x
+pairs per epoch), pruned and failed trials included; wall time is recorded beside it.
+The study seed s seeds the sampler and the trials' runs (init, data order,
+augmentation); the split stays the target's (`data.split_seed`).
+
+The anytime curve of a study is the best validation loss of its COMPLETE trials (what
+the study would return if stopped there) against cumulative compute. A design's final
+best is its curve at the budget; "compute to reach" is where its curve first reaches
+random search's final best of the same seed; the speed-up is random search's median
+compute to reach its own final best over the design's median.
+
+Every stage is a file under --out: `studies/<design>_seed<s>.json` and
+`retrain/<params-hash>_seed<k>.json`; a second invocation reuses them and trains nothing.
+Results: search_benchmark.{json,md}, anytime.html (plotly, offline) and anytime.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from cliptune.config import RunConfig, config_from_dict  # noqa: E402
+from cliptune.data import TrainLoader  # noqa: E402
+from cliptune.errors import ConfigError  # noqa: E402
+from cliptune.hpo.baseline import base_params, enqueue_baseline  # noqa: E402
+from cliptune.hpo.driver import prepare_base  # noqa: E402
+from cliptune.hpo.fidelity import StudyPlan, load_plan  # noqa: E402
+from cliptune.hpo.objective import Objective, ObjectiveSettings  # noqa: E402
+from cliptune.hpo.search_space import SearchSpace  # noqa: E402
+from cliptune.hpo.search_space_file import load_search_space  # noqa: E402
+from cliptune.hpo.study import make_pruner, make_sampler, open_study  # noqa: E402
+from cliptune.hpo.workers import run_trials  # noqa: E402
+from cliptune.model.flops import training_flops_per_sample  # noqa: E402
+from cliptune.trainer import Trainer  # noqa: E402
+
+METRIC = "val_loss"  # the shipped objective (minimised)
+RETRAIN_KEYS = ("rsum", "i2t_r1", "t2i_r1", "loss")
+MAX_IDLE_TRIALS = 10  # trials in a row that trained nothing before a study gives up
+
+
+# ---------------------------------------------------------------------------- designs
+
+@dataclass(frozen=True)
+class Design:
+    """Sampler + pruner + fidelity. `pruner(epochs)` builds the pruner for the trials'
+    epoch budget; `epochs` / `max_samples` None: the study file's (or the flags')."""
+
+    name: str
+    description: str
+    sampler: Callable[[int], optuna.samplers.BaseSampler]  # seed -> sampler
+    pruner: Callable[[int], optuna.pruners.BasePruner]  # epochs -> pruner
+    epochs: int | None = None
+    max_samples: int | None = None
+
+
+def _tpe(startup: int) -> Callable[[int], optuna.samplers.BaseSampler]:
+    """TPE as `make_sampler("tpe")` builds it, with another number of start-up trials."""
+    return lambda seed: optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup)
+
+
+def _sampler(name: str) -> Callable[[int], optuna.samplers.BaseSampler]:
+    return lambda seed: make_sampler(name, seed)
+
+
+def _pruner(name: str) -> Callable[[int], optuna.pruners.BasePruner]:
+    return lambda epochs: make_pruner(name, epochs)
+
+
+def _hyperband(min_resource: int, factor: int) -> Callable[[int], optuna.pruners.BasePruner]:
+    return lambda epochs: optuna.pruners.HyperbandPruner(
+        min_resource=min_resource, max_resource=epochs, reduction_factor=factor)
+
+
+def _sha(min_resource: int, factor: int) -> Callable[[int], optuna.pruners.BasePruner]:
+    return lambda epochs: optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=min_resource, reduction_factor=factor)
+
+
+def _median_pruner(warmup: int, startup: int = 5) -> Callable[[int], optuna.pruners.BasePruner]:
+    return lambda epochs: optuna.pruners.MedianPruner(
+        n_startup_trials=startup, n_warmup_steps=warmup)
+
+
+DESIGNS = {d.name: d for d in (
+    Design("shipped", "TPE + Hyperband (min 1, factor 5): optimize.py's defaults",
+           _sampler("tpe"), _pruner("hyperband")),
+    Design("random", "random search, no pruning", _sampler("random"), _pruner("none")),
+    Design("tpe", "TPE, no pruning", _sampler("tpe"), _pruner("none")),
+    Design("random-median", "random + median pruner (5 start-up trials, warm-up 1 epoch)",
+           _sampler("random"), _pruner("median")),
+    Design("tpe-median-w2", "TPE + median pruner (5 start-up trials, warm-up 2 epochs)",
+           _sampler("tpe"), _median_pruner(warmup=2)),
+    Design("tpe-sha-min2", "TPE + successive halving (min 2 epochs, factor 3)",
+           _sampler("tpe"), _sha(2, 3)),
+    Design("tpe-hb-r3", "TPE + Hyperband (min 1, factor 3)", _sampler("tpe"), _hyperband(1, 3)),
+    Design("tpe5-hb", "TPE with 5 start-up trials + Hyperband (min 1, factor 5)",
+           _tpe(5), _pruner("hyperband")),
+    Design("gp", "GPSampler, no pruning", _sampler("gp"), _pruner("none")),
+)}
+
+
+# ---------------------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class Bench:
+    """What every study of this run shares."""
+
+    plan: StudyPlan
+    space: SearchSpace
+    budget_flops: float  # training FLOPs per study
+    epochs: int  # default per-trial budget
+    max_samples: int | None
+    max_eval_samples: int | None
+    retrain_epochs: int | None  # None: the target's (full fidelity)
+    retrain_max_samples: int | None  # None: the target's (all its data)
+
+    def trial_base(self, design: Design, seed: int) -> RunConfig:
+        """The config `design`'s trials start from in the study of seed `seed`."""
+        fidelity = replace(self.plan.fidelity, epochs=design.epochs or self.epochs,
+                           max_samples=design.max_samples or self.max_samples,
+                           max_eval_samples=self.max_eval_samples)
+        target = copy.deepcopy(self.plan.target)
+        target.seed = seed
+        return prepare_base(fidelity.apply(target), self.space, METRIC)
+
+    def full_fidelity(self, params: dict, seed: int) -> RunConfig:
+        """The target with `params` (its own epochs and data unless the run reduces them)."""
+        config = self.space.apply(self.plan.target, params)
+        config.seed = seed
+        if self.retrain_epochs is not None:
+            config.train.epochs = self.retrain_epochs
+        if self.retrain_max_samples is not None:
+            config.data.max_samples = self.retrain_max_samples
+        return config
+
+
+def pairs_per_epoch(config: RunConfig, data) -> int:
+    """Image-caption pairs one training epoch of `config` sees (whole batches only)."""
+    batch = min(config.train.batch_size, len(data.train))
+    loader = TrainLoader(data.train, batch_size=batch, seed=config.seed, epoch=1, augment=False,
+                         flip=False, all_captions=config.train.all_captions)
+    return len(loader) * batch
+
+
+def baseline_trial_flops(bench: Bench, data) -> float:
+    """Training FLOPs of the target's own config over a full-budget trial (the budget unit)."""
+    config = bench.trial_base(DESIGNS["shipped"], bench.plan.target.seed)
+    return (training_flops_per_sample(config.model) * pairs_per_epoch(config, data)
+            * bench.epochs)
+
+
+# ---------------------------------------------------------------------------- one study
+
+def trial_record(trial: optuna.trial.FrozenTrial, data) -> dict:
+    """What the benchmark keeps of a finished trial: its compute and what it reported."""
+    epochs = len(trial.intermediate_values)  # each reported epoch was trained in full
+    pairs, per_pair = 0, 0.0
+    if "config" in trial.user_attrs:  # absent when the config itself was impossible
+        config = config_from_dict(trial.user_attrs["config"])
+        pairs = epochs * pairs_per_epoch(config, data)
+        per_pair = training_flops_per_sample(config.model)
+    wall = ((trial.datetime_complete - trial.datetime_start).total_seconds()
+            if trial.datetime_complete and trial.datetime_start else 0.0)
+    return {
+        "number": trial.number, "state": trial.state.name, "params": trial.params,
+        "value": trial.value if trial.state == TrialState.COMPLETE else None,
+        "intermediate": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
+        "epochs": epochs, "pairs": pairs, "flops_per_pair": per_pair, "flops": per_pair * pairs,
+        "wall_s": wall, "baseline": bool(trial.user_attrs.get("baseline")),
+    }
+
+
+def run_study(bench: Bench, design: Design, seed: int, objective: Objective, work: Path) -> dict:
+    """Trials of `design` until their training FLOPs reach the budget; returns the record."""
+    base = objective.base
+    study, _ = open_study(optuna.storages.InMemoryStorage(), f"{design.name}-seed{seed}", METRIC,
+                          design.sampler(seed), design.pruner(base.train.epochs))
+    enqueue_baseline(study, bench.space, bench.plan.target)
+    trials, flops, start, idle = [], 0.0, time.perf_counter(), 0
+    bar = tqdm(total=100, desc=f"{design.name} seed {seed}", unit="% budget", leave=False)
+    while flops < bench.budget_flops:
+        run_trials(study, objective, 1)
+        trials.append(trial_record(study.trials[-1], objective.data))
+        flops += trials[-1]["flops"]
+        idle = idle + 1 if trials[-1]["flops"] == 0 else 0
+        if idle == MAX_IDLE_TRIALS:
+            raise ConfigError(f"design {design.name}, seed {seed}: {idle} trials in a row failed "
+                              f"before training (last: {trials[-1]['state']}); check the search "
+                              "space and the study file")
+        bar.update(min(100, round(100 * flops / bench.budget_flops)) - bar.n)
+    bar.close()
+    shutil.rmtree(work, ignore_errors=True)  # trial runs and checkpoints: not needed
+    return {"design": design.name, "seed": seed, "epochs": base.train.epochs,
+            "max_samples": base.data.max_samples, "max_eval_samples": base.data.max_eval_samples,
+            "wall_s": time.perf_counter() - start, "trials": trials}
+
+
+# ---------------------------------------------------------------------------- curves
+
+def anytime_curve(record: dict) -> list[dict]:
+    """One point per trial: cumulative FLOPs and wall seconds at its end, and the best
+    value of the complete trials so far (None before the first)."""
+    points, flops, wall, best = [], 0.0, 0.0, None
+    for trial in record["trials"]:
+        flops += trial["flops"]
+        wall += trial["wall_s"]
+        if trial["value"] is not None and (best is None or trial["value"] < best):
+            best = trial["value"]
+        points.append({"flops": flops, "wall_s": wall, "best": best, "trial": trial["number"]})
+    return points
+
+
+def value_at(curve: list[dict], flops: float) -> float | None:
+    """The curve's best value at `flops` of compute (trials finished by then)."""
+    best = None
+    for point in curve:
+        if point["flops"] > flops:
+            break
+        best = point["best"]
+    return best
+
+
+def compute_to_reach(curve: list[dict], target: float, budget: float) -> float | None:
+    """Compute at which the curve first reaches `target` within `budget`; None: never."""
+    for point in curve:
+        if point["flops"] > budget:
+            return None
+        if point["best"] is not None and point["best"] <= target:
+            return point["flops"]
+    return None
+
+
+def _median_or_inf(values: list[float | None]) -> float:
+    """Median where None (never reached) counts as infinitely large."""
+    return statistics.median(math.inf if v is None else v for v in values)
+
+
+def _spread(values: list[float]) -> dict:
+    values = sorted(values)
+    quartiles = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else \
+        [values[0]] * 3
+    return {"median": statistics.median(values), "q1": quartiles[0], "q3": quartiles[2],
+            "min": values[0], "max": values[-1]}
+
+
+def summarize(curves: dict[str, dict[int, list[dict]]], budget: float) -> dict:
+    """Per design: final best, compute to reach random search's final best, speed-up and
+    paired wins over random search (seed by seed)."""
+    random = curves["random"]
+    seeds = sorted(random)
+    random_final = {s: value_at(random[s], budget) for s in seeds}
+    random_reach = _median_or_inf([compute_to_reach(random[s], random_final[s], budget) for s in seeds])
+    summary = {}
+    for name, by_seed in curves.items():
+        final = {s: value_at(by_seed[s], budget) for s in seeds}
+        reach = {s: compute_to_reach(by_seed[s], random_final[s], budget) for s in seeds}
+        median_reach = _median_or_inf(list(reach.values()))
+        summary[name] = {
+            "final_best": {str(s): final[s] for s in seeds},
+            "final_best_spread": _spread([math.inf if v is None else v for v in final.values()]),
+            "compute_to_reach": {str(s): reach[s] for s in seeds},
+            "median_compute_to_reach": median_reach if math.isfinite(median_reach) else None,
+            "median_reach_fraction_of_budget": (median_reach / budget
+                                                if math.isfinite(median_reach) else None),
+            "speedup": random_reach / median_reach if 0 < median_reach < math.inf else None,
+            "wins": sum(final[s] is not None and random_final[s] is not None
+                        and final[s] < random_final[s] for s in seeds),
+            "ties": sum(final[s] == random_final[s] for s in seeds),
+            "seeds": len(seeds),
+        }
+    return summary
+
+
+def _grid(budget: float, smallest: float, n: int = 120) -> list[float]:
+    low = math.log10(max(smallest, budget * 1e-3))
+    return [10 ** (low + (math.log10(budget) - low) * i / (n - 1)) for i in range(n)]
+
+
+def curve_bands(curves: dict[str, dict[int, list[dict]]], budget: float) -> dict:
+    """Median and quartiles over seeds of every design's curve on a common compute grid
+    (None where fewer than half the seeds have a complete trial yet)."""
+    smallest = min(p["flops"] for by_seed in curves.values() for c in by_seed.values()
+                   for p in c if p["flops"] > 0)
+    grid = _grid(budget, smallest)
+    bands = {}
+    for name, by_seed in curves.items():
+        rows = {"median": [], "q1": [], "q3": []}
+        for x in grid:
+            values = [v for v in (value_at(c, x) for c in by_seed.values()) if v is not None]
+            ok = 2 * len(values) >= len(by_seed)
+            padded = values + [math.inf] * (len(by_seed) - len(values))
+            spread = _spread(padded) if ok else {}
+            for key in rows:
+                value = spread.get(key)
+                rows[key].append(value if value is not None and math.isfinite(value) else None)
+        bands[name] = rows
+    return {"flops": grid, "designs": bands}
+
+
+# ---------------------------------------------------------------------------- retraining
+
+def params_key(params: dict) -> str:
+    """A short, stable name for a parameter set (the retrain cache file)."""
+    return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def retrain(bench: Bench, params: dict, seed: int, work: Path) -> dict:
+    """Train `params` at full fidelity with the Trainer and score its best checkpoint on test."""
+    config = bench.full_fidelity(params, seed)
+    config.name = f"retrain/{params_key(params)}_seed{seed}"
+    config.runs_dir, config.checkpoints_dir = str(work / "runs"), str(work / "checkpoints")
+    start = time.perf_counter()
+    trainer = Trainer(config, show_progress=False, resume="auto")
+    fit = trainer.fit()
+    test = trainer.evaluate_best(("test",))["test"]
+    flops = (training_flops_per_sample(config.model) * pairs_per_epoch(config, trainer.data)
+             * fit.epochs_completed)
+    return {"params": params, "seed": seed, "epochs": config.train.epochs,
+            "max_samples": config.data.max_samples, "best_epoch": fit.best_epoch,
+            "wall_s": time.perf_counter() - start, "flops": flops,
+            "test": {k: test[k] for k in RETRAIN_KEYS if k in test}}
+
+
+def winner(records: dict[int, dict], curves: dict[int, list[dict]], budget: float) -> dict | None:
+    """The winner of the design's typical study: the study whose final best is the median
+    over seeds (the lower one for an even count), and its best complete trial by then
+    (None: that study completed no trial within the budget)."""
+    finals = sorted(records, key=lambda s: (value_at(curves[s], budget) or math.inf, s))
+    seed = finals[(len(finals) - 1) // 2]
+    best = value_at(curves[seed], budget)
+    if best is None:
+        return None
+    trial = next(t for t in records[seed]["trials"] if t["value"] == best)
+    return {"study_seed": seed, "trial": trial["number"], "value": best, "params": trial["params"]}
+
+
+# ---------------------------------------------------------------------------- outputs
+
+def write_plots(bands: dict, out: Path, budget: float) -> None:
+    """anytime.html (plotly, offline) and anytime.png (matplotlib): median and IQR."""
+    import plotly.graph_objects as go
+
+    x = [f / 1e12 for f in bands["flops"]]
+    figure = go.Figure()
+    axes = plt.subplots(figsize=(8, 5))[1]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, rows) in enumerate(bands["designs"].items()):
+        color = matplotlib.colors.to_hex(colors[i % len(colors)])
+        q1 = [v if v is not None else math.nan for v in rows["q1"]]
+        q3 = [v if v is not None else math.nan for v in rows["q3"]]
+        median = [v if v is not None else math.nan for v in rows["median"]]
+        figure.add_trace(go.Scatter(x=x, y=q3, line={"width": 0}, showlegend=False,
+                                    legendgroup=name, hoverinfo="skip", line_shape="hv"))
+        figure.add_trace(go.Scatter(x=x, y=q1, line={"width": 0}, fill="tonexty",
+                                    fillcolor=_rgba(color, 0.15), showlegend=False,
+                                    legendgroup=name, hoverinfo="skip", line_shape="hv"))
+        figure.add_trace(go.Scatter(x=x, y=median, name=name, legendgroup=name,
+                                    line={"color": color}, line_shape="hv"))
+        axes.step(x, median, where="post", color=color, label=name)
+        axes.fill_between(x, q1, q3, step="post", color=color, alpha=0.15)
+    title = "best validation loss so far (median, IQR over seeds) vs training compute"
+    figure.update_layout(title=title, xaxis_title="training compute (TFLOP)",
+                         yaxis_title="best validation loss of complete trials")
+    figure.update_xaxes(type="log")
+    figure.add_vline(x=budget / 1e12, line_dash="dot")
+    figure.write_html(out / "anytime.html", include_plotlyjs=True)
+    axes.set_xscale("log")
+    axes.axvline(budget / 1e12, linestyle=":", color="grey")
+    axes.set_xlabel("training compute (TFLOP)")
+    axes.set_ylabel("best validation loss of complete trials")
+    axes.set_title(title, fontsize=10)
+    axes.legend()
+    axes.figure.tight_layout()
+    axes.figure.savefig(out / "anytime.png", dpi=120)
+    plt.close(axes.figure)
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = (round(255 * c) for c in matplotlib.colors.to_rgb(color))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    """search_benchmark.md: the settings and one table row per design."""
+    s, budget = result["settings"], result["budget_flops"]
+    lines = [
+        "# Study designs at equal compute", "",
+        f"Budget per study: {budget / 1e12:.3g} TFLOP of training ({s['budget']} full-budget "
+        f"trials of the target's own config); seeds {s['seeds']}; trials at {s['epochs']} epochs, "
+        f"{s['max_samples'] or 'all'} training / {s['max_eval_samples'] or 'all'} validation "
+        f"images unless the design says otherwise; metric: validation loss (lower is better). "
+        f"Retrained at {s['retrain_fidelity']}, seeds {s['retrain_seeds']}.", "",
+        "| design | compute to reach random's final best (median, x budget) | speed-up "
+        "| final best median [min, max] | wins vs random | trials (pruned) | study wall "
+        "(median) | winner test rsum (mean +- std) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in result["summary"].items():
+        spread = row["final_best_spread"]
+        retrain = result["retrain"].get(name, {})
+        rsum = (f"{retrain['test_rsum_mean']:.1f} +- {retrain['test_rsum_std']:.1f}"
+                if retrain.get("test_rsum_mean") is not None else "-")
+        studies = result["studies"][name]
+        trials = statistics.median(len(r["trials"]) for r in studies.values())
+        pruned = statistics.median(sum(t["state"] == "PRUNED" for t in r["trials"])
+                                   for r in studies.values())
+        wall = statistics.median(r["wall_s"] for r in studies.values())
+        lines.append(
+            f"| {name} | {_fmt(row['median_reach_fraction_of_budget'], '.2f')} "
+            f"| {_fmt(row['speedup'], '.2f') if row['speedup'] else 'not reached'} | {_fmt(spread['median'])} [{_fmt(spread['min'])}, "
+            f"{_fmt(spread['max'])}] | {row['wins']} of {row['seeds']} (ties {row['ties']}) "
+            f"| {trials:g} ({pruned:g}) | {wall / 60:.1f} min | {rsum} |")
+    base = result["retrain"].get("target (no search)")
+    if base:
+        lines += ["", f"Target's own config at the same fidelity: test rsum "
+                  f"{base['test_rsum_mean']:.1f} +- {base['test_rsum_std']:.1f}."]
+    lines += ["", "Designs:", ""] + [f"- `{n}`: {DESIGNS[n].description}"
+                                      for n in result["summary"]]
+    lines += ["", "Wall times were measured on a shared machine (under load); FLOPs are not "
+              "affected by load.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- main
+
+class Cache:
+    """One JSON file per finished stage; counts the stages this invocation computed."""
+
+    def __init__(self, out: Path, definition: dict):
+        self.out = out
+        self.computed = {"budget": 0, "studies": 0, "retrain": 0}
+        path = out / "definition.json"
+        if path.is_file():
+            old = json.loads(path.read_text())
+            changed = sorted(k for k in definition if old.get(k) != definition[k])
+            if changed:
+                raise ConfigError(f"--out {out} holds a run with other settings "
+                                  f"({', '.join(changed)}); pass another --out or delete it")
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(definition, indent=1))
+
+    def get(self, kind: str, name: str, compute: Callable[[], dict]) -> dict:
+        """The stage's cached record, or `compute()` written atomically."""
+        path = self.out / kind / f"{name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        record = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(path)
+        self.computed[kind] += 1
+        return record
+
+
+QUICK = {"seeds": 3, "designs": "shipped,random,tpe", "budget": 3.0, "epochs": 5,
+         "max_samples": 500, "max_eval_samples": 100, "retrain_seeds": 2, "retrain_epochs": 3,
+         "retrain_max_samples": 1000}
+FULL = {"seeds": 5, "designs": "shipped,random,tpe,random-median,tpe-sha-min2", "budget": 10.0,
+        "epochs": None, "max_samples": None, "max_eval_samples": None, "retrain_seeds": 3,
+        "retrain_epochs": None, "retrain_max_samples": None}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="results and stage cache folder")
+    parser.add_argument("--quick", action="store_true", help="a reduced run (<= 10 min here)")
+    parser.add_argument("--seeds", type=int, help="study seeds 0..N-1 (default 5; quick 3)")
+    parser.add_argument("--designs", help=f"comma-separated, from {', '.join(DESIGNS)} "
+                        "(random is always added)")
+    parser.add_argument("--budget", type=float, help="training compute per study, in full-budget "
+                        "trials of the target's own config (default 10; quick 3)")
+    parser.add_argument("--epochs", type=int, help="per-trial epoch budget (default: the study "
+                        "file's)")
+    parser.add_argument("--max-samples", type=int, help="training images per trial")
+    parser.add_argument("--max-eval-samples", type=int, help="validation images per trial")
+    parser.add_argument("--retrain-seeds", type=int, metavar="K",
+                        help="seeds per winner at full fidelity (default 3; 0: no retraining)")
+    parser.add_argument("--retrain-epochs", type=int, help="reduce the retrain (quick runs)")
+    parser.add_argument("--retrain-max-samples", type=int, help="reduce the retrain (quick runs)")
+    parser.add_argument("--study-config", default=str(REPO / "experiments" / "hpo.yaml"))
+    parser.add_argument("--search-space", default=str(REPO / "experiments" / "search_space.yaml"))
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    names = list(dict.fromkeys(["random", *args.designs.split(",")]))
+    unknown = [n for n in names if n not in DESIGNS]
+    if unknown:
+        parser.error(f"--designs: unknown {', '.join(unknown)}; choose from {', '.join(DESIGNS)}")
+    args.designs = names
+    if args.seeds < 1 or args.budget <= 0:
+        parser.error("--seeds must be >= 1 and --budget > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run (or resume) the benchmark; returns what search_benchmark.json holds."""
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Studies, curves, retrains and the result files of the parsed command line."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    plan = load_plan(args.study_config)
+    bench = Bench(plan, load_search_space(args.search_space), budget_flops=0.0,
+                  epochs=args.epochs or plan.trial_base().train.epochs,
+                  max_samples=args.max_samples or plan.fidelity.max_samples,
+                  max_eval_samples=args.max_eval_samples or plan.fidelity.max_eval_samples,
+                  retrain_epochs=args.retrain_epochs,
+                  retrain_max_samples=args.retrain_max_samples)
+    definition = {k: getattr(args, k) for k in (
+        "study_config", "search_space", "budget", "epochs", "max_samples", "max_eval_samples",
+        "retrain_epochs", "retrain_max_samples")}
+    out, cache = args.out, Cache(args.out, definition)
+    work = out / "work"
+    objectives: dict[tuple, Objective] = {}
+
+    def objective_for(design: Design, seed: int) -> Objective:
+        base = bench.trial_base(design, seed)
+        base.runs_dir, base.checkpoints_dir = str(work / "runs"), str(work / "checkpoints")
+        key = (base.train.epochs, base.data.max_samples, seed)
+        if key not in objectives:
+            objectives.clear()  # one loaded dataset at a time
+            objectives[key] = Objective(bench.space, base,
+                                        ObjectiveSettings(f"seed{seed}", METRIC, base.train.epochs))
+            objectives[key].load_data()
+        return objectives[key]
+
+    unit = cache.get("budget", "unit", lambda: {"baseline_trial_flops": baseline_trial_flops(
+        bench, objective_for(DESIGNS["shipped"], plan.target.seed).data)})["baseline_trial_flops"]
+    bench = replace(bench, budget_flops=args.budget * unit)
+    records: dict[str, dict[int, dict]] = {name: {} for name in args.designs}
+    for seed in range(args.seeds):  # seed-major: the designs of a seed share loaded data
+        for name in args.designs:
+            design = DESIGNS[name]
+            records[name][seed] = cache.get(
+                "studies", f"{name}_seed{seed}",
+                lambda d=design, s=seed: run_study(bench, d, s, objective_for(d, s), work))
+            print(f"{name} seed {seed}: {len(records[name][seed]['trials'])} trials, "
+                  f"{records[name][seed]['wall_s'] / 60:.1f} min", flush=True)
+    objectives.clear()
+    curves = {n: {s: anytime_curve(r) for s, r in by_seed.items()} for n, by_seed in records.items()}
+    summary = summarize(curves, bench.budget_flops)
+
+    winners = {n: winner(records[n], curves[n], bench.budget_flops) for n in args.designs}
+    base = base_params(bench.space, plan.target)[0]
+    if base is not None:
+        winners["target (no search)"] = {"params": base}
+    retrains = {}
+    for name, win in winners.items():
+        if win is None:
+            continue
+        runs = [cache.get("retrain", f"{params_key(win['params'])}_seed{plan.target.seed + k}",
+                          lambda w=win, k=k: retrain(bench, w["params"], plan.target.seed + k,
+                                                     work / "retrain"))
+                for k in range(args.retrain_seeds)]
+        rsums = [r["test"]["rsum"] for r in runs]
+        retrains[name] = {**win, "runs": runs,
+                          "test_rsum_mean": statistics.fmean(rsums) if rsums else None,
+                          "test_rsum_std": statistics.stdev(rsums) if len(rsums) > 1 else 0.0}
+    shutil.rmtree(work, ignore_errors=True)
+
+    fidelity = ("the target's full fidelity" if args.retrain_epochs is None
+                and args.retrain_max_samples is None else
+                f"reduced fidelity ({args.retrain_epochs or 'target'} epochs, "
+                f"{args.retrain_max_samples or 'all'} training images)")
+    result = {
+        "settings": {"seeds": args.seeds, "designs": args.designs, "budget": args.budget,
+                     "epochs": bench.epochs, "max_samples": bench.max_samples,
+                     "max_eval_samples": bench.max_eval_samples, "quick": args.quick,
+                     "retrain_seeds": args.retrain_seeds, "retrain_fidelity": fidelity,
+                     "study_config": args.study_config, "search_space": args.search_space},
+        "metric": METRIC, "direction": "minimize", "budget_flops": bench.budget_flops,
+        "baseline_trial_flops": unit,
+        "designs": {n: DESIGNS[n].description for n in args.designs},
+        "studies": {n: {str(s): r for s, r in by_seed.items()} for n, by_seed in records.items()},
+        "curves": {n: {str(s): c for s, c in by_seed.items()} for n, by_seed in curves.items()},
+        "summary": summary, "retrain": retrains, "computed_this_run": cache.computed,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search_benchmark.json").write_text(json.dumps(result, indent=1))
+    (out / "search_benchmark.md").write_text(markdown(result))
+    write_plots(curve_bands(curves, bench.budget_flops), out, bench.budget_flops)
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
