@@ -75,18 +75,6 @@ def build_fake_flickr(cache: Path, n_images: int = 12) -> FakeFlickr:
     return FakeFlickr(cache, version_dir, image_dir, sorted(names), 5 * n_images)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` are skipped on a machine without a CUDA GPU (the only skips)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture
 def fake_flickr(tmp_path, monkeypatch) -> FakeFlickr:
     """A fake Flickr30k in a KaggleHub cache at tmp_path, with KAGGLEHUB_CACHE pointing there."""
