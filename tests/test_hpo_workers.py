@@ -53,6 +53,7 @@ def test_workers_are_pinned_to_gpus_with_distinct_seeds(tmp_path, cache_dir, mon
     settings = StudySettings(study_name="g", trials=5, workers=3,
                              results_dir=str(tmp_path / "results"))
     plan, space = tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE)
+    plan.target.train.device = "auto"  # the machine chooses: what pinning workers is about
     opened = driver.open_for_trials(settings, plan, space)
     jobs = driver._jobs(settings, opened, space, lambda index, restart: 100 + index)
     assert [job.base.train.device for job in jobs] == ["cuda:0", "cuda:1", "cuda:0"]
