@@ -33,6 +33,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -569,7 +570,7 @@ def run(args: argparse.Namespace) -> dict:
         "study_config", "search_space", "budget", "epochs", "max_samples", "max_eval_samples",
         "retrain_epochs", "retrain_max_samples")}
     out, cache = args.out, Cache(args.out, definition)
-    work = out / "work"
+    work = out / "work" / str(os.getpid())  # per process: runs sharing --out each clean their own
     objectives: dict[tuple, Objective] = {}
 
     def objective_for(design: Design, seed: int) -> Objective:
