@@ -90,6 +90,7 @@ class Trainer:
         self.val_embeddings: tuple[Split, torch.Tensor, torch.Tensor] | None = None
         self._resume_state: dict | None = None
         self._batch_size = self.config.train.batch_size
+        self._loader: TrainLoader | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -194,7 +195,8 @@ class Trainer:
             self._print(f"notice: the train split has {len(self.data.train)} images, fewer than "
                         f"train.batch_size={cfg.train.batch_size}; using batches of "
                         f"{self._batch_size}")
-        steps_per_epoch = math.ceil(len(self._train_loader(epoch=1)) / cfg.train.grad_accum_steps)
+        self._loader = self._train_loader()
+        steps_per_epoch = math.ceil(len(self._loader) / cfg.train.grad_accum_steps)
         total, epochs = steps_per_epoch * cfg.train.epochs, cfg.train.epochs
         if self._resume_state is not None:  # the schedule the run started with, never a new one
             total, epochs = saved_schedule(self._resume_state, steps_per_epoch)
@@ -208,10 +210,11 @@ class Trainer:
         self.train_model = torch.compile(model) if cfg.train.compile else model
         return self.model
 
-    def _train_loader(self, epoch: int) -> TrainLoader:
+    def _train_loader(self) -> TrainLoader:
+        """The run's one training loader (its reader processes persist across epochs)."""
         cfg = self.config
         return TrainLoader(
-            self.data.train, batch_size=self._batch_size, seed=cfg.seed, epoch=epoch,
+            self.data.train, batch_size=self._batch_size, seed=cfg.seed, epoch=1,
             augment=cfg.data.augment, flip=self.data.flip_safe,
             all_captions=cfg.train.all_captions, num_workers=cfg.data.num_workers,
             pin_memory=self.device.type == "cuda", crop_scale=self.data.crop_scale,
@@ -293,6 +296,7 @@ class Trainer:
         try:
             stopped_early = self._fit_epochs(self._checkpointer(), board)
         finally:
+            self._loader.close()
             if board is not None:
                 board.close(self.hparams(), final_metrics(self.history), len(self.history))
         result = FitResult.of(self.state, self.best_metric, stopped_early=stopped_early,
@@ -319,7 +323,8 @@ class Trainer:
         while state.epoch < cfg.epochs:
             epoch, epoch_start = state.epoch + 1, time.perf_counter()
             seed_epoch(self.config.seed, epoch, self.dist.rank)  # dropout: per rank and epoch
-            loader = self._train_loader(epoch)
+            loader = self._loader
+            loader.set_epoch(epoch)
             stats = train_one_epoch(
                 state, self.train_model, self.loss_fn, device_batches(loader, self.device),
                 len(loader), config=cfg, device=self.device, precision=self.precision,
