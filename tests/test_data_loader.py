@@ -105,6 +105,7 @@ def test_persistent_workers_give_each_epochs_batches_and_stay_up(shapes_data, al
     finally:
         loader.close()
     assert torch.equal(torch.get_rng_state(), torch_state)
+    assert not readers[0] & {child.pid for child in mp.active_children()}  # close ended them
     assert len(readers[0]) >= 2 and readers[0] == readers[1] == readers[2]
     assert not torch.equal(got[0].tokens, list(_loader(shapes_data.train, flip=True,
                                                        all_captions=all_captions))[0].tokens)
