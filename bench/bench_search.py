@@ -127,6 +127,10 @@ DESIGNS = {d.name: d for d in (
     Design("tpe-sha-min2", "TPE + successive halving (min 2 epochs, factor 3)",
            _sampler("tpe"), _sha(2, 3)),
     Design("tpe-hb-r3", "TPE + Hyperband (min 1, factor 3)", _sampler("tpe"), _hyperband(1, 3)),
+    Design("tpe-sha-r3", "TPE + successive halving (min 1 epoch, factor 3)",
+           _sampler("tpe"), _sha(1, 3)),
+    Design("random-sha-r3", "random + successive halving (min 1 epoch, factor 3)",
+           _sampler("random"), _sha(1, 3)),
     Design("tpe5-hb", "TPE with 5 start-up trials + Hyperband (min 1, factor 5)",
            _tpe(5), _pruner("hyperband")),
     Design("gp", "GPSampler, no pruning", _sampler("gp"), _pruner("none")),
@@ -281,11 +285,12 @@ def summarize(curves: dict[str, dict[int, list[dict]]], budget: float) -> dict:
     """Per design: final best, compute to reach random search's final best, speed-up and
     paired wins over random search (seed by seed)."""
     random = curves["random"]
-    seeds = sorted(random)
-    random_final = {s: value_at(random[s], budget) for s in seeds}
-    random_reach = _median_or_inf([compute_to_reach(random[s], random_final[s], budget) for s in seeds])
+    random_final = {s: value_at(random[s], budget) for s in random}
+    random_reach_by_seed = {s: compute_to_reach(random[s], random_final[s], budget) for s in random}
     summary = {}
     for name, by_seed in curves.items():
+        seeds = sorted(set(by_seed) & set(random))  # paired: the seeds both have
+        random_reach = _median_or_inf([random_reach_by_seed[s] for s in seeds])
         final = {s: value_at(by_seed[s], budget) for s in seeds}
         reach = {s: compute_to_reach(by_seed[s], random_final[s], budget) for s in seeds}
         median_reach = _median_or_inf(list(reach.values()))
@@ -477,6 +482,10 @@ class Cache:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(definition, indent=1))
 
+    def has(self, kind: str, name: str) -> bool:
+        """Whether the stage is finished (its file exists)."""
+        return (self.out / kind / f"{name}.json").is_file()
+
     def get(self, kind: str, name: str, compute: Callable[[], dict]) -> dict:
         """The stage's cached record, or `compute()` written atomically."""
         path = self.out / kind / f"{name}.json"
@@ -504,6 +513,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="results and stage cache folder")
     parser.add_argument("--quick", action="store_true", help="a reduced run (<= 10 min here)")
     parser.add_argument("--seeds", type=int, help="study seeds 0..N-1 (default 5; quick 3)")
+    parser.add_argument("--only-seeds", metavar="LIST", help="comma-separated subset of the "
+                        "seeds to run now (processes sharing one --out can split a run)")
+    parser.add_argument("--cached-only", action="store_true", help="train no new study: "
+                        "report the studies already under --out (a design is compared with "
+                        "random search on the seeds both have)")
     parser.add_argument("--designs", help=f"comma-separated, from {', '.join(DESIGNS)} "
                         "(random is always added)")
     parser.add_argument("--budget", type=float, help="training compute per study, in full-budget "
@@ -573,15 +587,23 @@ def run(args: argparse.Namespace) -> dict:
         bench, objective_for(DESIGNS["shipped"], plan.target.seed).data)})["baseline_trial_flops"]
     bench = replace(bench, budget_flops=args.budget * unit)
     records: dict[str, dict[int, dict]] = {name: {} for name in args.designs}
-    for seed in range(args.seeds):  # seed-major: the designs of a seed share loaded data
+    seeds = range(args.seeds) if args.only_seeds is None else [
+        int(s) for s in args.only_seeds.split(",")]
+    for seed in seeds:  # seed-major: the designs of a seed share loaded data
         for name in args.designs:
             design = DESIGNS[name]
+            stage = f"{name}_seed{seed}"
+            if args.cached_only and not cache.has("studies", stage):
+                continue
             records[name][seed] = cache.get(
-                "studies", f"{name}_seed{seed}",
+                "studies", stage,
                 lambda d=design, s=seed: run_study(bench, d, s, objective_for(d, s), work))
             print(f"{name} seed {seed}: {len(records[name][seed]['trials'])} trials, "
                   f"{records[name][seed]['wall_s'] / 60:.1f} min", flush=True)
     objectives.clear()
+    missing = [name for name, by_seed in records.items() if not by_seed]
+    if missing:
+        raise ConfigError(f"--cached-only: no finished study of {', '.join(missing)} under {out}")
     curves = {n: {s: anytime_curve(r) for s, r in by_seed.items()} for n, by_seed in records.items()}
     summary = summarize(curves, bench.budget_flops)
 

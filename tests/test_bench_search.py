@@ -90,3 +90,11 @@ def test_quick_benchmark_writes_monotone_curves_and_reuses_its_cache(tmp_path, s
     assert again["computed_this_run"] == {"budget": 0, "studies": 0, "retrain": 0}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["summary"] == result["summary"]
+
+    (out / "studies" / "shipped_seed1.json").unlink()  # as if another process had not finished
+    partial = bench.main(argv + ["--cached-only"])
+    assert partial["computed_this_run"]["studies"] == 0
+    assert set(partial["curves"]["shipped"]) == {"0"} and set(partial["curves"]["random"]) == {"0", "1"}
+    row = partial["summary"]["shipped"]
+    assert row["seeds"] == 1 and set(row["final_best"]) == {"0"}  # paired on the seed both have
+    assert row["final_best"]["0"] == result["summary"]["shipped"]["final_best"]["0"]
