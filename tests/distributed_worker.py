@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -14,11 +15,13 @@ import torch.distributed as dist
 from tiny_model import TINY_MODEL
 
 from cliptune.config import RunConfig, apply_overrides
-from cliptune.data import Split
+from cliptune.data import Split, flickr30k
 from cliptune.distributed import all_gather_rows, shutdown
+from cliptune.errors import DataError
 from cliptune.evaluation import embed_split
 from cliptune.loss import ClipLoss
 from cliptune.model import CLIP
+from cliptune.runtime import seed_epoch
 from cliptune.trainer import Trainer
 
 GLOBAL_BATCH = 8
@@ -106,13 +109,16 @@ def embed_split_fixture() -> Split:
 
 def trainer_worker(rank: int, world: int, port: int, out: str, config_json: str) -> None:
     """Train with the Trainer on `world` processes; rank 1 points its output folders at
-    its own directory, so any file it wrote would show there."""
+    its own directory, so any file it wrote would show there. What each rank prints goes
+    to `stdout_<rank>.txt`."""
     join(rank, world, port)
     config = apply_overrides(RunConfig(name="run"), json.loads(config_json))
     base = Path(out) / f"rank{rank}"
     config.runs_dir, config.checkpoints_dir = str(base / "runs"), str(base / "checkpoints")
-    trainer = Trainer(config, show_progress=False)
-    result = trainer.fit()
+    with open(Path(out) / f"stdout_{rank}.txt", "w", encoding="utf-8") as printed, \
+            contextlib.redirect_stdout(printed):
+        trainer = Trainer(config, show_progress=True)
+        result = trainer.fit()
     if rank == 0:
         trainer.evaluate_best(("val",))
     torch.save({"weights": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
@@ -133,3 +139,38 @@ def shutdown_worker(rank: int, world: int, port: int, out: str) -> None:
     seconds = time.perf_counter() - start
     torch.save({"seconds": seconds, "left": not dist.is_initialized()},
                Path(out) / f"shutdown_{rank}.pt")
+
+
+def data_decision_worker(rank: int, world: int, port: int, out: str, config_json: str) -> None:
+    """The data decision of a torchrun job with `data.source=auto` (a fake Flickr30k in
+    $KAGGLEHUB_CACHE), rank 1's network probe faked to fail as on a flaky network; then
+    the same with rank 1 asking for other splits (its error is saved); then the dropout
+    of a tiny model after each rank seeds its first epoch, twice."""
+    join(rank, world, port)
+    probes = []
+    if rank == 1:
+        def flaky(config):
+            probes.append(config.kaggle_handle)
+            return False, "faked: api.kaggle.com did not answer"
+        flickr30k.available = flaky
+    overrides = json.loads(config_json)
+    config = apply_overrides(RunConfig(name="run"), overrides)
+    data = Trainer(config, show_progress=False, resume=None).prepare_data()
+    result = {"source": data.source, "fingerprint": data.fingerprint, "probes": len(probes)}
+    other = overrides + (["data.val_size=3"] if rank == 1 else [])
+    try:
+        Trainer(apply_overrides(RunConfig(name="run"), other), show_progress=False,
+                resume=None).prepare_data()
+    except DataError as err:
+        result["mismatch"] = str(err)
+    torch.manual_seed(0)  # the same initial weights on both ranks
+    model = CLIP(apply_overrides(RunConfig(), TINY_MODEL + ["model.dropout=0.5"]).model).train()
+    images, tokens = global_batch()
+    outputs = []
+    for _ in range(2):
+        seed_epoch(0, 1, rank)
+        with torch.no_grad():
+            outputs.append(model(images, tokens)[0])
+    result["dropout"] = outputs
+    torch.save(result, Path(out) / f"decision_{rank}.pt")
+    shutdown()

@@ -3,6 +3,8 @@ eval_batches and normalisation."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +86,30 @@ def test_worker_processes_give_the_same_batches(shapes_data):
     inline = list(_loader(shapes_data.train, flip=True))
     workers = list(_loader(shapes_data.train, flip=True, num_workers=1))
     _same(inline, workers)
+
+
+@pytest.mark.parametrize("all_captions", [False, True])
+def test_persistent_workers_give_each_epochs_batches_and_stay_up(shapes_data, all_captions):
+    """One loader over epochs 1-3 with 2 reader processes: each epoch's batches are those
+    of a fresh single-process loader of that epoch, the same processes serve them, and
+    starting them leaves torch's global generator alone (dropout draws from it)."""
+    loader = _loader(shapes_data.train, flip=True, num_workers=2, all_captions=all_captions)
+    readers, torch_state = [], torch.get_rng_state()
+    others = {child.pid for child in mp.active_children()}  # children of earlier tests
+    try:
+        for epoch in (1, 2, 3):
+            loader.set_epoch(epoch)
+            got = list(loader)
+            _same(got, list(_loader(shapes_data.train, flip=True, epoch=epoch,
+                                    all_captions=all_captions)))
+            readers.append({child.pid for child in mp.active_children()} - others)
+    finally:
+        loader.close()
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert not readers[0] & {child.pid for child in mp.active_children()}  # close ended them
+    assert len(readers[0]) == 2 and readers[0] == readers[1] == readers[2]
+    assert not torch.equal(got[0].tokens, list(_loader(shapes_data.train, flip=True,
+                                                       all_captions=all_captions))[0].tokens)
 
 
 def test_auto_workers_per_device(shapes_data):

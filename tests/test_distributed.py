@@ -1,4 +1,5 @@
-"""Data-parallel training on the CPU: 2 gloo processes against 1 on the same global batch."""
+"""Data-parallel training on the CPU: 2 gloo processes against 1 on the same global batch,
+the data decision of rank 0, per-rank dropout and the start-up lines."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import build_fake_flickr
 from distributed_worker import (
+    data_decision_worker,
     embed_split_fixture,
     free_port,
     gather_rows_worker,
@@ -102,6 +105,50 @@ def test_only_rank_zero_writes_files(trained):
     assert list((out / "rank0" / "runs" / "run").glob("events.out.tfevents.*"))
     state = load_checkpoint(checkpoints / "last.pt")
     assert state["epoch"] == 2 and state["step"] == 2 * (len(trainer.data.train) // 8) == trainer.step
+
+
+def test_rank_zero_prints_world_size_backend_and_batches_first(trained):
+    out, _, _ = trained
+    lines = (out / "stdout_0.txt").read_text().splitlines()
+    assert lines[0] == ("distributed: 2 ranks (DistributedDataParallel), backend gloo, each "
+                        "rank on the CPU; rank 0 prints, logs and saves")
+    assert "batch: 8 global = 4 per rank x 2 ranks" in lines[:6]
+    assert "distributed:" not in (out / "stdout_1.txt").read_text()  # only rank 0 prints
+
+
+@pytest.fixture(scope="module")
+def decisions(tmp_path_factory):
+    out = tmp_path_factory.mktemp("decision")
+    fake = build_fake_flickr(out / "kagglehub")
+    overrides = TINY_MODEL + ["data.source=auto", "data.val_size=2", "data.test_size=2",
+                              f"data.cache_dir={out / 'cache'}", "train.device=cpu"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("KAGGLEHUB_CACHE", str(fake.cache))  # inherited by the spawned ranks
+        spawn(data_decision_worker, str(out), json.dumps(overrides))
+    return [torch.load(out / f"decision_{rank}.pt", weights_only=True) for rank in (0, 1)]
+
+
+def test_rank_zero_resolves_auto_once_and_every_rank_uses_it(decisions):
+    # rank 1's probe would have failed (Shapes); it never probes and prepares Flickr30k too
+    assert [d["source"] for d in decisions] == ["flickr30k", "flickr30k"]
+    assert decisions[1]["probes"] == 0
+    assert decisions[0]["fingerprint"] == decisions[1]["fingerprint"]
+
+
+def test_ranks_that_prepared_other_data_stop_naming_ranks_and_fingerprints(decisions):
+    first = decisions[0]["fingerprint"]
+    for decision in decisions:  # the same error on both ranks: none waits forever
+        message = decision["mismatch"]
+        assert message.startswith("the 2 ranks prepared different data (rank 0: flickr30k "
+                                  f"(fingerprint {first}), rank 1: flickr30k (fingerprint ")
+        assert "same data.* settings" in message
+    assert decisions[0]["mismatch"] == decisions[1]["mismatch"]
+
+
+def test_ranks_draw_different_dropout_masks_and_the_same_ones_again(decisions):
+    (a0, b0), (a1, b1) = (d["dropout"] for d in decisions)
+    assert torch.equal(a0, b0) and torch.equal(a1, b1)  # seed_epoch repeats the draw
+    assert not torch.allclose(a0, a1)  # same weights, same batch: only the masks differ
 
 
 def test_uneven_rows_gather_in_rank_order_and_sharded_embeddings_equal_one_process(tmp_path):

@@ -105,6 +105,23 @@ def test_captions_for_an_image(workspace):
     assert [m.score for m in matches] == pytest.approx([row[1] for row in rows], abs=1e-4)
 
 
+def test_more_captions_and_images_than_one_batch(workspace, capsys):
+    """--batch-size 3: 4 captions (and 3 images with --batch-size 2) are encoded in two
+    batches; the ranking is the one of a single batch."""
+    image = str(workspace / "photos" / "red.png")
+    queries = [("--image", image, "--captions", str(workspace / "captions.txt"), "--topk", "10"),
+               ("--text", "a red square", "--images", str(workspace / "photos"))]
+    for query, small in zip(queries, ("3", "2"), strict=True):
+        code, whole, err = call_retrieve(workspace, capsys, *query)
+        assert code == 0, err
+        code, batched, err = call_retrieve(workspace, capsys, *query, "--batch-size", small)
+        assert code == 0, err
+        assert batched == whole and len(ranked_lines(batched)) >= 3
+    loaded = load_model(workspace / "tiny.pt")
+    torch.testing.assert_close(retrieval.embed_texts(loaded, CAPTIONS, batch_size=3),
+                               retrieval.embed_texts(loaded, CAPTIONS), rtol=1e-5, atol=1e-6)
+
+
 def test_prompts_with_topk(workspace, capsys):
     code, out, err = call_retrieve(workspace, capsys, "--image",
                                    str(workspace / "photos" / "blue.jpg"),

@@ -23,9 +23,10 @@ def test_checkpoints_tensorboard_and_metrics(tmp_path, cache_dir, data):
     ckpt = trainer.checkpoint_dir
     assert sorted(p.name for p in ckpt.glob("*.pt")) == ["best.pt", "epoch_2.pt", "last.pt"]
     state = load_checkpoint(ckpt / "last.pt")
-    for key in ("config", "tokenizer", "model", "optimizer", "scheduler", "epoch", "step", "rng",
+    for key in ("config", "tokenizer", "model", "optimizer", "scheduler", "epoch", "step",
                 "metrics", "history"):
         assert key in state
+    assert "rng" not in state  # each epoch seeds its own generators (runtime.seed_epoch)
     assert state["epoch"] == 2 and state["config"]["data"]["source"] == "shapes"
     assert not list(ckpt.glob("*.tmp*"))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from trainer_helpers import Interrupt, interrupt_after, tiny_config, weights
 
-from cliptune.checkpoint import load_checkpoint
+from cliptune.checkpoint import load_checkpoint, save_checkpoint
 from cliptune.errors import ConfigError
 from cliptune.trainer import Trainer
 from cliptune.training.loop import window_sizes
@@ -23,8 +23,10 @@ def kill_after_first_epoch(config, data) -> Trainer:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
 def test_resume_equals_uninterrupted(tmp_path, cache_dir, data, precision):
-    extra = f"train.precision={precision}"
-    straight = Trainer(tiny_config(tmp_path / "a", cache_dir, extra), data=data,
+    extra = f"train.precision={precision}", "model.dropout=0.2"  # dropout draws random numbers
+    if precision == "fp32":
+        extra += ("data.num_workers=2",)  # reader processes that persist across epochs
+    straight = Trainer(tiny_config(tmp_path / "a", cache_dir, *extra), data=data,
                        show_progress=False)
     straight.fit()
     if precision != "fp32":  # the default path: autocast really runs in bf16 here
@@ -32,8 +34,9 @@ def test_resume_equals_uninterrupted(tmp_path, cache_dir, data, precision):
         if precision == "bf16":
             assert straight.precision == "bf16"
 
-    config = tiny_config(tmp_path / "b", cache_dir, extra)
+    config = tiny_config(tmp_path / "b", cache_dir, *extra)
     kill_after_first_epoch(config, data)
+    torch.manual_seed(1234)  # whatever the process drew since, the resumed epochs draw the same
     resumed = Trainer(config, data=data, show_progress=False)  # the same command again
     result = resumed.fit()
 
@@ -43,6 +46,32 @@ def test_resume_equals_uninterrupted(tmp_path, cache_dir, data, precision):
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
+
+
+def test_resume_from_a_checkpoint_with_the_rng_states_of_more_gpus(tmp_path, cache_dir, data):
+    """Older versions saved one CUDA random state per GPU; a checkpoint of 8 GPUs resumes on
+    this CPU machine (0 GPUs), says that it does not restore them, and with dropout still
+    ends where an uninterrupted run does."""
+    extra = "model.dropout=0.2", "train.precision=fp32"
+    straight = Trainer(tiny_config(tmp_path / "a", cache_dir, *extra), data=data,
+                       show_progress=False)
+    straight.fit()
+    config = tiny_config(tmp_path / "b", cache_dir, *extra)
+    killed = kill_after_first_epoch(config, data)
+    path = killed.checkpoint_dir / "last.pt"
+    state = load_checkpoint(path)
+    fake_cuda_state = torch.zeros(16, dtype=torch.uint8)
+    state["rng"] = {"torch": torch.get_rng_state(), "cuda": [fake_cuda_state] * 8}
+    save_checkpoint(state, path)
+    assert torch.cuda.device_count() < 8
+
+    note = killed.state.load_state_dict(load_checkpoint(path))
+    assert "8 CUDA device(s)" in note and "not restored" in note
+    resumed = Trainer(config, data=data, show_progress=False)
+    assert resumed.fit().epochs_completed == 2
+    expected, got = weights(straight), weights(resumed)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
 
 
 def test_bf16_differs_from_fp32(tmp_path, cache_dir, data):

@@ -8,9 +8,7 @@ rank 0 of 1 and every helper is the identity.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from cliptune.errors import ConfigError
+from cliptune.runtime import process_device, visible_gpus
 
 # Seconds a collective waits for the other ranks before it fails (long enough for rank 0
 # to download and cache the dataset while the others wait); a dead peer surfaces at once
@@ -67,23 +66,29 @@ def init_from_env(device: str = "auto") -> DistContext:
     """Join the torchrun job described by the environment when WORLD_SIZE > 1.
 
     nccl when the run trains on CUDA (each process on `cuda:LOCAL_RANK`), gloo on the
-    CPU. Returns the context (rank 0 of 1 when not started by torchrun).
+    CPU; `device` is resolved by `runtime.process_device` (`cuda:N` is refused under
+    torchrun). Returns the context (rank 0 of 1 when not started by torchrun).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1 or dist.is_initialized():
         return current()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    device = process_device(device, world_size=world_size, local_rank=local_rank,
+                            cuda_count=visible_gpus())
+    use_cuda = device.type == "cuda"
     if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} "
-                "GPU(s); start at most that many processes per node (--nproc_per_node)"
-            )
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(device)
     backend = "nccl" if use_cuda else "gloo"
     dist.init_process_group(backend, timeout=timeout())
     return current()
+
+
+def job_line(device: torch.device) -> str:
+    """What rank 0 prints first under torchrun: world size, backend and devices."""
+    ctx = current()
+    where = f"cuda:LOCAL_RANK ({device} on rank 0)" if device.type == "cuda" else "the CPU"
+    return (f"distributed: {ctx.world_size} ranks (DistributedDataParallel), backend "
+            f"{dist.get_backend()}, each rank on {where}; rank 0 prints, logs and saves")
 
 
 def shutdown() -> None:
@@ -121,6 +126,16 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_object(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank (`[value]` on one process)."""
+    ctx = current()
+    if not ctx.enabled:
+        return [value]
+    values: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
@@ -179,18 +194,6 @@ class _GatherWithGrad(torch.autograd.Function):
         summed = grad.clone()  # gloo has no reduce-scatter
         dist.all_reduce(summed)
         return summed.chunk(world, dim=0)[rank]
-
-
-@contextlib.contextmanager
-def main_process_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. downloads and caches), the other ranks after it
-    (reading what it wrote); no-op on one process."""
-    ctx = current()
-    if ctx.enabled and not ctx.is_main:
-        dist.barrier()
-    yield
-    if ctx.enabled and ctx.is_main:
-        dist.barrier()
 
 
 def peer_lost_message(err: BaseException) -> str:

@@ -21,6 +21,7 @@ from cliptune.data.preprocess import DECODE_ERRORS, decode_image
 from cliptune.errors import CliptuneError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+BATCH_SIZE = 256  # images or texts encoded at once: bounds the memory for any number
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
     "a picture of a {}.",
@@ -91,8 +92,9 @@ def find_images(directory: str | Path) -> list[Path]:
 
 
 @torch.no_grad()
-def embed_images(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 64) -> Tensor:
-    """(N, D) embeddings of the image files at `paths`."""
+def embed_images(loaded: LoadedModel, paths: Sequence[Path],
+                 batch_size: int = BATCH_SIZE) -> Tensor:
+    """(N, D) embeddings of the image files at `paths`, `batch_size` images at a time."""
     device = _device(loaded)
     image_size = loaded.config.model.image_size
     batches = []
@@ -103,29 +105,41 @@ def embed_images(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 6
 
 
 @torch.no_grad()
-def embed_texts(loaded: LoadedModel, texts: Sequence[str]) -> Tensor:
-    """(M, D) embeddings of `texts`."""
-    tokens = loaded.tokenizer.encode(list(texts)).to(_device(loaded))
-    return loaded.model.encode_text(tokens).float()
+def embed_texts(loaded: LoadedModel, texts: Sequence[str],
+                batch_size: int = BATCH_SIZE) -> Tensor:
+    """(M, D) embeddings of `texts`, `batch_size` texts at a time."""
+    device = _device(loaded)
+    return torch.cat([
+        loaded.model.encode_text(
+            loaded.tokenizer.encode(list(texts[start : start + batch_size])).to(device)
+        ).float()
+        for start in range(0, len(texts), batch_size)
+    ])
 
 
 def rank_captions(
-    loaded: LoadedModel, image_path: str | Path, captions: Sequence[str], *, topk: int = 5
+    loaded: LoadedModel, image_path: str | Path, captions: Sequence[str], *, topk: int = 5,
+    batch_size: int = BATCH_SIZE,
 ) -> list[Match]:
-    """The `topk` captions that best describe the image, best first."""
+    """The `topk` captions that best describe the image, best first (captions encoded
+    `batch_size` at a time)."""
     query = embed_images(loaded, [Path(image_path)])[0]
-    return _rank(loaded, query, embed_texts(loaded, captions), list(captions), topk)
+    candidates = embed_texts(loaded, captions, batch_size)
+    return _rank(loaded, query, candidates, list(captions), topk)
 
 
 def rank_images(
-    loaded: LoadedModel, text: str, image_dir: str | Path, *, topk: int = 5
+    loaded: LoadedModel, text: str, image_dir: str | Path, *, topk: int = 5,
+    batch_size: int = BATCH_SIZE,
 ) -> list[Match]:
-    """The `topk` images of `image_dir` that best match `text`, best first."""
+    """The `topk` images of `image_dir` that best match `text`, best first (images encoded
+    `batch_size` at a time)."""
     if not text.strip():
         raise CliptuneError("--text is empty; give the text to search images for")
     paths = find_images(image_dir)
     query = embed_texts(loaded, [text])[0]
-    return _rank(loaded, query, embed_images(loaded, paths), [str(p) for p in paths], topk)
+    candidates = embed_images(loaded, paths, batch_size)
+    return _rank(loaded, query, candidates, [str(p) for p in paths], topk)
 
 
 def classify(

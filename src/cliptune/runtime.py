@@ -17,16 +17,52 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA when available, else CPU; `cuda` without a GPU is a clear error."""
+    return process_device(name, world_size=1, local_rank=0, cuda_count=visible_gpus())
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process can use (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def process_device(name: str, *, world_size: int, local_rank: int,
+                   cuda_count: int) -> torch.device:
+    """The device one process of a job trains on, from `train.device` / `--device`.
+
+    One process: `auto` is `cuda` when a GPU is there, else `cpu`; `cuda:N` must name
+    an existing GPU. Under torchrun (`world_size` > 1) every rank takes its own GPU,
+    `cuda:LOCAL_RANK`, for `auto` and `cuda`; `cuda:N` is refused (it would put every
+    rank on GPU N): choose the GPUs with CUDA_VISIBLE_DEVICES instead. A rank whose
+    `local_rank` has no GPU is refused too. `cuda_count` is the number of visible GPUs.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if cuda_count > 0 else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cpu":
+        return device
+    if cuda_count == 0:
+        raise ConfigError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    if world_size > 1:
+        if device.index is not None:
+            raise ConfigError(
+                f"--device {name} (train.device) under torchrun would put all {world_size} "
+                f"ranks on GPU {device.index}; use --device cuda (each rank trains on "
+                "cuda:LOCAL_RANK) and choose the GPUs with CUDA_VISIBLE_DEVICES"
+            )
+        if local_rank >= cuda_count:
+            raise ConfigError(
+                f"LOCAL_RANK={local_rank} but this machine has {cuda_count} GPU(s); start at "
+                "most that many processes per node (--nproc_per_node)"
+            )
+        return torch.device("cuda", local_rank)
+    if device.index is not None and device.index >= cuda_count:
+        raise ConfigError(f"--device {name}: this machine has {cuda_count} GPU(s) "
+                          f"(cuda:0 to cuda:{cuda_count - 1})")
     return device
 
 
@@ -111,3 +147,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of one rank's training epoch: a hash of (seed, epoch, rank)."""
+    entropy = [seed % 2**63, epoch, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed torch (CPU and every GPU) for one rank's training epoch.
+
+    Dropout (and any other torch draw in the training step) then differs between ranks,
+    as OpenCLIP's seed + rank does, and between epochs, yet is the same on a rerun and
+    on a resume from any epoch's checkpoint, whatever the number of GPUs before: no
+    random state has to travel in the checkpoint."""
+    torch.manual_seed(epoch_seed(seed, epoch, rank))

@@ -26,11 +26,18 @@ from tqdm.auto import tqdm
 from cliptune import distributed
 from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData, Split, TrainLoader, device_batches, prepare_data
-from cliptune.errors import ConfigError
+from cliptune.errors import ConfigError, DataError
 from cliptune.evaluation import embed_split, embedding_metrics
 from cliptune.loss import ClipLoss
 from cliptune.model import CLIP
-from cliptune.runtime import configure_matmul, resolve_device, resolve_precision, seed_everything
+from cliptune.runtime import (
+    configure_matmul,
+    process_device,
+    resolve_precision,
+    seed_epoch,
+    seed_everything,
+    visible_gpus,
+)
 from cliptune.tokenizer import Tokenizer
 from cliptune.training.callbacks import TensorBoardCallback
 from cliptune.training.checkpointer import Checkpointer, check_schedule, start_run
@@ -70,9 +77,8 @@ class Trainer:
         self.resume = resume
         self.hparams_extra = dict(hparams_extra or {})
         self.dist = distributed.current()
-        self.device = resolve_device(self.config.train.device)
-        if self.dist.enabled and self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", self.dist.local_rank)
+        self.device = process_device(self.config.train.device, world_size=self.dist.world_size,
+                                     local_rank=self.dist.local_rank, cuda_count=visible_gpus())
         self.precision = resolve_precision(self.config.train.precision, self.device)
         configure_matmul(self.device)
         name = self.config.train.best_metric
@@ -84,6 +90,7 @@ class Trainer:
         self.val_embeddings: tuple[Split, torch.Tensor, torch.Tensor] | None = None
         self._resume_state: dict | None = None
         self._batch_size = self.config.train.batch_size
+        self._loader: TrainLoader | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -124,19 +131,20 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def prepare_data(self) -> PreparedData:
-        """Load (or reuse) the dataset, its splits, image cache and tokenizer. Under torchrun
-        rank 0 prepares (downloads, caches) first; the others then read its cache."""
-        with distributed.main_process_first():
-            if self.data is None:
-                tokenizer = None
-                if self._resume_state is not None:
-                    tokenizer = Tokenizer.from_json(self._resume_state["tokenizer"])
-                cfg = self.config
-                self.data = prepare_data(
-                    cfg.data, image_size=cfg.model.image_size,
-                    vocab_size=cfg.model.vocab_size, context_length=cfg.model.context_length,
-                    tokenizer=tokenizer, quiet=not (self.show_progress and self.dist.is_main),
-                )
+        """Load (or reuse) the dataset, its splits, image cache and tokenizer.
+
+        Under torchrun rank 0 decides: it resolves `data.source` (`auto` probes the
+        network once, on rank 0 only), downloads and builds the image cache while the
+        other ranks wait; they then prepare the source rank 0 used, reading its cache.
+        Every rank then checks that all ranks see the same data (`PreparedData.fingerprint`)
+        and stops with a `DataError` naming the ranks that differ."""
+        if self.data is None and self.dist.is_main:
+            self._load_data()
+        source = distributed.broadcast_object(self.data.source if self.dist.is_main else None)
+        if self.data is None:
+            self.config.data.source = source
+            self._load_data()
+        self._check_ranks_agree()
         if self.data.image_size != self.config.model.image_size:
             raise ConfigError(
                 f"the prepared data has {self.data.image_size}px images but "
@@ -144,6 +152,30 @@ class Trainer:
             )
         self.config.data.source = self.data.source
         return self.data
+
+    def _load_data(self) -> None:
+        tokenizer = None
+        if self._resume_state is not None:
+            tokenizer = Tokenizer.from_json(self._resume_state["tokenizer"])
+        cfg = self.config
+        self.data = prepare_data(
+            cfg.data, image_size=cfg.model.image_size, vocab_size=cfg.model.vocab_size,
+            context_length=cfg.model.context_length, tokenizer=tokenizer,
+            quiet=not (self.show_progress and self.dist.is_main),
+        )
+
+    def _check_ranks_agree(self) -> None:
+        """Raise `DataError` on every rank when the ranks prepared different data."""
+        seen = distributed.all_gather_object((self.data.source, self.data.fingerprint))
+        if len(set(seen)) <= 1:
+            return
+        ranks = ", ".join(f"rank {rank}: {source} (fingerprint {fingerprint})"
+                          for rank, (source, fingerprint) in enumerate(seen))
+        raise DataError(
+            f"the {len(seen)} ranks prepared different data ({ranks}). Every rank must read "
+            "the same dataset: give every node the same files (--data-dir, the KaggleHub "
+            "cache) and the same data.* settings, then run again"
+        )
 
     def build_model(self) -> CLIP:
         """Create the model, loss and train state (optimizer, schedule, fp16 grad scaler);
@@ -163,7 +195,8 @@ class Trainer:
             self._print(f"notice: the train split has {len(self.data.train)} images, fewer than "
                         f"train.batch_size={cfg.train.batch_size}; using batches of "
                         f"{self._batch_size}")
-        steps_per_epoch = math.ceil(len(self._train_loader(epoch=1)) / cfg.train.grad_accum_steps)
+        self._loader = self._train_loader()
+        steps_per_epoch = math.ceil(len(self._loader) / cfg.train.grad_accum_steps)
         total, epochs = steps_per_epoch * cfg.train.epochs, cfg.train.epochs
         if self._resume_state is not None:  # the schedule the run started with, never a new one
             total, epochs = saved_schedule(self._resume_state, steps_per_epoch)
@@ -177,10 +210,11 @@ class Trainer:
         self.train_model = torch.compile(model) if cfg.train.compile else model
         return self.model
 
-    def _train_loader(self, epoch: int) -> TrainLoader:
+    def _train_loader(self) -> TrainLoader:
+        """The run's one training loader (its reader processes persist across epochs)."""
         cfg = self.config
         return TrainLoader(
-            self.data.train, batch_size=self._batch_size, seed=cfg.seed, epoch=epoch,
+            self.data.train, batch_size=self._batch_size, seed=cfg.seed, epoch=1,
             augment=cfg.data.augment, flip=self.data.flip_safe,
             all_captions=cfg.train.all_captions, num_workers=cfg.data.num_workers,
             pin_memory=self.device.type == "cuda", crop_scale=self.data.crop_scale,
@@ -242,13 +276,19 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train for `train.epochs` epochs (resuming if asked), validating after each epoch."""
         start = time.perf_counter()
+        if self.dist.enabled:
+            self._print(distributed.job_line(self.device))
         resume_path, self._resume_state = start_run(self.config, self.resume, say=self._print)
         self.prepare_data()
         self.build_model()
+        if self.dist.enabled:
+            self._print(self._batch_line())
         if resume_path is not None:
-            self.state.load_state_dict(self._resume_state)
+            note = self.state.load_state_dict(self._resume_state)
             self._resume_state = None
             self._print(f"resuming {resume_path} after epoch {self.epoch} (step {self.step})")
+            if note:
+                self._print(f"note: {note}")
         board = None
         if self.dist.is_main:  # purge_step drops what a killed run logged after its checkpoint
             board = TensorBoardCallback(self.run_dir, figure_images=self.config.train.figure_images,
@@ -256,12 +296,22 @@ class Trainer:
         try:
             stopped_early = self._fit_epochs(self._checkpointer(), board)
         finally:
+            self._loader.close()
             if board is not None:
                 board.close(self.hparams(), final_metrics(self.history), len(self.history))
         result = FitResult.of(self.state, self.best_metric, stopped_early=stopped_early,
                               wall_time=time.perf_counter() - start)
         self._print(fit_summary(result, self.config, self.checkpoint_dir, self.run_dir))
         return result
+
+    def _batch_line(self) -> str:
+        world, accum = self.dist.world_size, self.config.train.grad_accum_steps
+        line = (f"batch: {self._batch_size} global = {self._batch_size // world} per rank x "
+                f"{world} ranks")
+        if accum > 1:
+            line += (f", {accum} accumulated per optimizer step "
+                     f"({self._batch_size * accum} samples)")
+        return line
 
     def _checkpointer(self) -> Checkpointer:
         return Checkpointer(self.checkpoint_dir, self.config.train, writer=self.dist.is_main)
@@ -272,7 +322,9 @@ class Trainer:
         callbacks = ([board] if board is not None else []) + self.callbacks
         while state.epoch < cfg.epochs:
             epoch, epoch_start = state.epoch + 1, time.perf_counter()
-            loader = self._train_loader(epoch)
+            seed_epoch(self.config.seed, epoch, self.dist.rank)  # dropout: per rank and epoch
+            loader = self._loader
+            loader.set_epoch(epoch)
             stats = train_one_epoch(
                 state, self.train_model, self.loss_fn, device_batches(loader, self.device),
                 len(loader), config=cfg, device=self.device, precision=self.precision,

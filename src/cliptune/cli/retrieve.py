@@ -33,7 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", metavar="DIR", help="folder of images to rank")
     parser.add_argument("--topk", type=int, default=5, metavar="K", help="results to show")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=retrieval.BATCH_SIZE, metavar="N",
+                        help="captions or images encoded at once (memory, not results)")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     by_image = args.image is not None and any((args.captions, args.prompts, args.classes))
     by_text = args.text is not None and args.images is not None
     if by_image == by_text:
@@ -49,7 +53,8 @@ def run(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     loaded = load_model(args.checkpoint, resolve_device(args.device))
     if args.text is not None:
-        matches = retrieval.rank_images(loaded, args.text, args.images, topk=args.topk)
+        matches = retrieval.rank_images(loaded, args.text, args.images, topk=args.topk,
+                                        batch_size=args.batch_size)
         kind = "image"
     elif args.classes:
         templates = (retrieval.read_lines(args.templates, "--templates") if args.templates
@@ -61,7 +66,8 @@ def run(argv: list[str] | None = None) -> None:
     else:
         captions = (retrieval.read_lines(args.captions, "--captions") if args.captions
                     else retrieval.split_list(args.prompts, "--prompts"))
-        matches = retrieval.rank_captions(loaded, args.image, captions, topk=args.topk)
+        matches = retrieval.rank_captions(loaded, args.image, captions, topk=args.topk,
+                                          batch_size=args.batch_size)
         kind = "caption"
     print(f"{'rank':>4}  {'cosine':>7}  {'prob':>6}  {kind}")
     for rank, match in enumerate(matches, start=1):

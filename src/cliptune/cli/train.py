@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-samples", type=int, help="cap on training images (quick runs)")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--run-name", help="names runs/<name>/ and checkpoints/<name>/")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (under torchrun auto or "
+                        "cuda: each rank on cuda:LOCAL_RANK)")
     parser.add_argument("--seed", type=int)
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", default="auto",

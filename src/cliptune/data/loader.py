@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cliptune.data.augment import CROP_SCALE, draw_augmentation
 from cliptune.data.host_memory import empty_batch
@@ -157,6 +157,11 @@ class TrainLoader:
     included, so the ranks' batches put together are the single-process batch.
     `num_workers`: reader processes, or "auto" (`default_num_workers`). `pin_memory`:
     batches are read into page-locked memory, for fast asynchronous copies to a GPU.
+
+    One loader serves a whole run: `set_epoch(e)` makes it epoch `e` (the batches are then
+    those of `TrainLoader(..., epoch=e)`). The reader processes persist across epochs
+    (started on the first iteration, ended by `close`): they get each batch as
+    (epoch, index) from a sampler in this process and plan an epoch's batches themselves.
     """
 
     def __init__(self, split: Split, *, batch_size: int, seed: int, epoch: int, augment: bool,
@@ -180,8 +185,22 @@ class TrainLoader:
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.num_workers = (default_num_workers(self.pin_memory, world_size)
                             if num_workers == "auto" else int(num_workers))
-        plan = _every_caption if all_captions else _one_caption_per_image
-        self._batches = plan(split, _rng(seed, epoch), batch_size)
+        self.batch_size, self.all_captions = batch_size, all_captions
+        self._readers: DataLoader | None = None
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make this the loader of epoch `epoch` (its order, captions and augmentation)."""
+        plan = _every_caption if self.all_captions else _one_caption_per_image
+        self.epoch = epoch
+        self._batches = plan(self.split, _rng(self.seed, epoch), self.batch_size)
+
+    def close(self) -> None:
+        """End the reader processes (a later iteration starts new ones)."""
+        self._readers = None  # the DataLoader's iterator shuts its workers down when freed
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_readers": None}  # what a reader process gets
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -218,15 +237,23 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[HostBatch]:
         if self.num_workers > 0:
-            yield from DataLoader(_Batches(self), batch_size=None, shuffle=False,
-                                  num_workers=self.num_workers, pin_memory=self.pin_memory)
+            if self._readers is None:
+                self._readers = DataLoader(
+                    _Batches(self), batch_size=None, sampler=_EpochIndices(self),
+                    num_workers=self.num_workers, pin_memory=self.pin_memory,
+                    persistent_workers=True,
+                    # its own generator: starting the workers draws their base seed, which
+                    # from the global one would shift the dropout of the epoch they start in
+                    generator=torch.Generator().manual_seed(self.seed),
+                )
+            yield from self._readers
             return
         for index in range(len(self)):
             yield self.batch(index)
 
 
-class _Batches(Dataset):
-    """A TrainLoader's batches as a map-style dataset, for worker processes."""
+class _EpochIndices(Sampler):
+    """(epoch, index) of every batch of the loader's current epoch, in order."""
 
     def __init__(self, loader: TrainLoader) -> None:
         self.loader = loader
@@ -234,5 +261,20 @@ class _Batches(Dataset):
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __getitem__(self, index: int) -> HostBatch:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.loader.epoch
+        return iter([(epoch, index) for index in range(len(self.loader))])
+
+
+class _Batches(Dataset):
+    """A TrainLoader's batches as a map-style dataset keyed by (epoch, index), for reader
+    processes: each keeps its own copy of the loader and moves it to the asked epoch."""
+
+    def __init__(self, loader: TrainLoader) -> None:
+        self.loader = loader
+
+    def __getitem__(self, key: tuple[int, int]) -> HostBatch:
+        epoch, index = key
+        if self.loader.epoch != epoch:
+            self.loader.set_epoch(epoch)
         return self.loader.batch(index)

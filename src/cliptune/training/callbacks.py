@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cliptune.figures import retrieval_figure, similarity_figure
+from cliptune.figures import figure_similarities, retrieval_figure, similarity_figure
 from cliptune.tracking import RunLogger
 
 if TYPE_CHECKING:
@@ -42,17 +42,16 @@ class TensorBoardCallback:
         embedded = trainer.val_embeddings
         if self.figure_images > 0 and embedded is not None:
             split, image_emb, text_emb = embedded
-            similarity = image_emb @ text_emb.T
             count = min(self.figure_images, len(split))
             shown = torch.linspace(0, len(split) - 1, count).long().tolist()
+            first = torch.as_tensor(split.first_caption_index())
+            rows, block = figure_similarities(image_emb, text_emb, shown, first)
             self.logger.figure(
                 "val/retrieval",
-                retrieval_figure(split.images, split.captions, split.caption_image, similarity,
-                                 shown),
+                retrieval_figure(split.images, split.captions, split.caption_image, rows, shown),
                 epoch,
             )
-            first = torch.as_tensor(split.first_caption_index())
-            self.logger.figure("val/similarity", similarity_figure(similarity[:, first]), epoch)
+            self.logger.figure("val/similarity", similarity_figure(block), epoch)
 
     def close(self, hparams: dict[str, Any], final_metrics: dict[str, float], step: int) -> None:
         """Write the HParams summary with the run's final metrics, then close the file."""

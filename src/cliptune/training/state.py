@@ -1,8 +1,11 @@
 """The train state: everything that changes while training, saved and restored as one dict.
 
 Model, optimizer, learning-rate schedule, fp16 grad scaler, step and epoch counters,
-the schedule's length, validation history and best epoch, and the RNG state. A
-checkpoint is `TrainState.state_dict()` plus the config and tokenizer.
+the schedule's length, validation history and best epoch. A checkpoint is
+`TrainState.state_dict()` plus the config and tokenizer. No random state: the data order
+and augmentation come from (seed, epoch) (`cliptune.data.loader`) and each rank's torch
+generator is seeded per epoch (`runtime.seed_epoch`), so a resume on any number of GPUs
+needs none.
 """
 
 from __future__ import annotations
@@ -64,9 +67,6 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain dict for `save_checkpoint` (tensors stay where they are)."""
-        rng = {"torch": torch.get_rng_state()}
-        if next(self.model.parameters()).is_cuda:
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -75,14 +75,15 @@ class TrainState:
             "schedule": {"total_steps": self.total_steps, "epochs": self.schedule_epochs},
             "epoch": self.epoch,
             "step": self.step,
-            "rng": rng,
             "best": dict(self.best),
             "history": list(self.history),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> str | None:
         """Restore from a checkpoint dict loaded on the CPU; the optimizer state follows the
-        parameters to their device."""
+        parameters to their device. Returns a note when the checkpoint carries the random
+        state older versions saved (one per CUDA device of the machine that wrote it): it
+        is not restored, so a resume never depends on how many GPUs there were."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -91,10 +92,13 @@ class TrainState:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = list(state.get("history", []))
         self.best = dict(state.get("best", {}))
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and next(self.model.parameters()).is_cuda:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        rng = state.get("rng")
+        if not rng:
+            return None
+        gpus = len(rng.get("cuda") or [])
+        return (f"the checkpoint holds the random state of an older version (CPU and {gpus} "
+                "CUDA device(s)); it is not restored: each epoch's random numbers now come "
+                "from (seed, epoch, rank), whatever the number of GPUs")
 
 
 def saved_schedule(state: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]:
