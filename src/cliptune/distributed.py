@@ -123,6 +123,15 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def all_gather_object(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order (`[value]` on one process)."""
+    if not current().enabled:
+        return [value]
+    values: list[Any] = [None] * current().world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean of `tensor` over the ranks (a new tensor; the identity on one process)."""
     ctx = current()

@@ -157,12 +157,13 @@ class TrainLoader:
     included, so the ranks' batches put together are the single-process batch.
     `num_workers`: reader processes, or "auto" (`default_num_workers`). `pin_memory`:
     batches are read into page-locked memory, for fast asynchronous copies to a GPU.
+    `start`: iterating begins at that batch (a run resumed mid-epoch); `len` is the epoch's.
     """
 
     def __init__(self, split: Split, *, batch_size: int, seed: int, epoch: int, augment: bool,
                  flip: bool, all_captions: bool = False, num_workers: int | str = 0,
                  pin_memory: bool = False, crop_scale: tuple[float, float] = CROP_SCALE,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, start: int = 0) -> None:
         if not 2 <= batch_size <= len(split):
             raise DataError(
                 f"batch size {batch_size} needs 2 to {len(split)} images (the {split.name} split "
@@ -176,7 +177,7 @@ class TrainLoader:
         self.split = split
         self.seed, self.epoch = seed, epoch
         self.augment, self.flip, self.crop_scale = augment, flip, crop_scale
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.start = rank, world_size, start
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.num_workers = (default_num_workers(self.pin_memory, world_size)
                             if num_workers == "auto" else int(num_workers))
@@ -218,21 +219,24 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[HostBatch]:
         if self.num_workers > 0:
+            # An own generator: the global torch RNG is never drawn from (a run resumed
+            # mid-epoch would draw once more than the run it continues).
             yield from DataLoader(_Batches(self), batch_size=None, shuffle=False,
-                                  num_workers=self.num_workers, pin_memory=self.pin_memory)
+                                  num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                  generator=torch.Generator().manual_seed(0))
             return
-        for index in range(len(self)):
+        for index in range(self.start, len(self)):
             yield self.batch(index)
 
 
 class _Batches(Dataset):
-    """A TrainLoader's batches as a map-style dataset, for worker processes."""
+    """A TrainLoader's batches from its `start` on, as a map-style dataset, for worker processes."""
 
     def __init__(self, loader: TrainLoader) -> None:
         self.loader = loader
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.loader) - self.loader.start
 
     def __getitem__(self, index: int) -> HostBatch:
-        return self.loader.batch(index)
+        return self.loader.batch(self.loader.start + index)

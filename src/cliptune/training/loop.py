@@ -83,23 +83,30 @@ def train_one_epoch(
     log: StepLogger | None = None,
     progress: bool = False,
     checkpoint_hint: str = "last.pt",
+    start: int = 0,
+    loss_before: float = 0.0,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> EpochStats:
-    """Train `state` over `n_batches` batches (images, tokens already on `device`).
+    """Train `state` over batches `start` to `n_batches` of an epoch (`batches` yields
+    those, images and tokens already on `device`).
 
-    `model` is `state.model` or its DDP wrapper. Returns the epoch's mean loss and the
-    samples per second of the whole job (all ranks).
+    `model` is `state.model` or its DDP wrapper. A resumed epoch passes the batches done
+    (`start`, an accumulation-window boundary) and the rank-mean loss sum over them
+    (`loss_before`). `on_step(batches_done, loss_sum)` runs on every rank after each
+    optimizer step but the epoch's last (mid-epoch checkpoints). Returns the epoch's mean
+    loss and the samples per second of the whole job (all ranks).
     """
     ctx = distributed.current()
     sizes = window_sizes(n_batches, config.grad_accum_steps)
     state.model.train()
-    loss_total = torch.zeros((), device=device)
+    loss_total = torch.full((), loss_before, device=device)
     window_loss = torch.zeros((), device=device)
     window_batches, window_samples, window_start = 0, 0, time.perf_counter()
     epoch_start, samples = time.perf_counter(), 0
-    bar = tqdm(total=n_batches, desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch",
+    bar = tqdm(total=n_batches, initial=start, desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch",
                leave=False, disable=not progress, dynamic_ncols=True)
     postfix: dict[str, str] = {}
-    for index, (images, tokens) in enumerate(batches):
+    for index, (images, tokens) in enumerate(batches, start=start):
         window_end = (index + 1) % config.grad_accum_steps == 0 or index + 1 == n_batches
         sync = contextlib.nullcontext()
         if ctx.enabled and not window_end:
@@ -136,6 +143,8 @@ def train_one_epoch(
                 window_loss.zero_()
                 window_batches, window_samples = 0, 0
                 window_start = time.perf_counter()
+            if on_step is not None and not last:
+                on_step(index + 1, loss_total)
         bar.update(1)
         if postfix:
             bar.set_postfix(postfix, refresh=False)

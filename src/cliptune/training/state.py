@@ -33,6 +33,9 @@ class TrainState:
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] = field(default_factory=dict)
+    # Mid-epoch checkpoints: {"epoch", "batches" done, "loss" (rank-mean sum so far),
+    # "shards" (per rank, the shard workers' counters; None for the image cache)}.
+    position: dict[str, Any] | None = None
 
     @classmethod
     def create(
@@ -78,6 +81,7 @@ class TrainState:
             "rng": rng,
             "best": dict(self.best),
             "history": list(self.history),
+            "position": self.position,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -91,6 +95,7 @@ class TrainState:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = list(state.get("history", []))
         self.best = dict(state.get("best", {}))
+        self.position = state.get("position")
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") and next(self.model.parameters()).is_cuda:
