@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -53,6 +53,7 @@ class ShardSplit:
     urls: list[str]
     epoch_samples: int
     caption_field: str = "auto"
+    shard_samples: dict[str, int] = field(default_factory=dict)  # url -> samples (manifest)
 
     def __len__(self) -> int:
         return self.epoch_samples

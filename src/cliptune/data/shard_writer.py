@@ -78,7 +78,9 @@ def _write_split(catalog: Catalog, split: str, order: np.ndarray, out_dir: Path,
     pattern = str(out_dir / f"{split}-%06d.tar")
     samples = captions = 0
     bad: list[str] = []
-    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as writer:
+    counts: list[int] = []  # samples per shard, so a reader notices a shard cut short
+    with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0,
+                         post=lambda _: counts.append(writer.count)) as writer:
         for image in order.tolist():
             name = catalog.image_names[image]
             try:
@@ -98,7 +100,7 @@ def _write_split(catalog: Catalog, split: str, order: np.ndarray, out_dir: Path,
     if samples == 0:
         raise DataError(f"the {split} split has no readable image; nothing to write")
     return {"pattern": shard_pattern(split, n_shards), "shards": n_shards, "samples": samples,
-            "captions": captions}
+            "captions": captions, "shard_samples": counts}
 
 
 def write_shards(config: DataConfig, out_dir: str | Path, *, shard_size: int = 1000,

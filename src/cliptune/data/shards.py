@@ -122,6 +122,7 @@ class ShardPlan:
     val_urls: list[str]
     test_urls: list[str]
     root: str  # the training pattern, for the summary line
+    expected: dict[str, int] = field(default_factory=dict)  # samples per shard (manifest)
     flip_safe: bool = True
     crop_scale: tuple[float, float] = CROP_SCALE
 
@@ -162,12 +163,18 @@ def resolve(config: DataConfig) -> ShardPlan:
             raise DataError("set data.epoch_samples (training samples per epoch): there is "
                             f"no {MANIFEST} next to the training shards to count them")
         epoch_samples = int(splits["train"]["samples"])
-    train = ShardSplit("train", train_pattern, expand(train_pattern, "--data-dir"),
-                       epoch_samples, config.caption_field)
     crop = tuple((manifest or {}).get("crop_scale", CROP_SCALE))
+    expected = {}
+    for info in splits.values():
+        names = wds.shardlists.expand_urls(info["pattern"])
+        expected.update({str(folder / name): n
+                         for name, n in zip(names, info.get("shard_samples", []), strict=False)})
+    urls = expand(train_pattern, "--data-dir")
+    train = ShardSplit("train", train_pattern, urls, epoch_samples, config.caption_field,
+                       {url: expected[url] for url in urls if url in expected})
     return ShardPlan(train, expand(pattern("val", config.val_shards), "data.val_shards"),
                      expand(pattern("test", config.test_shards), "data.test_shards"),
-                     train_pattern, bool((manifest or {}).get("flip_safe", True)), crop)
+                     train_pattern, expected, bool((manifest or {}).get("flip_safe", True)), crop)
 
 
 # ---------------------------------------------------------------- samples
@@ -213,11 +220,24 @@ def _shard_of(exn: BaseException, urls: list[str], current: str | None) -> str:
     return current or "?"
 
 
+FIX = "write it again (python src/make_shards.py) or leave it out of the pattern"
+
+
 def shard_error(shard: str, exn: BaseException) -> str:
     """The message for a shard that cannot be read."""
-    return (f"shard {shard} cannot be read ({type(exn).__name__}: {exn}); it is truncated "
-            "or not a tar file: write it again (python src/make_shards.py) or leave it out "
-            "of the pattern")
+    reason = str(exn.args[0]).split(" @ ")[0] if exn.args else ""  # webdataset appends " @ file"
+    return (f"shard {shard} cannot be read ({type(exn).__name__}: {reason}); it is truncated "
+            f"or not a tar file: {FIX}")
+
+
+def short_shards(counts: dict[str, int], expected: dict[str, int]) -> str | None:
+    """The message for a shard that ended before the samples its manifest lists (a tar cut
+    between two members reads as a shorter, valid tar), or None."""
+    for url, n in counts.items():
+        if url in expected and n < expected[url]:
+            return (f"shard {url} ended after {n} of the {expected[url]} samples its "
+                    f"{MANIFEST} lists: it is truncated; {FIX}")
+    return None
 
 
 class _Tracked:
@@ -232,16 +252,26 @@ class _Tracked:
             yield {"url": url}
 
 
-def read_samples(urls: list[str], *, select=None) -> Iterator[dict[str, Any]]:
+def read_samples(urls: list[str], *, expected: dict[str, int] | None = None,
+                 select=None) -> Iterator[dict[str, Any]]:
     """Every sample of `urls` in order (raw bytes per extension); a shard that cannot be
-    read raises `DataError` naming it."""
+    read, or holds fewer samples than `expected` (url -> count) says, raises `DataError`
+    naming it."""
     source = _Tracked(urls)
 
     def handler(exn: BaseException) -> bool:
+        if isinstance(exn, DataError):  # ours, passed up through webdataset (which adds args)
+            raise DataError(exn.args[0]) from None
         raise DataError(shard_error(_shard_of(exn, urls, source.current), exn)) from exn
 
-    yield from wds.DataPipeline(lambda: iter(source),
-                                wds.tarfile_to_samples(handler=handler, select_files=select))
+    counts = dict.fromkeys(urls, 0)
+    for sample in wds.DataPipeline(lambda: iter(source),
+                                   wds.tarfile_to_samples(handler=handler, select_files=select)):
+        counts[sample["__url__"]] += 1
+        yield sample
+    message = short_shards(counts, expected or {})
+    if message:
+        raise DataError(message)
 
 
 def train_captions(split: ShardSplit, limit: int = TOKENIZER_CAPTIONS) -> list[str]:
@@ -251,7 +281,7 @@ def train_captions(split: ShardSplit, limit: int = TOKENIZER_CAPTIONS) -> list[s
     def not_image(name: str) -> bool:
         return name.rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS
 
-    for sample in read_samples(split.urls, select=not_image):
+    for sample in read_samples(split.urls, select=not_image):  # counts: see the epochs
         captions += captions_of(sample, split.caption_field)
         if len(captions) >= limit:
             break
@@ -273,7 +303,7 @@ def eval_catalog(plan: ShardPlan, cache_dir: Path) -> Catalog:
     with FileLock(str(folder) + ".lock"):
         for split, urls in (("val", plan.val_urls), ("test", plan.test_urls)):
             skipped, total = [], 0
-            for sample in read_samples(urls):
+            for sample in read_samples(urls, expected=plan.expected):
                 total += 1
                 image, captions = image_entry(sample), captions_of(sample, "auto")
                 name = f"{split}/{sample['__key__']}"
@@ -380,12 +410,14 @@ class _Stream(torch.utils.data.IterableDataset):
     resampled: bool
     decode_device: str
     start: int  # global batches already done
+    expected: dict[str, int] = field(default_factory=dict)  # samples per shard (manifest)
     start_counters: list[tuple[int, int, int]] = field(default_factory=list)  # per worker
 
     def _samples(self, worker: int, workers: int, errors: list[str]) -> Iterator[dict[str, Any]]:
         """This worker's raw samples, shuffled (the epoch's stream, read again as needed)."""
         def handler(exn: BaseException) -> bool:
-            errors.append(shard_error(_shard_of(exn, self.urls, source.current), exn))
+            if not errors:  # the first is the cause; webdataset reports it again on its way out
+                errors.append(shard_error(_shard_of(exn, self.urls, source.current), exn))
             return False
 
         shuffle_seed = _seed(self.seed, self.epoch, self.rank, worker)
@@ -409,11 +441,14 @@ class _Stream(torch.utils.data.IterableDataset):
                                         wds.tarfile_to_samples(handler=handler),
                                         wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                                                     seed=_seed(shuffle_seed, cycle)))
-            count = 0
+            counts = dict.fromkeys(order, 0)
             for sample in pipeline:
-                count += 1
+                counts[sample["__url__"]] += 1
                 yield sample
-            if count == 0 or errors:
+            short = short_shards(counts, self.expected)
+            if short and not errors:
+                errors.append(short)
+            if not any(counts.values()) or errors:
                 return
 
     def _decode(self, sample: dict[str, Any], pixels: np.ndarray, row: int,
@@ -503,7 +538,8 @@ class ShardLoader:
     tokens, crop boxes and flips), for `device_batches` like `TrainLoader`'s.
 
     `start` (batches done) and `start_counters` (each worker's counters at that point, from
-    `position`) resume an epoch mid-way. `skipped()` counts the broken samples passed over.
+    `position`) resume an epoch mid-way. The split's `shard_samples` (from the manifest)
+    let a shard cut short between two members be noticed at the end of a pass over it. `skipped()` counts the broken samples passed over.
     """
 
     def __init__(self, split: ShardSplit, *, tokenizer: Tokenizer, image_size: int,
@@ -542,7 +578,7 @@ class ShardLoader:
         self._stream = _Stream(
             split.urls, tokenizer.to_json(), n_batches, batch_size, image_size, seed, epoch,
             rank, world_size, augment, flip, tuple(crop_scale), split.caption_field,
-            shuffle_buffer, resampled, decode_device, start, counters)
+            shuffle_buffer, resampled, decode_device, start, dict(split.shard_samples), counters)
 
     def __len__(self) -> int:
         return self.n_batches
