@@ -588,23 +588,28 @@ class ShardLoader:
         # run would otherwise consume one draw more than the run it continues).
         loader = wds.WebLoader(self._stream, batch_size=None, num_workers=self.num_workers,
                                pin_memory=self.pin_memory, generator=torch.Generator().manual_seed(0))
-        expected = self.start
+        # The DataLoader asks worker 0 first; a resumed epoch may start on another worker's
+        # batch, so batches are handed on in index order (at most `workers` held back).
+        expected, pending = self.start, {}
         for item in loader:
             if isinstance(item, _Failure):
                 raise DataError(item.message)
-            if item.index != expected:
-                raise RuntimeError(f"shard batches out of order: got {item.index}, "
-                                   f"expected {expected}")
-            expected += 1
-            self._seen[item.index] = (item.worker, item.counters)
-            batch = item.batch
-            if item.encoded:
-                rows = [row for row, _ in item.encoded]
-                images = batch.images.to(self.device)
-                decoded = self._gpu_decode(item, images.shape[-1])
-                images[rows] = decoded
-                batch = batch._replace(images=images)
-            yield batch
+            pending[item.index] = item
+            while expected in pending:
+                yield self._finish(pending.pop(expected))
+                expected += 1
+        if pending or expected != self.n_batches:
+            raise RuntimeError(f"shard stream ended at batch {expected} of {self.n_batches}")
+
+    def _finish(self, item: _WorkerBatch) -> HostBatch:
+        self._seen[item.index] = (item.worker, item.counters)
+        batch = item.batch
+        if item.encoded:
+            rows = [row for row, _ in item.encoded]
+            images = batch.images.to(self.device)
+            images[rows] = self._gpu_decode(item, images.shape[-1])
+            batch = batch._replace(images=images)
+        return batch
 
     def _gpu_decode(self, item: _WorkerBatch, size: int) -> torch.Tensor:
         data = [tensor for _, tensor in item.encoded]
