@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from trainer_helpers import tiny_config, weights
+from trainer_helpers import TINY, tiny_config, weights
 
 from cliptune.checkpoint import load_checkpoint
 from cliptune.cli import make_shards
-from cliptune.config import DataConfig
+from cliptune.config import DataConfig, RunConfig, apply_overrides
 from cliptune.data import prepare_data, shapes
 from cliptune.data.preprocess import decode_image
 from cliptune.data.shards import ShardLoader, decode_jpegs_cuda, resolve
@@ -41,6 +41,16 @@ from cliptune.trainer import Trainer
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = ["--set", "data.shapes_images=80", "--set", "data.val_size=16", "--set",
           "data.test_size=16"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread (and so in the killed subprocess): on a loaded 2-core machine two
+    threads made each tiny step ~100x slower (spinning thread pools)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write(cache_dir: Path, out: Path, *args: str) -> Path:
@@ -96,7 +106,8 @@ def test_make_shards_round_trip(cache_dir, shard_dir):
             assert set(sample) >= {"__key__", "jpg", "txt", "json"}
             assert meta["split"] == split and meta["key"] == sample["__key__"]
             image = catalog.image_names.index(meta["image"])
-            expected = [c for c, i in zip(catalog.captions, catalog.caption_image) if i == image]
+            expected = [c for c, i in zip(catalog.captions, catalog.caption_image, strict=True)
+                        if i == image]
             assert meta["captions"] == expected
             assert sample["txt"].decode() == expected[0]
             assert sample["jpg"] == (catalog.root / meta["image"]).read_bytes()
@@ -157,8 +168,6 @@ def test_shards_give_the_image_cache_pixels(cache_dir, shard_dir, data):
     assert sorted(sharded.val.captions) == sorted(data.val.captions)
 
     torch.manual_seed(0)
-    from trainer_helpers import TINY
-    from cliptune.config import RunConfig, apply_overrides
     model = CLIP(apply_overrides(RunConfig(), TINY).model).eval()
     scale = model.logit_scale.detach()
     a = embedding_metrics(*embed_split(model, data.val, batch_size=16, device="cpu",
@@ -318,7 +327,8 @@ def kill_mid_epoch(tmp_path: Path, cache_dir: Path, overrides: list[str]) -> dic
     script = KILL_SCRIPT.format(src=str(REPO / "src"), tests=str(REPO / "tests"),
                                 run=str(tmp_path), cache=str(cache_dir), overrides=overrides)
     job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     last = tmp_path / "checkpoints" / "run" / "last.pt"
     try:
         deadline = time.monotonic() + 120
@@ -343,7 +353,7 @@ def kill_mid_epoch(tmp_path: Path, cache_dir: Path, overrides: list[str]) -> dic
 def test_resume_mid_epoch_equals_uninterrupted(cache_dir, shard_dir, data, tmp_path, source):
     """Killed (SIGKILL) after a mid-epoch checkpoint and run again: the same weights, epoch
     losses and validation numbers as a run never stopped."""
-    overrides = ["train.epochs=2", "train.checkpoint_every_steps=1", "data.num_workers=2"]
+    overrides = ["train.epochs=2", "train.checkpoint_every_steps=3", "data.num_workers=2"]
     if source == "shards":
         overrides += ["data.source=webdataset", f"data.data_dir={shard_dir}",
                       "data.epoch_samples=480"]  # 30 batches: 10 passes over the shards
