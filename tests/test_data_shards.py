@@ -143,6 +143,8 @@ def test_shard_settings_errors(cache_dir, shard_dir, tmp_path):
     pattern = str(lone / "train-{000000..000001}.tar")
     with pytest.raises(DataError, match="data.val_shards"):
         resolve(DataConfig(source="webdataset", data_dir=pattern, epoch_samples=12))
+    capped = resolve(DataConfig(source="webdataset", data_dir=str(shard_dir), max_samples=20))
+    assert capped.train.epoch_samples == 20  # HPO's quick-run cap caps the epoch
     with pytest.raises(DataError, match="data.epoch_samples"):
         resolve(DataConfig(source="webdataset", data_dir=pattern,
                            val_shards=str(shard_dir / "val-000000.tar"),
@@ -426,3 +428,72 @@ def test_tokenizer_learns_from_the_training_shards(cache_dir, shard_dir):
     assert len(captions) == 240  # 48 images x 5 captions (json "captions")
     assert train_captions(plan.train, limit=7) == captions[:7]
     Tokenizer.train(captions, 128, 16)
+
+
+def torchrun(workdir: Path, shard_dir: Path) -> subprocess.Popen:
+    from test_main_cli import TINY_FLAGS
+    workdir.mkdir(exist_ok=True)
+    env = {**os.environ, "CLIPTUNE_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", str(REPO / "src" / "main.py"), *TINY_FLAGS, "--data", "webdataset",
+               "--data-dir", str(shard_dir), "--set", "data.epoch_samples=240", "--set",
+               "train.checkpoint_every_steps=3", "--set", "data.num_workers=2"]
+    return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every process below it (torchrun's workers run in their own
+    process groups, so killing its group would leave them training)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    for victim in reversed(tree):  # the workers first, then torchrun
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_torchrun_resume_mid_epoch_equals_uninterrupted(tmp_path, shard_dir):
+    """2 ranks x 2 workers under torchrun, SIGKILLed after a mid-epoch checkpoint (both ranks'
+    worker counts in it) and launched again: the weights of a job never stopped."""
+    straight, killed = torchrun(tmp_path / "a", shard_dir), torchrun(tmp_path / "b", shard_dir)
+    last = tmp_path / "b" / "checkpoints" / "cli" / "last.pt"
+    try:
+        deadline = time.monotonic() + 240
+        while not (last.is_file() and load_checkpoint(last).get("position")):
+            assert killed.poll() is None, killed.communicate()[0]
+            assert time.monotonic() < deadline, "no mid-epoch checkpoint written"
+            time.sleep(0.01)
+        kill_tree(killed.pid)
+        killed.wait()
+        output, _ = straight.communicate(timeout=300)
+        assert straight.returncode == 0, output
+    finally:
+        for job in (straight, killed):
+            if job.poll() is None:
+                kill_tree(job.pid)
+                job.wait()
+    position = load_checkpoint(last)["position"]
+    assert position is not None and len(position["shards"]) == 2
+    assert all(len(rank) == 2 for rank in position["shards"])
+    again = torchrun(tmp_path / "b", shard_dir)
+    output, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, output
+    assert "resuming" in output
+    expected = load_checkpoint(tmp_path / "a" / "checkpoints" / "cli" / "last.pt")
+    got = load_checkpoint(last)
+    for key, value in expected["model"].items():
+        assert torch.equal(value, got["model"][key]), key
+    assert [h["val_loss"] for h in got["history"]] == [h["val_loss"] for h in expected["history"]]

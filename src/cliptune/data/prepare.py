@@ -89,6 +89,7 @@ def _prepare_shards(config: DataConfig, cache_dir, image_size: int, vocab_size: 
     for name in ("val", "test"):
         indices = np.array([i for i, n in enumerate(catalog.image_names)
                             if n.startswith(f"{name}/")], dtype=np.int64)
+        indices = indices[:config.max_eval_samples]  # the first images by key (None: all)
         if len(indices) < 2:
             raise DataError(f"the {name} shards hold {len(indices)} usable images; "
                             "evaluation needs at least 2")

@@ -129,7 +129,8 @@ class ShardPlan:
 
 def resolve(config: DataConfig) -> ShardPlan:
     """The shards `config` asks for: `data_dir` is the training pattern or make_shards'
-    folder; val/test patterns and epoch_samples default to the manifest's."""
+    folder; val/test patterns and epoch_samples default to the manifest's (epoch_samples
+    capped by `data.max_samples`)."""
     if not config.data_dir:
         raise DataError("data.source=webdataset needs the training shards: pass --data-dir "
                         "'shards/train-{000000..000099}.tar' or the folder make_shards wrote")
@@ -163,6 +164,8 @@ def resolve(config: DataConfig) -> ShardPlan:
             raise DataError("set data.epoch_samples (training samples per epoch): there is "
                             f"no {MANIFEST} next to the training shards to count them")
         epoch_samples = int(splits["train"]["samples"])
+    if config.max_samples:  # the quick-run cap (HPO's fidelity) caps the epoch
+        epoch_samples = min(epoch_samples, config.max_samples)
     crop = tuple((manifest or {}).get("crop_scale", CROP_SCALE))
     expected = {}
     for info in splits.values():
