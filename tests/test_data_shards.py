@@ -158,9 +158,10 @@ def test_shards_give_the_image_cache_pixels(cache_dir, shard_dir, data):
     """Validation from shards is the cache's validation (same images, pixels, captions, and
     the same metrics for one model), and training images decoded in the shard workers are
     exactly the cache's training images: every one, once."""
-    config = shard_data_config(cache_dir, shard_dir)
+    config = DataConfig(source="auto", data_dir=str(shard_dir), cache_dir=str(cache_dir))
     sharded = prepare_data(config, image_size=32, vocab_size=128, context_length=16,
                            tokenizer=data.tokenizer, quiet=True)
+    assert sharded.source == "webdataset"  # auto: a folder with a shard manifest
     manifest_names = {}
     for sample in wds.WebDataset(str(shard_dir / "val-{000000..000002}.tar"), shardshuffle=False):
         manifest_names[f"val/{sample['__key__']}.jpg"] = json.loads(sample["json"])["image"]
