@@ -356,7 +356,7 @@ def kill_mid_epoch(tmp_path: Path, cache_dir: Path, overrides: list[str]) -> dic
 def test_resume_mid_epoch_equals_uninterrupted(cache_dir, shard_dir, data, tmp_path, source):
     """Killed (SIGKILL) after a mid-epoch checkpoint and run again: the same weights, epoch
     losses and validation numbers as a run never stopped."""
-    overrides = ["train.epochs=2", "train.checkpoint_every_steps=3", "data.num_workers=2"]
+    overrides = ["train.epochs=1", "train.checkpoint_every_steps=3", "data.num_workers=2"]
     if source == "shards":
         overrides += ["data.source=webdataset", f"data.data_dir={shard_dir}",
                       "data.epoch_samples=480"]  # 30 batches: 10 passes over the shards
@@ -438,7 +438,7 @@ def torchrun(workdir: Path, shard_dir: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                "2", str(REPO / "src" / "main.py"), *TINY_FLAGS, "--data", "webdataset",
                "--data-dir", str(shard_dir), "--set", "data.epoch_samples=240", "--set",
-               "train.checkpoint_every_steps=3", "--set", "data.num_workers=2"]
+               "train.checkpoint_every_steps=3", "--set", "data.num_workers=2", "--epochs", "1"]
     return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
