@@ -158,21 +158,21 @@ def resolve(config: DataConfig) -> ShardPlan:
                         f"pass the folder make_shards wrote (its {MANIFEST} names them)")
 
     train_pattern = pattern("train", None)
-    epoch_samples = config.epoch_samples
-    if epoch_samples is None:
-        if "train" not in splits:
-            raise DataError("set data.epoch_samples (training samples per epoch): there is "
-                            f"no {MANIFEST} next to the training shards to count them")
-        epoch_samples = int(splits["train"]["samples"])
-    if config.max_samples:  # the quick-run cap (HPO's fidelity) caps the epoch
-        epoch_samples = min(epoch_samples, config.max_samples)
-    crop = tuple((manifest or {}).get("crop_scale", CROP_SCALE))
     expected = {}
     for info in splits.values():
         names = wds.shardlists.expand_urls(info["pattern"])
         expected.update({str(folder / name): n
                          for name, n in zip(names, info.get("shard_samples", []), strict=False)})
     urls = expand(train_pattern, "--data-dir")
+    epoch_samples = config.epoch_samples
+    if epoch_samples is None:  # the training shards' samples, as the manifest counts them
+        if not all(url in expected for url in urls):
+            raise DataError("set data.epoch_samples (training samples per epoch): no "
+                            f"{MANIFEST} next to the training shards counts their samples")
+        epoch_samples = sum(expected[url] for url in urls)
+    if config.max_samples:  # the quick-run cap (HPO's fidelity) caps the epoch
+        epoch_samples = min(epoch_samples, config.max_samples)
+    crop = tuple((manifest or {}).get("crop_scale", CROP_SCALE))
     train = ShardSplit("train", train_pattern, urls, epoch_samples, config.caption_field,
                        {url: expected[url] for url in urls if url in expected})
     return ShardPlan(train, expand(pattern("val", config.val_shards), "data.val_shards"),
