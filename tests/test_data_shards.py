@@ -498,3 +498,24 @@ def test_torchrun_resume_mid_epoch_equals_uninterrupted(tmp_path, shard_dir):
     for key, value in expected["model"].items():
         assert torch.equal(value, got["model"][key]), key
     assert [h["val_loss"] for h in got["history"]] == [h["val_loss"] for h in expected["history"]]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_caption_field_and_resampled_shards(cache_dir, shard_dir, data):
+    plan = resolve(shard_data_config(cache_dir, shard_dir, caption_field="txt"))
+    from cliptune.data.shards import train_captions
+    assert len(train_captions(plan.train)) == 48  # one txt per sample
+    names = train_captions(resolve(shard_data_config(cache_dir, shard_dir,
+                                                     caption_field="image")).train)
+    assert len(names) == 48 and all(n.endswith(".jpg") for n in names)  # a json string field
+
+    split = resolve(shard_data_config(cache_dir, shard_dir)).train
+    one = batch_digests(loader(split, data.tokenizer, resampled=True, num_workers=2))
+    two = batch_digests(loader(split, data.tokenizer, resampled=True, num_workers=2))
+    assert one == two and len(one) == 48  # seeded: the same draws on every run
+    two_shards = resolve(shard_data_config(
+        cache_dir, str(shard_dir / "train-{000000..000001}.tar"), epoch_samples=48)).train
+    with pytest.raises(DataError, match="data.resampled=true"):
+        loader(two_shards, data.tokenizer, num_workers=4)
+    drawn = batch_digests(loader(two_shards, data.tokenizer, resampled=True, num_workers=4))
+    assert len(drawn) == 48 and len(set(drawn)) <= 12  # 4 workers drawing from 2 shards
