@@ -416,7 +416,7 @@ class _Stream(torch.utils.data.IterableDataset):
     expected: dict[str, int] = field(default_factory=dict)  # samples per shard (manifest)
     start_counters: list[tuple[int, int, int]] = field(default_factory=list)  # per worker
 
-    def _samples(self, worker: int, workers: int, errors: list[str]) -> Iterator[dict[str, Any]]:
+    def _samples(self, worker: int, errors: list[str]) -> Iterator[dict[str, Any]]:
         """This worker's raw samples, shuffled (the epoch's stream, read again as needed)."""
         def handler(exn: BaseException) -> bool:
             if not errors:  # the first is the cause; webdataset reports it again on its way out
@@ -428,7 +428,8 @@ class _Stream(torch.utils.data.IterableDataset):
             source = _Tracked([])
             shards = wds.ResampledShards(self.urls, seed=_seed(self.seed, self.epoch),
                                          deterministic=True)
-            pipeline = wds.DataPipeline(shards, _track(source), wds.tarfile_to_samples(handler=handler),
+            pipeline = wds.DataPipeline(shards, _track(source),
+                                        wds.tarfile_to_samples(handler=handler),
                                         wds.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                                                     seed=shuffle_seed))
             yield from pipeline
@@ -485,7 +486,7 @@ class _Stream(torch.utils.data.IterableDataset):
             return
         tokenizer = Tokenizer.from_json(self.tokenizer_json)
         errors: list[str] = []
-        stream = self._samples(worker, workers, errors)
+        stream = self._samples(worker, errors)
         raw, bad_image, bad_caption = (self.start_counters[worker] if self.start_counters
                                        else (0, 0, 0))
         for _ in range(raw):  # the samples the checkpointed run had taken: skipped undecoded
