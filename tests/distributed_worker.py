@@ -21,7 +21,7 @@ from cliptune.errors import DataError
 from cliptune.evaluation import embed_split
 from cliptune.loss import ClipLoss
 from cliptune.model import CLIP
-from cliptune.runtime import seed_epoch
+from cliptune.runtime import seed_batch
 from cliptune.trainer import Trainer
 
 GLOBAL_BATCH = 8
@@ -168,7 +168,7 @@ def data_decision_worker(rank: int, world: int, port: int, out: str, config_json
     images, tokens = global_batch()
     outputs = []
     for _ in range(2):
-        seed_epoch(0, 1, rank)
+        seed_batch(0, 1, 0, rank)
         with torch.no_grad():
             outputs.append(model(images, tokens)[0])
     result["dropout"] = outputs

@@ -147,7 +147,7 @@ def test_ranks_that_prepared_other_data_stop_naming_ranks_and_fingerprints(decis
 
 def test_ranks_draw_different_dropout_masks_and_the_same_ones_again(decisions):
     (a0, b0), (a1, b1) = (d["dropout"] for d in decisions)
-    assert torch.equal(a0, b0) and torch.equal(a1, b1)  # seed_epoch repeats the draw
+    assert torch.equal(a0, b0) and torch.equal(a1, b1)  # seed_batch repeats the draw
     assert not torch.allclose(a0, a1)  # same weights, same batch: only the masks differ
 
 

@@ -15,7 +15,7 @@ from export_helpers import smooth_image
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ["cliptune-train", "cliptune-optimize", "cliptune-evaluate", "cliptune-retrieve",
-           "cliptune-export"]
+           "cliptune-export", "cliptune-make-shards"]
 
 
 @pytest.fixture(scope="module")

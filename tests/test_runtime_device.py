@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cliptune.errors import ConfigError
-from cliptune.runtime import epoch_seed, process_device, seed_epoch
+from cliptune.runtime import batch_seed, process_device, seed_batch
 
 
 def device(name, world=1, local=0, gpus=0):
@@ -51,11 +51,12 @@ def test_more_ranks_per_node_than_gpus_is_refused():
         device("cuda", world=2, local=1, gpus=1)
 
 
-def test_epoch_seeds_differ_by_rank_and_epoch_and_repeat():
-    seeds = {epoch_seed(0, epoch, rank) for epoch in (1, 2) for rank in (0, 1)}
-    assert len(seeds) == 4
-    assert epoch_seed(0, 1, 1) == epoch_seed(0, 1, 1) != epoch_seed(1, 1, 1)
-    seed_epoch(7, 3, 1)
+def test_batch_seeds_differ_by_rank_epoch_and_batch_and_repeat():
+    seeds = {batch_seed(0, epoch, batch, rank) for epoch in (1, 2) for batch in (0, 1)
+             for rank in (0, 1)}
+    assert len(seeds) == 8
+    assert batch_seed(0, 1, 0, 1) == batch_seed(0, 1, 0, 1) != batch_seed(1, 1, 0, 1)
+    seed_batch(7, 3, 2, 1)
     first = torch.rand(5)
-    seed_epoch(7, 3, 1)
+    seed_batch(7, 3, 2, 1)
     assert torch.equal(torch.rand(5), first)

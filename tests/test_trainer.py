@@ -26,7 +26,7 @@ def test_checkpoints_tensorboard_and_metrics(tmp_path, cache_dir, data):
     for key in ("config", "tokenizer", "model", "optimizer", "scheduler", "epoch", "step",
                 "metrics", "history"):
         assert key in state
-    assert "rng" not in state  # each epoch seeds its own generators (runtime.seed_epoch)
+    assert "rng" not in state  # each batch seeds its own generators (runtime.seed_batch)
     assert state["epoch"] == 2 and state["config"]["data"]["source"] == "shapes"
     assert not list(ckpt.glob("*.tmp*"))
 

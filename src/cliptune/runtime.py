@@ -149,17 +149,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The torch seed of one rank's training epoch: a hash of (seed, epoch, rank)."""
-    entropy = [seed % 2**63, epoch, rank]
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """The torch seed of one rank's training batch: a hash of (seed, epoch, batch, rank)."""
+    entropy = [seed % 2**63, epoch, batch, rank]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
-def seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Seed torch (CPU and every GPU) for one rank's training epoch.
+def seed_batch(seed: int, epoch: int, batch: int, rank: int) -> None:
+    """Seed torch (CPU and every GPU) for one rank's training batch.
 
     Dropout (and any other torch draw in the training step) then differs between ranks,
-    as OpenCLIP's seed + rank does, and between epochs, yet is the same on a rerun and
-    on a resume from any epoch's checkpoint, whatever the number of GPUs before: no
-    random state has to travel in the checkpoint."""
-    torch.manual_seed(epoch_seed(seed, epoch, rank))
+    as OpenCLIP's seed + rank does, and between batches, yet is the same on a rerun and
+    on a resume from any checkpoint, mid-epoch included, whatever the number of GPUs
+    before: no random state has to travel in the checkpoint."""
+    torch.manual_seed(batch_seed(seed, epoch, batch, rank))

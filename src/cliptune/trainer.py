@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 from cliptune import distributed
 from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData, Split, TrainLoader, device_batches, prepare_data
+from cliptune.data.prepared import ShardSplit
+from cliptune.data.shards import ShardLoader, resolve_decode_device
 from cliptune.errors import ConfigError, DataError
 from cliptune.evaluation import embed_split, embedding_metrics
 from cliptune.loss import ClipLoss
@@ -34,7 +36,6 @@ from cliptune.runtime import (
     configure_matmul,
     process_device,
     resolve_precision,
-    seed_epoch,
     seed_everything,
     visible_gpus,
 )
@@ -195,7 +196,7 @@ class Trainer:
             self._print(f"notice: the train split has {len(self.data.train)} images, fewer than "
                         f"train.batch_size={cfg.train.batch_size}; using batches of "
                         f"{self._batch_size}")
-        self._loader = self._train_loader()
+        self._loader = self._train_loader(epoch=1)
         steps_per_epoch = math.ceil(len(self._loader) / cfg.train.grad_accum_steps)
         total, epochs = steps_per_epoch * cfg.train.epochs, cfg.train.epochs
         if self._resume_state is not None:  # the schedule the run started with, never a new one
@@ -210,16 +211,66 @@ class Trainer:
         self.train_model = torch.compile(model) if cfg.train.compile else model
         return self.model
 
-    def _train_loader(self) -> TrainLoader:
-        """The run's one training loader (its reader processes persist across epochs)."""
+    def _train_loader(self, epoch: int, position: dict | None = None) -> TrainLoader | ShardLoader:
+        """The batches of epoch `epoch`, from `position` on when resuming mid-epoch. From
+        the image cache: the run's one TrainLoader, moved on with `set_epoch` (its reader
+        processes persist across epochs); from shards: a new stream per epoch."""
         cfg = self.config
+        start = position["batches"] if position else 0
+        if isinstance(self.data.train, ShardSplit):
+            workers, counters = cfg.data.num_workers, None
+            if position and position.get("shards") is not None:
+                saved = position["shards"]
+                if len(saved) != self.dist.world_size:
+                    raise ConfigError(
+                        f"cannot resume run {cfg.name!r} mid-epoch on {self.dist.world_size} "
+                        f"process(es): its epoch position was written by {len(saved)}; "
+                        f"resume with torchrun --nproc_per_node {len(saved)}")
+                counters = saved[self.dist.rank]
+                if workers == "auto":  # the worker count the position was written with
+                    workers = len(counters)
+            return ShardLoader(
+                self.data.train, tokenizer=self.data.tokenizer, image_size=self.data.image_size,
+                batch_size=self._batch_size, seed=cfg.seed, epoch=epoch,
+                augment=cfg.data.augment, flip=self.data.flip_safe,
+                crop_scale=self.data.crop_scale, shuffle_buffer=cfg.data.shuffle_buffer,
+                resampled=cfg.data.resampled, num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+                decode_device=resolve_decode_device(cfg.data.decode_device, self.device),
+                device=self.device, rank=self.dist.rank, world_size=self.dist.world_size,
+                start=start, start_counters=counters,
+            )
+        if self._loader is not None:
+            self._loader.set_epoch(epoch, start)
+            return self._loader
         return TrainLoader(
-            self.data.train, batch_size=self._batch_size, seed=cfg.seed, epoch=1,
+            self.data.train, batch_size=self._batch_size, seed=cfg.seed, epoch=epoch,
             augment=cfg.data.augment, flip=self.data.flip_safe,
             all_captions=cfg.train.all_captions, num_workers=cfg.data.num_workers,
             pin_memory=self.device.type == "cuda", crop_scale=self.data.crop_scale,
-            rank=self.dist.rank, world_size=self.dist.world_size,
+            rank=self.dist.rank, world_size=self.dist.world_size, start=start,
         )
+
+    def _position_saver(self, checkpointer: Checkpointer, loader: TrainLoader | ShardLoader,
+                        epoch: int):
+        """`on_step` for train_one_epoch: last.pt with the epoch's position every
+        `train.checkpoint_every_steps` optimizer steps (every rank joins the collectives)."""
+        every = self.config.train.checkpoint_every_steps
+
+        def save(batches_done: int, loss_sum: torch.Tensor) -> None:
+            if self.state.step % every:
+                return
+            shards = loader.position(batches_done) if isinstance(loader, ShardLoader) else None
+            self.state.position = {
+                "epoch": epoch, "batches": batches_done,
+                "loss": distributed.all_reduce_mean(loss_sum).item(),
+                "shards": distributed.all_gather_object(shards) if shards is not None else None,
+            }
+            if checkpointer.writer:
+                metrics = {"epoch": float(epoch - 1), "step": float(self.state.step)}
+                checkpointer.save_position(self.checkpoint_state(metrics))
+
+        return save if every else None
 
     # ------------------------------------------------------------------ evaluation
 
@@ -322,20 +373,23 @@ class Trainer:
         callbacks = ([board] if board is not None else []) + self.callbacks
         while state.epoch < cfg.epochs:
             epoch, epoch_start = state.epoch + 1, time.perf_counter()
-            seed_epoch(self.config.seed, epoch, self.dist.rank)  # dropout: per rank and epoch
-            loader = self._loader
-            loader.set_epoch(epoch)
+            position = state.position if (state.position or {}).get("epoch") == epoch else None
+            loader = self._loader = self._train_loader(epoch, position)
             stats = train_one_epoch(
                 state, self.train_model, self.loss_fn, device_batches(loader, self.device),
                 len(loader), config=cfg, device=self.device, precision=self.precision,
-                log=board.log_step if board is not None else None,
+                seed=self.config.seed, log=board.log_step if board is not None else None,
                 progress=self.show_progress and self.dist.is_main,
                 checkpoint_hint=str(checkpointer.last),
+                start=position["batches"] if position else 0,
+                loss_before=position["loss"] if position else 0.0,
+                on_step=self._position_saver(checkpointer, loader, epoch),
             )
-            state.epoch = epoch
+            state.epoch, state.position = epoch, None
+            skipped = self._skipped(loader, epoch)
             val = self._validate()
             metrics = {
-                "epoch": float(epoch), "train_loss": stats.loss,
+                "epoch": float(epoch), "train_loss": stats.loss, **skipped,
                 **{f"val_{key}": value for key, value in val.items()},
                 "lr": state.scheduler.get_last_lr()[0],
                 "temperature": float(1 / self.model.logit_scale.detach().exp()),
@@ -354,6 +408,19 @@ class Trainer:
                             f"{since_best} epochs")
                 return True
         return False
+
+    def _skipped(self, loader: TrainLoader | ShardLoader, epoch: int) -> dict[str, float]:
+        """Broken training samples the shard stream passed over this epoch (all ranks), as
+        `train_skipped` for the metrics, with a line when there were any."""
+        if not isinstance(loader, ShardLoader):
+            return {}
+        counts = torch.tensor(loader.skipped(), dtype=torch.float64, device=self.device)
+        image, caption = (distributed.all_reduce_mean(counts) * self.dist.world_size).cpu().tolist()
+        if image or caption:
+            self._print(f"epoch {epoch}: skipped {int(image + caption)} broken training "
+                        f"samples ({int(image)} without a readable image, {int(caption)} "
+                        "without a caption)")
+        return {"train_skipped": image + caption}
 
     def checkpoint_state(self, metrics: dict[str, float], *,
                          weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:

@@ -11,8 +11,10 @@ from cliptune.errors import ConfigError
 class DataConfig:
     """Where the image-caption pairs come from and how they are split and loaded."""
 
-    source: str = "auto"  # auto | shapes | flickr30k | folder
-    data_dir: str | None = None  # local copy (flickr30k layout) or a folder dataset
+    source: str = "auto"  # auto | shapes | flickr30k | folder | webdataset
+    # local copy (flickr30k layout), a folder dataset, or (webdataset) the training shards'
+    # brace pattern or the folder make_shards wrote (its manifest.json names every split)
+    data_dir: str | None = None
     format: str = "auto"  # folder format: auto | kaggle | captions_txt | tsv | coco
     split_file: str | None = None  # JSON {"train": [...], ...}, Karpathy's json or txt trio
     split_seed: int = 0  # decides the random split; independent of the run's seed
@@ -26,6 +28,16 @@ class DataConfig:
     max_eval_samples: int | None = None  # cap on val and test images
     augment: bool = True
     num_workers: int | str = "auto"  # reader processes; auto: 0 on CPU, a few for a GPU
+    # webdataset shards (docs/DATASETS.md): validation and test shard patterns (default: the
+    # manifest.json next to the training shards), samples per epoch (default: the manifest's
+    # training count), caption field, shuffles, resampling and the JPEG decode device
+    val_shards: str | None = None
+    test_shards: str | None = None
+    epoch_samples: int | None = None
+    caption_field: str = "auto"  # auto (json "captions" list, else txt) | txt | a json key
+    shuffle_buffer: int = 1000  # samples held by each worker's shuffle buffer
+    resampled: bool = False  # draw shards with replacement (webdataset's ResampledShards)
+    decode_device: str = "auto"  # auto | cpu | cuda (batched nvJPEG on the training GPU)
 
 
 @dataclass
@@ -78,6 +90,7 @@ class TrainConfig:
     best_metric: str = "rsum"  # any key of the val metrics; loss-like keys are minimised
     early_stopping_patience: int = 0  # epochs without improvement; 0 disables
     checkpoint_every: int = 0  # also keep epoch_<n>.pt every k epochs; 0 disables
+    checkpoint_every_steps: int = 0  # also write last.pt every k optimizer steps mid-epoch
     keep_checkpoints: int = 3  # how many epoch_<n>.pt to keep
     save_checkpoints: bool = True
     save_last: bool = True  # last.pt for resuming (HPO trials, which never resume, skip it)
@@ -135,7 +148,8 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": ("auto", "shapes", "flickr30k", "folder"),
+    "data.source": ("auto", "shapes", "flickr30k", "folder", "webdataset"),
+    "data.decode_device": ("auto", "cpu", "cuda"),
     "data.format": ("auto", "kaggle", "captions_txt", "tsv", "coco"),
     "model.activation": ("gelu", "quick_gelu"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),

@@ -53,3 +53,9 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"data.{name} must be at least 2, got {value}")
     if d.num_workers != "auto" and not (isinstance(d.num_workers, int) and d.num_workers >= 0):
         raise ConfigError(f"data.num_workers must be auto or an integer >= 0, got {d.num_workers!r}")
+    if d.epoch_samples is not None and d.epoch_samples < 2:
+        raise ConfigError(f"data.epoch_samples must be at least 2, got {d.epoch_samples}")
+    if d.shuffle_buffer < 1:
+        raise ConfigError(f"data.shuffle_buffer must be at least 1, got {d.shuffle_buffer}")
+    if t.checkpoint_every_steps < 0:
+        raise ConfigError("train.checkpoint_every_steps must be >= 0 (0: only at epoch ends)")

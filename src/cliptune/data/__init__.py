@@ -1,4 +1,5 @@
-"""Datasets (Shapes, Flickr30k, local folders), image-level splits, the image cache, loaders.
+"""Datasets (Shapes, Flickr30k, local folders, webdataset shards), image-level splits, the
+image cache, loaders (`shards.ShardLoader` streams training epochs from shards).
 
 Most code needs only `prepare_data`, the `Split`/`PreparedData` it returns (splits are
 views of the shared image cache), `TrainLoader` + `device_batches` (training batches,

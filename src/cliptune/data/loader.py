@@ -162,12 +162,14 @@ class TrainLoader:
     those of `TrainLoader(..., epoch=e)`). The reader processes persist across epochs
     (started on the first iteration, ended by `close`): they get each batch as
     (epoch, index) from a sampler in this process and plan an epoch's batches themselves.
+    `set_epoch(e, start=k)` begins the epoch at batch `k` (a run resumed mid-epoch); `len`
+    is always the whole epoch's.
     """
 
     def __init__(self, split: Split, *, batch_size: int, seed: int, epoch: int, augment: bool,
                  flip: bool, all_captions: bool = False, num_workers: int | str = 0,
                  pin_memory: bool = False, crop_scale: tuple[float, float] = CROP_SCALE,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, start: int = 0) -> None:
         if not 2 <= batch_size <= len(split):
             raise DataError(
                 f"batch size {batch_size} needs 2 to {len(split)} images (the {split.name} split "
@@ -187,12 +189,13 @@ class TrainLoader:
                             if num_workers == "auto" else int(num_workers))
         self.batch_size, self.all_captions = batch_size, all_captions
         self._readers: DataLoader | None = None
-        self.set_epoch(epoch)
+        self.set_epoch(epoch, start)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make this the loader of epoch `epoch` (its order, captions and augmentation)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Make this the loader of epoch `epoch` (its order, captions and augmentation),
+        iterated from batch `start` on."""
         plan = _every_caption if self.all_captions else _one_caption_per_image
-        self.epoch = epoch
+        self.epoch, self.start = epoch, start
         self._batches = plan(self.split, _rng(self.seed, epoch), self.batch_size)
 
     def close(self) -> None:
@@ -248,22 +251,22 @@ class TrainLoader:
                 )
             yield from self._readers
             return
-        for index in range(len(self)):
+        for index in range(self.start, len(self)):
             yield self.batch(index)
 
 
 class _EpochIndices(Sampler):
-    """(epoch, index) of every batch of the loader's current epoch, in order."""
+    """(epoch, index) of the loader's current epoch's batches from its start on, in order."""
 
     def __init__(self, loader: TrainLoader) -> None:
         self.loader = loader
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.loader) - self.loader.start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.loader.epoch
-        return iter([(epoch, index) for index in range(len(self.loader))])
+        epoch, start = self.loader.epoch, self.loader.start
+        return iter([(epoch, index) for index in range(start, len(self.loader))])
 
 
 class _Batches(Dataset):

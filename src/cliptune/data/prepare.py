@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from cliptune.config import DataConfig
+from cliptune.data import shards
 from cliptune.data.catalog import Catalog
 from cliptune.data.image_cache import default_cache_dir, load_or_build
 from cliptune.data.image_rows import ImageRows
 from cliptune.data.prepared import PreparedData, Split
 from cliptune.data.sources import load_catalog
 from cliptune.data.splits import SPLIT_NAMES, split_images
-from cliptune.errors import ConfigError
+from cliptune.errors import ConfigError, DataError
 from cliptune.tokenizer import Tokenizer
 
 
@@ -44,6 +45,10 @@ def prepare_data(config: DataConfig, *, image_size: int, vocab_size: int, contex
             f"model.context_length={context_length}"
         )
     cache_dir = default_cache_dir(config.cache_dir)
+    if config.source == "webdataset" or (config.source == "auto"
+                                         and shards.looks_like_shards(config.data_dir)):
+        return _prepare_shards(config, cache_dir, image_size, vocab_size, context_length,
+                               tokenizer, quiet)
     catalog = load_catalog(config, cache_dir, quiet=quiet)
     cache = load_or_build(catalog.root, catalog.image_names, image_size, cache_dir,
                           slot=catalog.source)
@@ -65,8 +70,46 @@ def prepare_data(config: DataConfig, *, image_size: int, vocab_size: int, contex
     return data
 
 
+def _prepare_shards(config: DataConfig, cache_dir, image_size: int, vocab_size: int,
+                    context_length: int, tokenizer: Tokenizer | None, quiet: bool) -> PreparedData:
+    """`prepare_data` for webdataset shards: training streams from its shards (a
+    `ShardSplit`); validation and test are written out and decoded into the image cache,
+    then split like any dataset; the tokenizer learns from the first training captions."""
+    plan = shards.resolve(config)
+    catalog = shards.eval_catalog(plan, cache_dir)
+    cache = load_or_build(catalog.root, catalog.image_names, image_size, cache_dir,
+                          slot="webdataset")
+    cache_rows = np.flatnonzero(cache.valid)
+    if len(cache_rows) < len(catalog):
+        catalog = catalog.subset(cache_rows)
+    if tokenizer is None:
+        tokenizer = Tokenizer.train(shards.train_captions(plan.train), vocab_size, context_length)
+    images = ImageRows(cache.path)
+    splits = {}
+    for name in ("val", "test"):
+        indices = np.array([i for i, n in enumerate(catalog.image_names)
+                            if n.startswith(f"{name}/")], dtype=np.int64)
+        indices = indices[:config.max_eval_samples]  # the first images by key (None: all)
+        if len(indices) < 2:
+            raise DataError(f"the {name} shards hold {len(indices)} usable images; "
+                            "evaluation needs at least 2")
+        splits[name] = _make_split(name, catalog, indices, cache_rows, images, tokenizer)
+    data = PreparedData(source="webdataset", root=plan.root, flip_safe=plan.flip_safe,
+                        train=plan.train, tokenizer=tokenizer, image_size=image_size,
+                        crop_scale=plan.crop_scale, **splits)
+    if not quiet:
+        print(summary(data, reused=cache.reused), flush=True)
+    return data
+
+
 def summary(data: PreparedData, *, reused: bool) -> str:
     """One line: source, images, captions, split sizes, image cache."""
+    if isinstance(data.train, shards.ShardSplit):
+        evals = " / ".join(f"{s.name} {len(s)} images ({len(s.captions)} captions)"
+                           for s in (data.val, data.test))
+        return (f"data: webdataset ({data.root}): train {len(data.train.urls)} shards, "
+                f"{data.train.epoch_samples} samples per epoch; {evals}; "
+                f"{data.image_size}px image cache {'reused' if reused else 'built'}")
     splits = [data.train, data.val, data.test]
     images = sum(len(s) for s in splits)
     captions = sum(len(s.captions) for s in splits)

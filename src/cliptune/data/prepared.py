@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -44,13 +44,29 @@ class Split:
 
 
 @dataclass
+class ShardSplit:
+    """The training split as webdataset shards (data/shards.py streams it): an epoch is
+    `epoch_samples` samples, which is also its length."""
+
+    name: str
+    pattern: str
+    urls: list[str]
+    epoch_samples: int
+    caption_field: str = "auto"
+    shard_samples: dict[str, int] = field(default_factory=dict)  # url -> samples (manifest)
+
+    def __len__(self) -> int:
+        return self.epoch_samples
+
+
+@dataclass
 class PreparedData:
     """A dataset ready for training: three splits, the tokenizer, and where it came from."""
 
-    source: str  # "shapes" | "flickr30k" | "folder": the dataset actually used
-    root: str  # folder the images came from
+    source: str  # "shapes" | "flickr30k" | "folder" | "webdataset": the dataset actually used
+    root: str  # folder the images came from (webdataset: the training shard pattern)
     flip_safe: bool  # False when captions speak of left and right (Shapes)
-    train: Split
+    train: Split | ShardSplit  # ShardSplit: streamed from shards (data/shards.py)
     val: Split
     test: Split
     tokenizer: Tokenizer
@@ -67,13 +83,17 @@ class PreparedData:
         processes or machines that prepared the same data agree, any other data differs."""
         digest = hashlib.sha256(json.dumps([self.source, self.image_size]).encode())
         for split in (self.train, self.val, self.test):
+            if isinstance(split, ShardSplit):
+                digest.update(json.dumps([split.name, split.urls, split.epoch_samples,
+                                          split.caption_field]).encode())
+                continue
             digest.update(json.dumps([split.name, split.image_names, split.captions]).encode())
             digest.update(np.ascontiguousarray(split.caption_image, dtype=np.int64).tobytes())
             if isinstance(split.images, ImageRows):
                 digest.update(split.images.path.name.encode())
         return digest.hexdigest()[:16]
 
-    def split(self, name: str) -> Split:
+    def split(self, name: str) -> Split | ShardSplit:
         """The split called `name` (train, val or test)."""
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split {name!r}; expected train, val or test")

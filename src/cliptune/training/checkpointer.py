@@ -22,6 +22,7 @@ from cliptune.errors import CheckpointError, ConfigError
 RESUME_FREE_KEYS = {
     ("train", "device"), ("train", "compile"), ("train", "epochs"), ("train", "log_every"),
     ("train", "save_checkpoints"), ("train", "save_last"), ("train", "checkpoint_every"),
+    ("train", "checkpoint_every_steps"),
     ("train", "keep_checkpoints"), ("train", "figure_images"), ("data", "num_workers"),
     ("data", "cache_dir"), ("data", "data_dir"), ("data", "download_timeout"),
 }
@@ -119,6 +120,12 @@ class Checkpointer:
                 old.unlink()
         # last.pt goes last: a resumed run never sees an epoch whose best.pt is missing.
         if self.config.save_last:
+            save_checkpoint(state, self.last)
+
+    def save_position(self, state: dict[str, Any]) -> None:
+        """last.pt written mid-epoch (its `position` says how far the epoch got)."""
+        if self.writer and self.config.save_last:
+            self.directory.mkdir(parents=True, exist_ok=True)
             save_checkpoint(state, self.last)
 
     def write_metrics(self, payload: dict[str, Any]) -> None:

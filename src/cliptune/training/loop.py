@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from cliptune import distributed
 from cliptune.config import TrainConfig
 from cliptune.errors import TrainingDiverged
-from cliptune.runtime import autocast
+from cliptune.runtime import autocast, seed_batch
 from cliptune.training.state import TrainState
 
 # step -> scalars such as {"loss": ..., "lr": ...}, called every `log_every` optimizer steps
@@ -80,26 +80,37 @@ def train_one_epoch(
     config: TrainConfig,
     device: torch.device,
     precision: str,
+    seed: int = 0,
     log: StepLogger | None = None,
     progress: bool = False,
     checkpoint_hint: str = "last.pt",
+    start: int = 0,
+    loss_before: float = 0.0,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> EpochStats:
-    """Train `state` over `n_batches` batches (images, tokens already on `device`).
+    """Train `state` over batches `start` to `n_batches` of an epoch (`batches` yields
+    those, images and tokens already on `device`).
 
-    `model` is `state.model` or its DDP wrapper. Returns the epoch's mean loss and the
-    samples per second of the whole job (all ranks).
+    `model` is `state.model` or its DDP wrapper. A resumed epoch passes the batches done
+    (`start`, an accumulation-window boundary) and the rank-mean loss sum over them
+    (`loss_before`). `on_step(batches_done, loss_sum)` runs on every rank after each
+    optimizer step but the epoch's last (mid-epoch checkpoints). Returns the epoch's mean
+    loss and the samples per second of the whole job (all ranks). Each batch seeds torch
+    from (`seed`, epoch, batch, rank), so dropout differs between ranks and a resumed
+    run, mid-epoch included, draws what the uninterrupted one drew.
     """
     ctx = distributed.current()
     sizes = window_sizes(n_batches, config.grad_accum_steps)
     state.model.train()
-    loss_total = torch.zeros((), device=device)
+    loss_total = torch.full((), loss_before, device=device)
     window_loss = torch.zeros((), device=device)
     window_batches, window_samples, window_start = 0, 0, time.perf_counter()
     epoch_start, samples = time.perf_counter(), 0
-    bar = tqdm(total=n_batches, desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch",
+    bar = tqdm(total=n_batches, initial=start, desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch",
                leave=False, disable=not progress, dynamic_ncols=True)
     postfix: dict[str, str] = {}
-    for index, (images, tokens) in enumerate(batches):
+    for index, (images, tokens) in enumerate(batches, start=start):
+        seed_batch(seed, state.epoch + 1, index, ctx.rank)  # dropout: per rank and batch
         window_end = (index + 1) % config.grad_accum_steps == 0 or index + 1 == n_batches
         sync = contextlib.nullcontext()
         if ctx.enabled and not window_end:
@@ -136,6 +147,8 @@ def train_one_epoch(
                 window_loss.zero_()
                 window_batches, window_samples = 0, 0
                 window_start = time.perf_counter()
+            if on_step is not None and not last:
+                on_step(index + 1, loss_total)
         bar.update(1)
         if postfix:
             bar.set_postfix(postfix, refresh=False)

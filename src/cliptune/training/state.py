@@ -4,7 +4,7 @@ Model, optimizer, learning-rate schedule, fp16 grad scaler, step and epoch count
 the schedule's length, validation history and best epoch. A checkpoint is
 `TrainState.state_dict()` plus the config and tokenizer. No random state: the data order
 and augmentation come from (seed, epoch) (`cliptune.data.loader`) and each rank's torch
-generator is seeded per epoch (`runtime.seed_epoch`), so a resume on any number of GPUs
+generator is seeded per batch (`runtime.seed_batch`), so a resume on any number of GPUs
 needs none.
 """
 
@@ -36,6 +36,9 @@ class TrainState:
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] = field(default_factory=dict)
+    # Mid-epoch checkpoints: {"epoch", "batches" done, "loss" (rank-mean sum so far),
+    # "shards" (per rank, the shard workers' counters; None for the image cache)}.
+    position: dict[str, Any] | None = None
 
     @classmethod
     def create(
@@ -77,6 +80,7 @@ class TrainState:
             "step": self.step,
             "best": dict(self.best),
             "history": list(self.history),
+            "position": self.position,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> str | None:
@@ -92,13 +96,14 @@ class TrainState:
         self.epoch, self.step = state["epoch"], state["step"]
         self.history = list(state.get("history", []))
         self.best = dict(state.get("best", {}))
+        self.position = state.get("position")
         rng = state.get("rng")
         if not rng:
             return None
         gpus = len(rng.get("cuda") or [])
         return (f"the checkpoint holds the random state of an older version (CPU and {gpus} "
-                "CUDA device(s)); it is not restored: each epoch's random numbers now come "
-                "from (seed, epoch, rank), whatever the number of GPUs")
+                "CUDA device(s)); it is not restored: each batch's random numbers now come "
+                "from (seed, epoch, batch, rank), whatever the number of GPUs")
 
 
 def saved_schedule(state: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]:
