@@ -281,6 +281,7 @@ class Trainer:
                 checkpoint_hint=str(checkpointer.last),
             )
             state.epoch = epoch
+            train_time = time.perf_counter() - epoch_start
             val = self._validate()
             metrics = {
                 "epoch": float(epoch), "train_loss": stats.loss,
@@ -288,6 +289,7 @@ class Trainer:
                 "lr": state.scheduler.get_last_lr()[0],
                 "temperature": float(1 / self.model.logit_scale.detach().exp()),
                 "epoch_time": time.perf_counter() - epoch_start,
+                "train_time": train_time,  # the training part of epoch_time (no validation)
                 "samples_per_s": stats.samples_per_s,
             }
             improved = state.record(metrics, self.best_metric)
