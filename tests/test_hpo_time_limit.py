@@ -128,6 +128,14 @@ def test_joining_with_another_limit_is_refused_naming_the_key(tmp_path, cache_di
     report = (tmp_path / "results" / "l" / "report.md").read_text()
     assert "limits.max_train_seconds 300.0 -> 1000.0" in report
     assert "must train in at most **1000 s**" in report
+    # a study from before limits were recorded had none: a driver that sets none keeps it so
+    study = load(tmp_path, "l")
+    fingerprint = dict(study.user_attrs["fingerprint"])
+    del fingerprint["limits"]
+    study.set_user_attr("fingerprint", fingerprint)
+    assert optimize.run(join) == 0
+    report = (tmp_path / "results" / "l" / "report.md").read_text()
+    assert "limits.max_train_seconds 300.0 -> None" in report and "Time limit" not in report
 
 
 def test_a_wrong_limit_names_the_flag_or_the_key(tmp_path, cache_dir):

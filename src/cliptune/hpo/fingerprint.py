@@ -108,7 +108,8 @@ def adopt_recorded(recorded: dict[str, Any] | None, recorded_space: dict[str, An
             flat[key] = value
     plan.fidelity = Fidelity.from_flat({k: v for k, v in flat.items() if v is not None
                                         or not k.startswith("set.")})
-    for key, value in recorded.get("limits", {}).items():
+    # a study from before the limits part had no limit
+    for key, value in recorded.get("limits", {"max_train_seconds": None}).items():
         if key == "max_train_seconds" and plan.max_train_seconds != value and not _given(
                 given, "limits", key):
             adopted.append(f"limits.{key} {plan.max_train_seconds!r} -> {value!r}")
