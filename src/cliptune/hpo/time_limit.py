@@ -10,7 +10,8 @@ trial's parameters would train at the target's full fidelity on this machine,
 
 from that first epoch: the training part of an epoch scales with the images it trains
 on, validation with the images it embeds; the target trains on its whole splits (capped
-only by its own max_samples / max_eval_samples). With a limit (`max_train_seconds`)
+only by its own max_samples / max_eval_samples) of the trials' dataset (a fidelity's
+`set` keys are cost-only settings, so the dataset is the same). With a limit (`max_train_seconds`)
 the trial also gets the Optuna constraint `train_seconds` = projected - limit through
 `trial.set_constraint` (feasible when <= 0): TPESampler and GPSampler then sample away
 from settings that are too slow. The study's best trial (`best_trial`) is the best
