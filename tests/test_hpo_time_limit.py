@@ -14,7 +14,9 @@ from cliptune.config import RunConfig, config_to_dict
 from cliptune.errors import ConfigError
 from cliptune.hpo.driver import run_study
 from cliptune.hpo.fidelity import load_plan
+from cliptune.hpo.fingerprint import adopt_recorded, study_fingerprint
 from cliptune.hpo.reports import ReportContext, StudyReporter
+from cliptune.hpo.search_space import describe
 from cliptune.hpo.search_space_file import search_space_from_dict
 from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.time_limit import CONSTRAINT, beats, best_trial, project_train_seconds
@@ -121,21 +123,26 @@ def test_joining_with_another_limit_is_refused_naming_the_key(tmp_path, cache_di
         optimize.run(flags + ["--study-name", "l", "--trials", "0", "--max-train-seconds", "500"])
     assert optimize.run(flags + ["--study-name", "l", "--trials", "0",
                                   "--max-train-seconds", "1000"]) == 0
-    # a driver without the study file takes the study's limit (the shipped file has another)
+    # a driver without the study file takes the study's limit (the shipped file sets none)
     join = ["--study-name", "l", "--trials", "0", "--results-dir", str(tmp_path / "results"),
             "--quiet", "--cache-dir", str(cache_dir)]
     assert optimize.run(join) == 0
     report = (tmp_path / "results" / "l" / "report.md").read_text()
-    assert "limits.max_train_seconds 300.0 -> 1000.0" in report
+    assert "limits.max_train_seconds None -> 1000.0" in report
     assert "must train in at most **1000 s**" in report
-    # a study from before limits were recorded had none: a driver that sets none keeps it so
-    study = load(tmp_path, "l")
-    fingerprint = dict(study.user_attrs["fingerprint"])
-    del fingerprint["limits"]
-    study.set_user_attr("fingerprint", fingerprint)
-    assert optimize.run(join) == 0
-    report = (tmp_path / "results" / "l" / "report.md").read_text()
-    assert "limits.max_train_seconds 300.0 -> None" in report and "Time limit" not in report
+
+
+def test_a_study_from_before_limits_keeps_none_unless_the_command_sets_one(tmp_path, cache_dir):
+    plan = tiny_plan(tmp_path, cache_dir)
+    plan.max_train_seconds = 300.0  # as from a study file's default, not from the command
+    space = search_space_from_dict(SPACE)
+    recorded = study_fingerprint("val_loss", describe(space), plan.target, plan.fidelity.record())
+    assert "limits" not in recorded
+    kept, _, _, adopted = adopt_recorded(recorded, None, plan, space, "val_loss", frozenset())
+    assert kept.max_train_seconds is None and adopted == ["limits.max_train_seconds 300.0 -> None"]
+    given = frozenset({"limits.max_train_seconds"})
+    kept, _, _, adopted = adopt_recorded(recorded, None, plan, space, "val_loss", given)
+    assert kept.max_train_seconds == 300.0 and adopted == []
 
 
 def test_a_wrong_limit_names_the_flag_or_the_key(tmp_path, cache_dir):

@@ -18,7 +18,9 @@ from settings that are too slow. The study's best trial (`best_trial`) is the be
 feasible complete trial, or, when none is feasible, the best of the others.
 
 The projection is a measurement of this machine as the trial found it: on another
-machine, or with other trials sharing its cores (--workers), it differs.
+machine, or with other trials sharing its cores (--workers), it differs. When every
+trial is over the limit, TPE draws for the least violation (the fastest settings), so a
+limit only helps where some settings of the space are feasible.
 """
 
 from __future__ import annotations
