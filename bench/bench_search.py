@@ -206,6 +206,7 @@ def trial_record(trial: optuna.trial.FrozenTrial, data) -> dict:
         "intermediate": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
         "epochs": epochs, "pairs": pairs, "flops_per_pair": per_pair, "flops": per_pair * pairs,
         "wall_s": wall, "baseline": bool(trial.user_attrs.get("baseline")),
+        "run_s": trial.user_attrs.get("run_seconds"),  # its training and validation only
     }
 
 

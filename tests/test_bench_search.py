@@ -62,6 +62,7 @@ def test_quick_benchmark_writes_monotone_curves_and_reuses_its_cache(tmp_path, s
             assert flops == [sum(t["flops"] for t in trials[:i + 1]) for i in range(len(trials))]
             assert all(t["flops"] == t["pairs"] * t["flops_per_pair"] and t["pairs"] ==
                        t["epochs"] * 32 for t in trials)  # 32 images, one caption each
+            assert all(0 < t["run_s"] <= t["wall_s"] for t in trials if t["epochs"])
             assert flops[-2] < budget <= flops[-1]  # stopped once the budget was reached
             bests = [p["best"] for p in curve if p["best"] is not None]
             assert bests == sorted(bests, reverse=True)  # val loss: never increases

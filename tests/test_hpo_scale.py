@@ -75,7 +75,7 @@ def test_the_study_records_its_data_and_joining_drivers_keep_it(tmp_path, cache_
     # its workers get the resolved source and the record to check against
     opened = driver.open_for_trials(settings(tmp_path, "d", trials=2, workers=2), plan, space)
     assert "data: shapes, as the study decided" in opened.notes[0]
-    jobs = driver._jobs(settings(tmp_path, "d", trials=2, workers=2), opened, space,
+    jobs = driver._jobs(settings(tmp_path, "d", trials=2, workers=2), opened, plan, space,
                         lambda index, restart: index)
     assert [job.base.data.source for job in jobs] == ["shapes", "shapes"]
     assert all(job.data == recorded for job in jobs)
@@ -101,7 +101,7 @@ def test_other_data_is_refused_and_a_worker_seeing_it_stops_loudly(tmp_path, cap
     plan, space = tiny_plan(tmp_path, cache), search_space_from_dict(SPACE)
     opts = settings(tmp_path, "o", trials=1, workers=2, allow_changes=True)
     opened = driver.open_for_trials(opts, plan, space)
-    job = dataclasses.replace(driver._jobs(opts, opened, space, lambda i, r: i)[0], data=recorded)
+    job = dataclasses.replace(driver._jobs(opts, opened, plan, space, lambda i, r: i)[0], data=recorded)
     interrupted, errors, _ = run_workers(opened.study, opened.storage, [job], lambda: None,
                                          lambda i, r: i)
     err = capfd.readouterr().err

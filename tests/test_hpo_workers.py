@@ -55,8 +55,10 @@ def test_workers_are_pinned_to_gpus_with_distinct_seeds(tmp_path, cache_dir, mon
     plan, space = tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE)
     plan.target.train.device = "auto"  # the machine chooses: what pinning workers is about
     opened = driver.open_for_trials(settings, plan, space)
-    jobs = driver._jobs(settings, opened, space, lambda index, restart: 100 + index)
+    plan.max_train_seconds = 60.0
+    jobs = driver._jobs(settings, opened, plan, space, lambda index, restart: 100 + index)
     assert [job.base.train.device for job in jobs] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert all(job.target is plan.target and job.max_train_seconds == 60.0 for job in jobs)
     assert [job.trials for job in jobs] == [2, 2, 1]
     assert len({job.seed for job in jobs}) == 3
     assert opened.base.train.device == "auto"  # the shared base config is untouched

@@ -386,6 +386,7 @@ class Trainer:
                 on_step=self._position_saver(checkpointer, loader, epoch),
             )
             state.epoch, state.position = epoch, None
+            train_time = time.perf_counter() - epoch_start
             skipped = self._skipped(loader, epoch)
             val = self._validate()
             metrics = {
@@ -394,6 +395,7 @@ class Trainer:
                 "lr": state.scheduler.get_last_lr()[0],
                 "temperature": float(1 / self.model.logit_scale.detach().exp()),
                 "epoch_time": time.perf_counter() - epoch_start,
+                "train_time": train_time,  # the training part of epoch_time (no validation)
                 "samples_per_s": stats.samples_per_s,
             }
             improved = state.record(metrics, self.best_metric)

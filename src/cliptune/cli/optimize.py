@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cliptune.cli_common import DATA_FLAGS, add_data_args, add_set_arg, apply_data_args, run_cli
 from cliptune.config import apply_overrides
+from cliptune.errors import ConfigError
 from cliptune.hpo.driver import driver_seed, prepare_base, resolve_definition, run_study
 from cliptune.hpo.fidelity import StudyPlan, load_plan
 from cliptune.hpo.fidelity_check import CheckSettings, check_fidelity, summary_lines
@@ -85,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--epochs", type=int, help="epochs per trial (the pruning budget)")
     run.add_argument("--max-samples", type=int, help="training images per trial")
     run.add_argument("--max-eval-samples", type=int, help="validation images per trial")
+    run.add_argument("--max-train-seconds", type=float, metavar="S",
+                     help="the target's training time limit: trials whose parameters would "
+                          "train the target longer (projected from their first epoch) are "
+                          "infeasible, and the best trial is a feasible one (0: no limit; "
+                          "default: the study file's max_train_seconds)")
     run.add_argument("--seed", type=int,
                      help="this driver's sampler seed (default: the target's seed); drivers "
                           "sharing a study may each pass their own. The trials' training seed "
@@ -107,6 +113,8 @@ def given_keys(args: argparse.Namespace) -> frozenset[str]:
     given |= {f"target.{item.split('=', 1)[0].strip()}" for item in args.set}
     given |= {f"fidelity.{name}" for name in ("epochs", "max_samples", "max_eval_samples")
               if getattr(args, name) is not None}
+    given |= {"limits"} if args.study_config else set()
+    given |= {"limits.max_train_seconds"} if args.max_train_seconds is not None else set()
     return frozenset(given)
 
 
@@ -128,6 +136,11 @@ def build_plan(args: argparse.Namespace) -> StudyPlan:
         value = getattr(args, flag)
         if value is not None:
             setattr(plan.fidelity, name, value)
+    if args.max_train_seconds is not None:
+        if args.max_train_seconds < 0:
+            raise ConfigError(f"--max-train-seconds must be >= 0 (0: no limit), got "
+                              f"{args.max_train_seconds:g}")
+        plan.max_train_seconds = args.max_train_seconds or None
     plan.trial_base()  # fidelity errors now, naming the key
     return plan
 

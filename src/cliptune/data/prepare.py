@@ -11,7 +11,7 @@ from cliptune.data.image_cache import default_cache_dir, load_or_build
 from cliptune.data.image_rows import ImageRows
 from cliptune.data.prepared import PreparedData, Split
 from cliptune.data.sources import load_catalog
-from cliptune.data.splits import SPLIT_NAMES, split_images
+from cliptune.data.splits import SPLIT_NAMES, cap_and_sort, uncapped_splits
 from cliptune.errors import ConfigError, DataError
 from cliptune.tokenizer import Tokenizer
 
@@ -55,7 +55,8 @@ def prepare_data(config: DataConfig, *, image_size: int, vocab_size: int, contex
     cache_rows = np.flatnonzero(cache.valid)
     if len(cache_rows) < len(catalog):
         catalog = catalog.subset(cache_rows)
-    indices = split_images(catalog.image_names, config, source=catalog.source)
+    uncapped = uncapped_splits(catalog.image_names, config, source=catalog.source)
+    indices = cap_and_sort(uncapped, config.max_samples, config.max_eval_samples)
     if tokenizer is None:
         train_captions = catalog.subset(indices["train"]).captions
         tokenizer = Tokenizer.train(train_captions, vocab_size, context_length)
@@ -64,7 +65,9 @@ def prepare_data(config: DataConfig, *, image_size: int, vocab_size: int, contex
               for name in SPLIT_NAMES}
     data = PreparedData(source=catalog.source, root=str(catalog.root),
                         flip_safe=catalog.flip_safe, tokenizer=tokenizer,
-                        image_size=image_size, crop_scale=catalog.crop_scale, **splits)
+                        image_size=image_size, crop_scale=catalog.crop_scale,
+                        uncapped_sizes={name: len(uncapped[name]) for name in SPLIT_NAMES},
+                        **splits)
     if not quiet:
         print(summary(data, reused=cache.reused), flush=True)
     return data

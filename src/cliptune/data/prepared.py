@@ -74,6 +74,9 @@ class PreparedData:
     # Area fraction kept by training crops (TrainLoader's crop_scale): narrower when
     # captions state positions and sizes, which strong crops would falsify (Shapes).
     crop_scale: tuple[float, float] = CROP_SCALE
+    # Images per split before max_samples / max_eval_samples: what a run of the same data
+    # without those caps trains and validates on (an HPO study projects its time from it).
+    uncapped_sizes: dict[str, int] = field(default_factory=dict)
 
     @cached_property
     def fingerprint(self) -> str:

@@ -97,13 +97,18 @@ def cap_and_sort(splits: Splits, max_samples: int | None, max_eval_samples: int 
     return {name: np.sort(indices[:caps[name]]).astype(np.int64) for name, indices in splits.items()}
 
 
-def split_images(image_names: list[str], config: DataConfig, *, source: str) -> Splits:
-    """Sorted image indices per split for `config` (split file or random split), decided by
-    `config.split_seed` alone: runs with different seeds see the same split."""
+def uncapped_splits(image_names: list[str], config: DataConfig, *, source: str) -> Splits:
+    """Image indices per split for `config` (split file or random split) in their seeded
+    order, before the caps: decided by `config.split_seed` alone, so runs with different
+    seeds see the same split."""
     seed = config.split_seed
     if config.split_file:
-        splits = read_split_file(Path(config.split_file).expanduser(), image_names, seed)
-    else:
-        splits = random_split(len(image_names), seed=seed, val_size=config.val_size,
-                              test_size=config.test_size, source=source)
+        return read_split_file(Path(config.split_file).expanduser(), image_names, seed)
+    return random_split(len(image_names), seed=seed, val_size=config.val_size,
+                        test_size=config.test_size, source=source)
+
+
+def split_images(image_names: list[str], config: DataConfig, *, source: str) -> Splits:
+    """Sorted image indices per split for `config`: `uncapped_splits`, capped."""
+    splits = uncapped_splits(image_names, config, source=source)
     return cap_and_sort(splits, config.max_samples, config.max_eval_samples)

@@ -40,6 +40,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from cliptune.errors import ConfigError
+from cliptune.hpo.time_limit import best_trial
 
 ARTIFACT_ATTR = "checkpoint_artifact"  # trial attribute: the artifact id of its checkpoint
 BUCKET_STORES = {"s3://": (Boto3ArtifactStore, "boto3"),
@@ -97,7 +98,8 @@ def _install(source: Path, folder: Path, trial: FrozenTrial) -> Path:
 
 
 def _is_study_best(study: optuna.Study, trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.COMPLETE and study.best_trial.number == trial.number
+    best = best_trial(study)
+    return trial.state == TrialState.COMPLETE and best is not None and best.number == trial.number
 
 
 def settle_trial_checkpoint(study: optuna.Study, trial: FrozenTrial, folder: Path) -> bool:

@@ -192,7 +192,7 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
     existing = len(study.get_trials(deepcopy=False))
     recorded = study.user_attrs.get("fingerprint")
     fingerprint = study_fingerprint(settings.metric, describe(space), plan.target,
-                                    plan.fidelity.record())
+                                    plan.fidelity.record(), plan.limits())
     notes = []
     if created:
         for key, value in (("fingerprint", fingerprint), (SPACE_ATTR, space_to_dict(space)),
@@ -247,12 +247,13 @@ def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSp
         checkpoints_dir=opened.base.checkpoints_dir, storage_label=storage_label(settings),
         search_space=describe(space), settings={"sampler": settings.sampler, "pruner": pruner},
         target=plan.target, space=space, fidelity=fidelity, notes=list(opened.notes),
+        max_train_seconds=plan.max_train_seconds,
         artifact_store=make_artifact_store(settings.artifact_store, settings.results_dir,
                                            settings.study_name),
     )
 
 
-def _jobs(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
+def _jobs(settings: StudySettings, opened: OpenedStudy, plan: StudyPlan, space: SearchSpace,
           seed_for) -> list[WorkerJob]:
     threads = max(1, torch.get_num_threads() // settings.workers)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -265,7 +266,8 @@ def _jobs(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
         base.train.device = worker_device(index, opened.base.train.device, gpus)
         jobs.append(WorkerJob(settings, base, space, opened.budget, index, n,
                               seed_for(index, 0), threads, settings.timeout,
-                              data_record(opened.data)))
+                              data_record(opened.data), plan.target,
+                              plan.max_train_seconds))
     return jobs
 
 
@@ -298,7 +300,8 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
     objective = None
     if settings.trials > 0 and settings.workers == 1:  # the data the driver prepared
         objective = Objective(space, opened.base, ObjectiveSettings(
-            settings.study_name, settings.metric, budget, ctx.artifact_store))
+            settings.study_name, settings.metric, budget, ctx.artifact_store, plan.target,
+            plan.max_train_seconds))
         objective.load_data(data=opened.data)
     reporter = StudyReporter(ctx, settings.plot_interval_s)
     progress = StudyProgress(settings.trials or None, settings.metric, budget,
@@ -316,7 +319,7 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
             interrupted = True
     elif settings.trials > 0:
         interrupted, errors, messages = run_workers(
-            study, opened.storage, _jobs(settings, opened, space, seed_for),
+            study, opened.storage, _jobs(settings, opened, plan, space, seed_for),
             lambda: monitor.poll(study), seed_for)
     progress.close()
     reporter.write_safely(study, plots=True)

@@ -10,10 +10,13 @@ reduced *fidelity* its trials run at:
       max_eval_samples: 300     # validation images per trial (null: all)
       set:                      # cost-only settings of the trials
         train.figure_images: 0
+    max_train_seconds: 300      # optional: the target's training time limit (null: none)
 
 Trials train `target + fidelity + sampled parameters`; `best_config.yaml` and
 `--retrain-best` train `target + best parameters` at the target's own fidelity: all
-its data, its epochs, the standard test split.
+its data, its epochs, the standard test split. `max_train_seconds` limits the target's
+training time with a trial's parameters, projected from the trial's first epoch; trials
+over it are infeasible (see `time_limit`).
 """
 
 from __future__ import annotations
@@ -72,11 +75,17 @@ def _smaller(cap: int, existing: int | None) -> int:
 
 @dataclass
 class StudyPlan:
-    """The target experiment (with the command line's changes) and the trials' fidelity."""
+    """The target experiment (with the command line's changes), the trials' fidelity and
+    the limit on the target's training time."""
 
     target: RunConfig
     fidelity: Fidelity
     target_path: str = ""
+    max_train_seconds: float | None = None  # None: no limit
+
+    def limits(self) -> dict[str, Any]:
+        """The study fingerprint's `limits` part."""
+        return {"max_train_seconds": self.max_train_seconds}
 
     def trial_base(self) -> RunConfig:
         """Target at the study's fidelity: what every trial starts from."""
@@ -89,6 +98,15 @@ def _positive_or_none(value: Any, where: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}: expected a positive whole number or null, got {value!r}")
     return value
+
+
+def check_time_limit(value: Any, where: str) -> float | None:
+    """A `max_train_seconds` value: positive seconds, or None (no limit)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{where}: expected positive seconds or null (no limit), got {value!r}")
+    return float(value)
 
 
 def parse_fidelity(raw: Any, source: str) -> Fidelity:
@@ -121,13 +139,14 @@ def load_plan(path: str | Path, target: str | Path | None = None) -> StudyPlan:
     data = read_yaml(path, "--study-config: file not found")
     if not isinstance(data, dict) or "target" not in data:
         raise ConfigError(f"{path}: expected `target: <experiment file>` and `fidelity:`")
-    unknown = set(data) - {"target", "fidelity"}
+    unknown = set(data) - {"target", "fidelity", "max_train_seconds"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
-                          "a study file holds `target` and `fidelity`")
+                          "a study file holds `target`, `fidelity` and `max_train_seconds`")
     fidelity = parse_fidelity(data.get("fidelity"), str(path))
+    limit = check_time_limit(data.get("max_train_seconds"), f"{path}: max_train_seconds")
     target_path = Path(target) if target is not None else path.parent / str(data["target"])
-    plan = StudyPlan(load_config(target_path), fidelity, str(target_path))
+    plan = StudyPlan(load_config(target_path), fidelity, str(target_path), limit)
     try:
         plan.trial_base()
     except ConfigError as err:

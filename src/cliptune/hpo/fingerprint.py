@@ -2,7 +2,8 @@
 
 Recorded when the study is created (user attribute `fingerprint`, and the search
 space itself in `search_space_definition`): the metric, the search space, the target
-experiment (its seed included: the trials' training seed), the fidelity and the data
+experiment (its seed included: the trials' training seed), the fidelity, the limits
+(`max_train_seconds`, the target's training time limit) and the data
 (the `data` part: the resolved source and the data's fingerprint, see `study_data`; a
 part missing on either side, as in a study from before it existed or a driver that
 loads no data, is not compared). A driver
@@ -30,7 +31,7 @@ MACHINE_KEYS = {
     "data.num_workers", "data.download_timeout", "train.device", "train.compile",
     "train.log_every", "train.eval_batch_size",
 }
-PARTS = ("metric", "search_space", "target", "fidelity", "data")
+PARTS = ("metric", "search_space", "target", "fidelity", "limits", "data")
 SPACE_ATTR = "search_space_definition"  # study user attribute: space_to_dict(space)
 
 
@@ -46,11 +47,16 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def study_fingerprint(metric: str, search_space: list[str], target: RunConfig,
-                      fidelity: dict[str, Any]) -> dict[str, Any]:
-    """The fingerprint of a study (plain JSON-able dict), less its `data` part."""
+                      fidelity: dict[str, Any], limits: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """The fingerprint of a study (plain JSON-able dict), less its `data` part
+    (`limits`: `StudyPlan.limits()`; None leaves the part out)."""
     flat = {k: v for k, v in _flatten(config_to_dict(target)).items() if k not in MACHINE_KEYS}
-    return {"metric": metric, "search_space": list(search_space), "target": flat,
-            "fidelity": _flatten(fidelity)}
+    fingerprint = {"metric": metric, "search_space": list(search_space), "target": flat,
+                   "fidelity": _flatten(fidelity)}
+    if limits is not None:
+        fingerprint["limits"] = dict(limits)
+    return fingerprint
 
 
 def normalize(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -102,6 +108,12 @@ def adopt_recorded(recorded: dict[str, Any] | None, recorded_space: dict[str, An
             flat[key] = value
     plan.fidelity = Fidelity.from_flat({k: v for k, v in flat.items() if v is not None
                                         or not k.startswith("set.")})
+    # a study from before the limits part had no limit
+    for key, value in recorded.get("limits", {"max_train_seconds": None}).items():
+        if key == "max_train_seconds" and plan.max_train_seconds != value and not _given(
+                given, "limits", key):
+            adopted.append(f"limits.{key} {plan.max_train_seconds!r} -> {value!r}")
+            plan.max_train_seconds = value
     plan.trial_base()  # the adopted definition is valid (errors name the key)
     return plan, space, metric, adopted
 

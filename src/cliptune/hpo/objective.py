@@ -3,7 +3,8 @@
 A trial's Trainer writes no checkpoint: the objective keeps the best epoch's weights in
 memory (on the CPU) and, when the trial completes better than every trial completed so
 far, writes them once as a weights-only checkpoint and uploads it to the study's
-artifact store (see `best_checkpoint`).
+artifact store (see `best_checkpoint`). Each trial records its run time and its
+training time projected to the target's full fidelity (see `time_limit`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gc
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from cliptune.hpo.owners import Beat
 from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.study import METRICS, TrialFailed
 from cliptune.hpo.study_data import data_record, prepare_trial_data
+from cliptune.hpo.time_limit import beats, best_trial, is_feasible, record_projection, record_times
 from cliptune.model import CLIP
 from cliptune.trainer import Trainer
 
@@ -75,6 +78,8 @@ class ObjectiveSettings:
     metric: str  # val_loss | rsum
     epochs: int  # the per-trial budget
     artifact_store: Any = None  # where the best trials' checkpoints go (None: not uploaded)
+    target: RunConfig | None = None  # the target at full fidelity (None: no time projection)
+    max_train_seconds: float | None = None  # the target's time limit (a trial constraint)
 
 
 def keep_weights(model: CLIP, kept: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
@@ -168,6 +173,9 @@ class Objective:
         def report(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
             nonlocal kept
             history.append(metrics)
+            if len(history) == 1 and self.settings.target is not None:
+                record_projection(trial, self.space.apply(self.settings.target, params),
+                                  trainer.data, metrics, self.settings.max_train_seconds)
             trial.report(metrics[key], epoch)
             if trial.should_prune():
                 _record_best(trial, history, key, minimize)
@@ -184,14 +192,18 @@ class Objective:
             hparams_extra={"trial": trial.number, "study": self.settings.study_name,
                            **{f"hpo.{name}": value for name, value in params.items()}},
         )
+        start = time.perf_counter()
         try:
             self._data = trainer.prepare_data()
             trial.set_user_attr("data", data_record(self._data))
+            start = time.perf_counter()  # run_seconds: training and validation only
             trainer.fit()
         finally:  # fit may rename the run when its folder already exists
             trial.set_user_attr("run_dir", str(trainer.run_dir))
+            record_times(trial, history, time.perf_counter() - start)
         value = _record_best(trial, history, key, minimize)
-        if kept is not None and _beats_completed(trial, value, minimize):
+        if kept is not None and beats(is_feasible(trial), value, best_trial(trial.study),
+                                      self.settings.metric):
             self._save_best(trial, trainer, kept)
         return value
 
@@ -212,16 +224,6 @@ class Objective:
         except Exception as err:  # noqa: BLE001 - a lost checkpoint must not lose the trial
             print(f"warning: trial {trial.number}: its checkpoint was not stored: "
                   f"{type(err).__name__}: {err}", file=sys.stderr, flush=True)
-
-
-def _beats_completed(trial: optuna.Trial, value: float, minimize: bool) -> bool:
-    """Whether `value` beats every trial of the study completed so far (only such a trial
-    can become the study's best: a checkpoint of any other would never be used)."""
-    done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not done:
-        return True
-    best = min(t.value for t in done) if minimize else max(t.value for t in done)
-    return value < best if minimize else value > best
 
 
 def _record_best(

@@ -8,6 +8,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from cliptune.hpo.time_limit import best_trial, is_feasible
+
 
 def trial_counts(study: optuna.Study) -> Counter:
     """Number of trials per state name (COMPLETE, PRUNED, FAIL, RUNNING, ...)."""
@@ -30,7 +32,11 @@ def trial_line(trial: FrozenTrial, metric: str, budget: int) -> str:
         value = f"{metric} {trial.intermediate_values[last_step]:.4f} (last)"
     else:
         value = f"{metric} -"
-    line = f"{head} {value} | {epochs}/{budget} epochs {seconds:.0f}s | {_format_params(trial.params)}"
+    projected = trial.user_attrs.get("projected_train_seconds")
+    cost = "" if projected is None else (
+        f", target ~{projected:.0f}s" + ("" if is_feasible(trial) else " (over the limit)"))
+    line = (f"{head} {value} | {epochs}/{budget} epochs {seconds:.0f}s{cost} | "
+            f"{_format_params(trial.params)}")
     reason = trial.user_attrs.get("fail_reason")
     return f"{line} | {reason}" if reason else line
 
@@ -54,7 +60,7 @@ class StudyProgress:
         postfix = {"complete": counts["COMPLETE"], "pruned": counts["PRUNED"],
                    "failed": counts["FAIL"]}
         if counts["COMPLETE"]:
-            postfix["best"] = f"{study.best_value:.4f}"
+            postfix["best"] = f"{best_trial(study).value:.4f}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(1)
 

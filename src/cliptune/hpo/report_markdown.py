@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cliptune.hpo.importances import Importances
 from cliptune.hpo.plots import PLOTS
 from cliptune.hpo.study import METRICS
+from cliptune.hpo.time_limit import feasibility_counts, is_feasible, ranked
 
 if TYPE_CHECKING:
     from cliptune.hpo.reports import ReportContext, StudySummary
@@ -136,6 +137,29 @@ def _plot_lines(study: optuna.Study, plots: dict[str, list[str] | str]) -> list[
     return out
 
 
+def time_limit_lines(study: optuna.Study, limit: float | None,
+                     best: FrozenTrial | None) -> list[str]:
+    """The target's time limit and how many complete trials keep to it."""
+    if limit is None:
+        return []
+    feasible, complete = feasibility_counts(study)
+    out = ["", f"Time limit: the target with a trial's parameters must train in at most "
+               f"**{limit:g} s** at full fidelity (projected from the trial's first epoch on "
+               f"the machine that ran it); {feasible} of {complete} complete trials keep to it."]
+    if best is not None and not is_feasible(best):
+        projected = best.user_attrs.get("projected_train_seconds")
+        shown = f"{projected:.0f} s" if projected is not None else "unknown"
+        out += ["", f"**No complete trial keeps to the time limit.** The best trial below is "
+                    f"the best of those over it (projected {shown} > {limit:g} s): its "
+                    "best_config.yaml trains longer than the limit."]
+    return out
+
+
+def _seconds(trial: FrozenTrial, key: str) -> str:
+    value = trial.user_attrs.get(key)
+    return "" if value is None else f"{value:.0f}"
+
+
 def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySummary,
                     importances: list[Importances], plots: dict[str, list[str] | str],
                     best: FrozenTrial | None, baseline: FrozenTrial | None,
@@ -153,6 +177,7 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
         final = json.loads(check.read_text(encoding="utf-8"))["agreement"].get("final")
         rho = f": Spearman {final['spearman']:.2f} between trial and full fidelity" if final else ""
         out += ["", f"Fidelity check{rho} ([fidelity_check.md](fidelity_check.md))."]
+    out += time_limit_lines(study, ctx.max_train_seconds, best)
     out += [f"\nNote: {note}" for note in ctx.notes]
     out += [
         "", "## Summary", "",
@@ -191,14 +216,20 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
     if retrain is not None and "configs" in retrain:
         out += retrain_section(retrain)
     out += ["", "## Top 10 trials", ""]
-    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
-                      key=lambda t: t.value, reverse=direction == "maximize")[:10]
+    complete = ranked(study)[:10]
     names = sorted({name for t in complete for name in t.params})
+    out += [("Best first (feasible trials before those over the time limit). " if
+             ctx.max_train_seconds is not None else "") +
+            "run s: the trial's training and validation; target train s: the target's "
+            "training time with its parameters, projected from its first epoch.", ""]
     out += table(
-        ["trial", ctx.metric, "best epoch", "seconds", *names],
-        [[f"{t.number}" + (" (baseline)" if baseline and t.number == baseline.number else ""),
+        ["trial", ctx.metric, "best epoch", "run s", "s / epoch", "target train s",
+         *names],
+        [[f"{t.number}" + (" (baseline)" if baseline and t.number == baseline.number else "")
+          + ("" if is_feasible(t) else " (over the limit)"),
           f"{t.value:.4f}", str(t.user_attrs.get("best_epoch", "")),
-          f"{t.duration.total_seconds():.0f}" if t.duration else "",
+          _seconds(t, "run_seconds"), f"{t.user_attrs['epoch_seconds']:.1f}"
+          if "epoch_seconds" in t.user_attrs else "", _seconds(t, "projected_train_seconds"),
           *(fmt(t.params.get(n, "")) for n in names)] for t in complete],
     ) if complete else ["No complete trials yet."]
     out += importance_section(importances)

@@ -31,6 +31,7 @@ from cliptune.hpo.plots import write_plots
 from cliptune.hpo.report_markdown import PLOTS_DIR, report_markdown
 from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.study import METRICS
+from cliptune.hpo.time_limit import best_trial, is_feasible
 
 RETRAIN_FILE = "retrain_results.json"
 PLOT_INTERVAL_S = 60.0  # at most one plot rewrite per minute while the study runs
@@ -54,6 +55,7 @@ class ReportContext:
     fidelity: str = ""  # the trials' fidelity against the target's, in words
     notes: list[str] = field(default_factory=list)  # shown at the top of report.md
     artifact_store: Any = None  # holds the checkpoints of trials that were the best
+    max_train_seconds: float | None = None  # the target's training time limit (None: none)
 
 
 @dataclass
@@ -106,13 +108,6 @@ def summarize(study: optuna.Study, budget: int) -> StudySummary:
     )
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial, or None while there is none."""
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-        return None
-    return study.best_trial
-
-
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: Optuna's columns plus epochs run, last value, metrics, failure reason."""
     trials = study.get_trials(deepcopy=False)
@@ -132,6 +127,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     metric_keys = sorted({k for t in trials for k in t.user_attrs.get("metrics", {})})
     for key in metric_keys:
         frame[key] = [t.user_attrs.get("metrics", {}).get(key) for t in trials]
+    for key in ("run_seconds", "epoch_seconds", "projected_train_seconds"):
+        frame[key] = [t.user_attrs.get(key, math.nan) for t in trials]
+    if any(t.constraints for t in trials):
+        frame["feasible"] = [is_feasible(t) if t.constraints else None for t in trials]
     frame["fail_reason"] = [t.user_attrs.get("fail_reason", "") for t in trials]
     frame["run_dir"] = [t.user_attrs.get("run_dir", "") for t in trials]
     return frame
@@ -183,6 +182,10 @@ def best_results(study: optuna.Study, trial: FrozenTrial, ctx: ReportContext,
         "best_epoch": trial.user_attrs.get("best_epoch"),
         "epochs": len(trial.intermediate_values),
         "duration_s": trial.duration.total_seconds() if trial.duration else None,
+        "run_seconds": trial.user_attrs.get("run_seconds"),
+        "projected_train_seconds": trial.user_attrs.get("projected_train_seconds"),
+        "max_train_seconds": ctx.max_train_seconds,
+        "feasible": is_feasible(trial),  # within the time limit (True without one)
         "run_dir": trial.user_attrs.get("run_dir"),
         "checkpoint": str(checkpoint) if checkpoint is not None else None,
         "checkpoint_artifact": trial.user_attrs.get(ARTIFACT_ATTR),

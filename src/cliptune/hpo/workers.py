@@ -97,6 +97,8 @@ class WorkerJob:
     threads: int
     timeout: float | None = None
     data: dict | None = None  # the study's data record (`study_data.data_record`)
+    target: RunConfig | None = None  # the target at full fidelity (time projection)
+    max_train_seconds: float | None = None  # the target's time limit
 
 
 def worker_main(job: WorkerJob) -> None:
@@ -120,7 +122,8 @@ def _work(job: WorkerJob) -> None:
                               pruner=make_pruner(s.pruner, job.budget, s.patience))
     store = make_artifact_store(s.artifact_store, s.results_dir, s.study_name)
     objective = Objective(job.space, job.base,
-                          ObjectiveSettings(s.study_name, s.metric, job.budget, store))
+                          ObjectiveSettings(s.study_name, s.metric, job.budget, store,
+                                            job.target, job.max_train_seconds))
     check_same_data(objective.load_data(), job.data, f"worker {job.index}")
     run_trials(study, objective, job.trials, job.timeout, s.max_trials)
 
