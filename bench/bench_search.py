@@ -431,7 +431,8 @@ def markdown(result: dict) -> str:
     lines = [
         "# Study designs at equal compute", "",
         f"Budget per study: {budget / 1e12:.3g} TFLOP of training ({s['budget']} full-budget "
-        f"trials of the target's own config); seeds {s['seeds']}; trials at {s['epochs']} epochs, "
+        f"trials of the target's own config); study seeds "
+        f"{', '.join(result['studies']['random'])}; trials at {s['epochs']} epochs, "
         f"{s['max_samples'] or 'all'} training / {s['max_eval_samples'] or 'all'} validation "
         f"images unless the design says otherwise; metric: validation loss (lower is better). "
         f"Retrained at {s['retrain_fidelity']}, seeds {s['retrain_seeds']}.", "",
@@ -456,7 +457,7 @@ def markdown(result: dict) -> str:
             f"{_fmt(spread['max'])}] | {row['wins']} of {row['seeds']} (ties {row['ties']}) "
             f"| {trials:g} ({pruned:g}) | {wall / 60:.1f} min | {rsum} |")
     base = result["retrain"].get("target (no search)")
-    if base:
+    if base and base["test_rsum_mean"] is not None:  # None: --retrain-seeds 0
         lines += ["", f"Target's own config at the same fidelity: test rsum "
                   f"{base['test_rsum_mean']:.1f} +- {base['test_rsum_std']:.1f}."]
     lines += ["", "Designs:", ""] + [f"- `{n}`: {DESIGNS[n].description}"
