@@ -476,10 +476,10 @@ STEPS = [
     Step("cuda_tests", "a", step_cuda_tests, 150, 150),
     Step("train_resume", "b", step_train_resume, 150, 240),
     Step("eval_export", "f", step_eval_export, 60, 120),
-    Step("vit_b32", "c", step_vit_b32, 150, 90),
+    Step("vit_b32", "c", step_vit_b32, 150, 150),
     Step("data_fed", "d", step_data_fed, 90, 90),
     Step("study", "e", step_study, 120, 180),
-    Step("mfu_levers", "c", step_mfu_levers, 150, 90),
+    Step("mfu_levers", "c", step_mfu_levers, 150, 150),
 ]
 BY_NAME = {step.name: step for step in STEPS}
 
