@@ -162,10 +162,18 @@ def synchronize(device: torch.device) -> None:
 
 
 def matmul_peak_flops(device: torch.device, repeats: int = 10) -> float:
-    """Best observed FLOP/s of a square bf16 matmul: the machine's practical peak. Small on
-    a CPU: without native bf16 (no AVX512-BF16/AMX) it runs at about 1 GFLOP/s there, and a
-    2048-sized product took 20 s."""
-    size = 8192 if device.type == "cuda" else 512
+    """Best observed FLOP/s of a square bf16 matmul: the machine's practical peak.
+
+    8192-sized on a GPU, 2048 on a CPU (the size docs/BENCHMARKS.md's CPU MFU figures used),
+    except on a CPU without native bf16 (no AVX512-BF16/AMX: about 1 GFLOP/s, a 2048
+    product takes 20 s), which a 512 product shows first and which keeps that size."""
+    if device.type == "cuda":
+        return _matmul_peak(device, 8192, repeats)
+    small = _matmul_peak(device, 512, 2)
+    return small if small < 20e9 else _matmul_peak(device, 2048, repeats)
+
+
+def _matmul_peak(device: torch.device, size: int, repeats: int) -> float:
     a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
     b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
     a @ b
