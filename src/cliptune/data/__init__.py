@@ -7,10 +7,10 @@ augmented and normalised on the device), `eval_batches` and `normalize_images`.
 """
 
 from cliptune.data.feed import device_batches
-from cliptune.data.issues import DataWarning
 from cliptune.data.loader import TrainLoader, eval_batches, normalize_images
 from cliptune.data.prepare import prepare_data
 from cliptune.data.prepared import PreparedData, Split
+from cliptune.errors import DataWarning
 
 __all__ = [
     "DataWarning",

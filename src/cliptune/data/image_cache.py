@@ -42,9 +42,8 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from cliptune.data.issues import warn_skipped
 from cliptune.data.preprocess import DECODE_ERRORS, RESIZE_METHOD, decode_error, decode_image
-from cliptune.errors import DataError
+from cliptune.errors import DataError, warn_skipped
 
 CACHE_FORMAT = 2  # 2: full-size decode (no JPEG draft mode), the recipe of data/preprocess.py
 SERIAL_BELOW = 64  # images; a process pool costs more than it saves below this

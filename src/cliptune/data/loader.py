@@ -22,8 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cliptune.data.augment import CROP_SCALE, draw_augmentation
-from cliptune.data.host_memory import empty_batch
-from cliptune.data.image_rows import read_images
+from cliptune.data.image_rows import empty_batch, read_images
 from cliptune.data.prepared import Split
 from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD
 from cliptune.errors import DataError

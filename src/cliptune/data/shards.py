@@ -46,11 +46,10 @@ from filelock import FileLock
 from cliptune.config import DataConfig
 from cliptune.data.augment import CROP_SCALE, draw_augmentation
 from cliptune.data.catalog import Catalog
-from cliptune.data.issues import warn_skipped
 from cliptune.data.loader import HostBatch
 from cliptune.data.prepared import ShardSplit
 from cliptune.data.preprocess import DECODE_ERRORS, decode_image, resized_size
-from cliptune.errors import ConfigError, DataError
+from cliptune.errors import ConfigError, DataError, warn_skipped
 from cliptune.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"

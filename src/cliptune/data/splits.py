@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from cliptune.config import DataConfig
-from cliptune.data.issues import warn_skipped
 from cliptune.data.split_files import SPLIT_NAMES, read_split_names
-from cliptune.errors import DataError
+from cliptune.errors import DataError, warn_skipped
 
 DEFAULT_EVAL_FRACTION = 0.1
 FLICKR30K_EVAL_IMAGES = 1000
