@@ -48,7 +48,7 @@ from cliptune.data.augment import CROP_SCALE, draw_augmentation
 from cliptune.data.catalog import Catalog
 from cliptune.data.loader import HostBatch
 from cliptune.data.prepared import ShardSplit
-from cliptune.data.preprocess import DECODE_ERRORS, decode_image, resized_size
+from cliptune.data.preprocess import DECODE_ERRORS, decode_image, decode_jpegs_cuda
 from cliptune.errors import ConfigError, DataError, warn_skipped
 from cliptune.tokenizer import Tokenizer
 
@@ -347,28 +347,6 @@ def resolve_decode_device(setting: str, device: torch.device) -> str:
         raise ConfigError(f"data.decode_device=cuda needs a CUDA training device (train.device "
                           f"is {device}); use data.decode_device=cpu")
     return "cuda" if setting == "cuda" else "cpu"
-
-
-def decode_jpegs_cuda(encoded: list[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
-    """Encoded JPEGs (uint8 1-D CPU tensors) -> uint8 (n, 3, size, size) on `device`: one
-    batched nvJPEG decode (`torchvision.io.decode_jpeg(list, device=...)`), then per image
-    the recipe of data/preprocess.py on the GPU: bicubic antialiased resize of the shorter
-    side to `size` (torchvision, within a level of PIL's), centre crop offset by round()."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
-    images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=device)
-    for row, image in enumerate(images):
-        height, width = image.shape[1:]
-        new_w, new_h = resized_size(width, height, size)
-        if (new_w, new_h) != (width, height):
-            image = TF.resize(image, [new_h, new_w], interpolation=InterpolationMode.BICUBIC,
-                              antialias=True)
-        left, top = int(round((new_w - size) / 2)), int(round((new_h - size) / 2))
-        out[row] = image[:, top:top + size, left:left + size]
-    return out
 
 
 def _is_whole_jpeg(data: bytes) -> bool:
