@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cliptune.data.augment import CROP_SCALE, augment_images, draw_augmentation
 from cliptune.data.image_rows import empty_batch, read_images
-from cliptune.data.prepared import Split
 from cliptune.data.preprocess import normalize_images
+from cliptune.data.splits import Split
 from cliptune.errors import DataError
 
 MAX_AUTO_WORKERS = 4

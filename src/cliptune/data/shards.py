@@ -47,7 +47,6 @@ from cliptune.config import DataConfig
 from cliptune.data.augment import CROP_SCALE, draw_augmentation
 from cliptune.data.catalog import Catalog
 from cliptune.data.loader import HostBatch
-from cliptune.data.prepared import ShardSplit
 from cliptune.data.preprocess import DECODE_ERRORS, decode_image, decode_jpegs_cuda
 from cliptune.errors import ConfigError, DataError, warn_skipped
 from cliptune.tokenizer import Tokenizer
@@ -111,6 +110,22 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         raise DataError(f"{path}: not a cliptune shard manifest (no \"format\": "
                         f"\"{MANIFEST_FORMAT}\")")
     return manifest
+
+
+@dataclass
+class ShardSplit:
+    """The training split as webdataset shards (`ShardLoader` streams it): an epoch is
+    `epoch_samples` samples, which is also its length."""
+
+    name: str
+    pattern: str
+    urls: list[str]
+    epoch_samples: int
+    caption_field: str = "auto"
+    shard_samples: dict[str, int] = field(default_factory=dict)  # url -> samples (manifest)
+
+    def __len__(self) -> int:
+        return self.epoch_samples
 
 
 @dataclass
