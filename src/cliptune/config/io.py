@@ -12,15 +12,7 @@ from typing import Any
 
 import yaml
 
-from cliptune.config.sections import (
-    CHOICES,
-    DataConfig,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    model_preset,
-    validate,
-)
+from cliptune.config.sections import CHOICES, ModelConfig, RunConfig, model_preset, validate
 from cliptune.errors import ConfigError
 
 
@@ -119,7 +111,9 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level of the config, got {data!r}")
     config = RunConfig()
-    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    # the section classes by name (data: DataConfig, model: ModelConfig, train: TrainConfig)
+    sections = {f.name: f.default_factory for f in fields(RunConfig)
+                if dataclasses.is_dataclass(f.default_factory)}
     for name, value in data.items():
         if name in sections:
             setattr(config, name, _section_from_dict(sections[name], value or {}, name))

@@ -14,7 +14,6 @@ of data-parallel ranks, and the global random state of torch and NumPy is never 
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -28,6 +27,7 @@ from cliptune.data.image_rows import empty_batch, read_images
 from cliptune.data.preprocess import normalize_images
 from cliptune.data.splits import Split
 from cliptune.errors import DataError
+from cliptune.runtime import usable_cores
 
 MAX_AUTO_WORKERS = 4
 
@@ -61,7 +61,7 @@ def default_num_workers(pin_memory: bool, world_size: int = 1) -> int:
     four per GPU process, leaving a core per process for the training loop."""
     if not pin_memory:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     return max(1, min(MAX_AUTO_WORKERS, cores // world_size - 1))
 
 

@@ -49,6 +49,7 @@ from cliptune.data.catalog import Catalog
 from cliptune.data.loader import HostBatch
 from cliptune.data.preprocess import DECODE_ERRORS, decode_image, decode_jpegs_cuda
 from cliptune.errors import ConfigError, DataError, warn_skipped
+from cliptune.runtime import usable_cores
 from cliptune.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"
@@ -349,7 +350,7 @@ def default_workers(world_size: int, n_shards: int, resampled: bool) -> int:
     """`data.num_workers: auto` for shards: decoding is the work, so one reader process per
     core this rank can use, less one for the training loop (at least one, at most 16), and
     no more than the shards each rank gets (each worker needs a shard of its own)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     workers = max(1, min(MAX_AUTO_WORKERS, cores // world_size - 1))
     return workers if resampled else max(1, min(workers, n_shards // world_size))
 
