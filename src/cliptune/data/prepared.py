@@ -159,7 +159,7 @@ def _prepare_shards(config: DataConfig, cache_dir, image_size: int, vocab_size: 
 
 def summary(data: PreparedData, *, reused: bool) -> str:
     """One line: source, images, captions, split sizes, image cache."""
-    if isinstance(data.train, shards.ShardSplit):
+    if isinstance(data.train, ShardSplit):
         evals = " / ".join(f"{s.name} {len(s)} images ({len(s.captions)} captions)"
                            for s in (data.val, data.test))
         return (f"data: webdataset ({data.root}): train {len(data.train.urls)} shards, "
