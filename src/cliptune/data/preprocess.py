@@ -1,8 +1,8 @@
 """THE definition of a model's input pixels: one recipe for every path an image takes.
 
 The image cache, the loaders, the webdataset shard decoder (on the CPU, or on a GPU with
-`decode_jpegs_cuda`), `retrieve.py` and both exports (OpenCLIP's
-`preprocess_cfg`, Hugging Face's `CLIPImageProcessor`) all mean this:
+`decode_jpegs_cuda`), `retrieve.py` and both exports (OpenCLIP's `preprocess_cfg`,
+Hugging Face's `CLIPImageProcessor`) all mean this:
 
 1. decode the whole image (no reduced-size JPEG decode, see below) and convert to RGB;
 2. resize it so its shorter side is `size`, the longer side `int(size * long / short)`,
@@ -93,8 +93,8 @@ def decode_error(err: BaseException) -> str:
 def decode_jpegs_cuda(encoded: list[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
     """Encoded JPEGs (uint8 1-D CPU tensors) -> uint8 (n, 3, size, size) on `device`: one
     batched nvJPEG decode (`torchvision.io.decode_jpeg(list, device=...)`), then per image
-    steps 2-3 on the GPU: bicubic antialiased resize of the shorter
-    side to `size` (torchvision, within a level of PIL's), centre crop offset by round()."""
+    steps 2-3 on the GPU: bicubic antialiased resize of the shorter side to `size`
+    (torchvision, within a level of PIL's), centre crop offset by round()."""
     from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
