@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from cliptune.config import ModelConfig, model_preset  # noqa: E402
 from cliptune.loss import ClipLoss  # noqa: E402
 from cliptune.model import CLIP  # noqa: E402
-from cliptune.model.layers import SelfAttention  # noqa: E402
+from cliptune.model.clip import SelfAttention  # noqa: E402
 
 Step = Callable[[], None]
 

@@ -50,7 +50,7 @@ from bench_data import photo_like_jpegs  # noqa: E402
 from cliptune.config import DataConfig, TrainConfig, model_preset  # noqa: E402
 from cliptune.data import TrainLoader, device_batches, prepare_data  # noqa: E402
 from cliptune.data.augment import augment_images  # noqa: E402
-from cliptune.data.loader import CLIP_MEAN, CLIP_STD, normalize_images  # noqa: E402
+from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD, normalize_images  # noqa: E402
 from cliptune.loss import ClipLoss  # noqa: E402
 from cliptune.model import CLIP  # noqa: E402
 from cliptune.optim import build_optimizer  # noqa: E402

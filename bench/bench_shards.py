@@ -43,8 +43,7 @@ from bench_data import photo_like_jpegs  # noqa: E402
 from cliptune.data import Split, TrainLoader, device_batches  # noqa: E402
 from cliptune.data.image_cache import load_or_build  # noqa: E402
 from cliptune.data.image_rows import ImageRows  # noqa: E402
-from cliptune.data.prepared import ShardSplit  # noqa: E402
-from cliptune.data.shards import ShardLoader  # noqa: E402
+from cliptune.data.shards import ShardLoader, ShardSplit  # noqa: E402
 from cliptune.tokenizer import Tokenizer  # noqa: E402
 
 SIZE = 224

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import MALFORMED_IMAGE, MALFORMED_ROW, write_jpeg
 
+from cliptune.data import DataWarning
 from cliptune.data.folder import find_caption_file, load_folder
-from cliptune.data.issues import DataWarning
 from cliptune.data.parsers import parse_captions_txt, parse_kaggle, parse_tsv
 from cliptune.errors import DataError
 

@@ -11,9 +11,8 @@ import pytest
 from conftest import write_jpeg
 from PIL import Image
 
-from cliptune.data import image_cache
+from cliptune.data import DataWarning, image_cache
 from cliptune.data.image_cache import default_cache_dir, load_or_build
-from cliptune.data.issues import DataWarning
 from cliptune.data.preprocess import decode_image
 
 

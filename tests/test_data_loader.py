@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from cliptune.data import Split, TrainLoader, device_batches, eval_batches, normalize_images
-from cliptune.data.loader import CLIP_MEAN, CLIP_STD, default_num_workers
+from cliptune.data.loader import default_num_workers
+from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD
 from cliptune.errors import DataError
 
 

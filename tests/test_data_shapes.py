@@ -9,7 +9,7 @@ from PIL import Image
 
 from cliptune.data import shapes
 from cliptune.data.parsers import sniff_format
-from cliptune.data.shapes_scenes import CANVAS, Scene, Shape, describe, sample_scene
+from cliptune.data.shapes import CANVAS, Scene, Shape, describe, sample_scene
 
 
 def _files(root):

@@ -29,8 +29,8 @@ from cliptune.checkpoint import load_checkpoint
 from cliptune.cli import make_shards
 from cliptune.config import DataConfig, RunConfig, apply_overrides
 from cliptune.data import prepare_data, shapes
-from cliptune.data.preprocess import decode_image
-from cliptune.data.shards import ShardLoader, decode_jpegs_cuda, resolve
+from cliptune.data.preprocess import decode_image, decode_jpegs_cuda
+from cliptune.data.shards import ShardLoader, resolve
 from cliptune.data.splits import split_images
 from cliptune.errors import ConfigError, DataError
 from cliptune.evaluation import embed_split, embedding_metrics

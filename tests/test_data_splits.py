@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cliptune.config import DataConfig
-from cliptune.data.issues import DataWarning
+from cliptune.data import DataWarning
 from cliptune.data.splits import eval_split_size, split_images
 from cliptune.errors import DataError
 

@@ -19,7 +19,7 @@ import torch
 from test_checkpoint import write_tiny_checkpoint
 
 from cliptune.checkpoint import load_model
-from cliptune.cli_common import run_cli
+from cliptune.cli.common import run_cli
 from cliptune.data import prepare_data
 from cliptune.errors import ConfigError
 from cliptune.evaluation import checkpoint_split, embed_split, evaluate_split, split_loss

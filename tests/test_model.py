@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cliptune.config import ModelConfig, model_preset
 from cliptune.model import CLIP
-from cliptune.model.layers import QuickGELU
+from cliptune.model.clip import QuickGELU
 
 SMALL = ModelConfig(
     embed_dim=16,

@@ -18,7 +18,7 @@ from test_checkpoint import write_tiny_checkpoint
 
 from cliptune import retrieval
 from cliptune.checkpoint import load_model
-from cliptune.cli_common import run_cli
+from cliptune.cli.common import run_cli
 from cliptune.errors import CliptuneError
 
 REPO = Path(__file__).resolve().parents[1]

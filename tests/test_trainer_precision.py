@@ -11,7 +11,7 @@ import torch
 from trainer_helpers import TINY, tiny_config, tiny_data
 
 from cliptune import runtime
-from cliptune.cli_common import run_cli
+from cliptune.cli.common import run_cli
 from cliptune.config import RunConfig, apply_overrides
 from cliptune.errors import ConfigError
 from cliptune.runtime import configure_matmul, resolve_precision

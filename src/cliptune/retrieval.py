@@ -16,8 +16,7 @@ import torch
 from torch import Tensor
 
 from cliptune.checkpoint import LoadedModel
-from cliptune.data import normalize_images
-from cliptune.data.preprocess import DECODE_ERRORS, decode_image
+from cliptune.data.preprocess import DECODE_ERRORS, decode_image, normalize_images
 from cliptune.errors import CliptuneError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +14,11 @@ import torch
 from cliptune.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from cliptune.checkpoint import load_model
-from cliptune.cli_common import add_data_args, apply_data_args, run_cli
+from cliptune.cli.common import add_data_args, apply_data_args, run_cli
 from cliptune.evaluation import checkpoint_split, evaluate_split
 from cliptune.runtime import resolve_device, resolve_precision
 from cliptune.tables import format_metrics_table

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from cliptune.cli_common import run_cli
+from cliptune.cli.common import run_cli
 from cliptune.export import FORMATS, export_checkpoint
 
 

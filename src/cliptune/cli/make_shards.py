@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from cliptune.cli_common import add_data_args, add_set_arg, apply_data_args, run_cli
+from cliptune.cli.common import add_data_args, add_set_arg, apply_data_args, run_cli
 from cliptune.config import RunConfig, apply_overrides
 from cliptune.data.shard_writer import shard_summary, write_shards
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cliptune.cli_common import DATA_FLAGS, add_data_args, add_set_arg, apply_data_args, run_cli
+from cliptune.cli.common import DATA_FLAGS, add_data_args, add_set_arg, apply_data_args, run_cli
 from cliptune.config import apply_overrides
 from cliptune.errors import ConfigError
 from cliptune.hpo.driver import driver_seed, prepare_base, resolve_definition, run_study

@@ -12,7 +12,7 @@ import argparse
 
 from cliptune import retrieval
 from cliptune.checkpoint import load_model
-from cliptune.cli_common import run_cli
+from cliptune.cli.common import run_cli
 from cliptune.runtime import resolve_device
 
 

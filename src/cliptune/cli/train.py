@@ -14,7 +14,7 @@ import sys
 import torch.distributed as dist
 
 from cliptune import distributed
-from cliptune.cli_common import add_data_args, add_set_arg, apply_data_args, run_cli
+from cliptune.cli.common import add_data_args, add_set_arg, apply_data_args, run_cli
 from cliptune.config import apply_overrides, load_config, model_preset, set_value
 from cliptune.resources import default_experiment
 from cliptune.tables import format_metrics_table

@@ -3,8 +3,8 @@
 A run is described by one `RunConfig` holding a `DataConfig`, a `ModelConfig` and a
 `TrainConfig` (`sections`). YAML files in `experiments/` mirror that nesting (`io`);
 `model.preset` names a preset whose fields the rest of the `model` section overrides.
-Overrides such as `train.lr=3e-4` are type-checked (`fields`): an unknown key or a
-wrong type raises `ConfigError` naming the key and what was expected; `validation`
+Overrides such as `train.lr=3e-4` are type-checked (`io`): an unknown key or a wrong
+type raises `ConfigError` naming the key and what was expected; `sections.validate`
 checks ranges and cross-field constraints.
 """
 
@@ -27,8 +27,8 @@ from cliptune.config.sections import (
     RunConfig,
     TrainConfig,
     model_preset,
+    validate,
 )
-from cliptune.config.validation import validate
 
 __all__ = [
     "CHOICES",

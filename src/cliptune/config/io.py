@@ -1,18 +1,94 @@
-"""Configs to and from nested dicts and YAML files, and dotted `--set` overrides."""
+"""Configs to and from nested dicts and YAML files, and dotted `--set` overrides, every value
+type-checked against its field's annotation (`set_field`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cliptune.config.fields import set_field
-from cliptune.config.sections import DataConfig, ModelConfig, RunConfig, TrainConfig, model_preset
-from cliptune.config.validation import validate
+from cliptune.config.sections import CHOICES, ModelConfig, RunConfig, model_preset, validate
 from cliptune.errors import ConfigError
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where lossless."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def set_field(obj: Any, name: str, value: Any, key: str) -> None:
+    """Set `obj.name` to `value` checked against its annotation; `key` (dotted) names it in errors."""
+    hints = _hints(type(obj))
+    if name not in hints:
+        valid = ", ".join(f.name for f in fields(obj))
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {valid}")
+    tp = hints[name]
+    if dataclasses.is_dataclass(tp):
+        raise ConfigError(f"{key} is a section; set one of its keys, e.g. {key}.<name>=...")
+    value = _coerce(value, tp, key)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key}: expected one of {', '.join(CHOICES[key])}, got {value!r}")
+    setattr(obj, name, value)
 
 
 def _section_from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -35,7 +111,9 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping at the top level of the config, got {data!r}")
     config = RunConfig()
-    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    # the section classes by name (data: DataConfig, model: ModelConfig, train: TrainConfig)
+    sections = {f.name: f.default_factory for f in fields(RunConfig)
+                if dataclasses.is_dataclass(f.default_factory)}
     for name, value in data.items():
         if name in sections:
             setattr(config, name, _section_from_dict(sections[name], value or {}, name))

@@ -6,15 +6,17 @@ views of the shared image cache), `TrainLoader` + `device_batches` (training bat
 augmented and normalised on the device), `eval_batches` and `normalize_images`.
 """
 
-from cliptune.data.feed import device_batches
-from cliptune.data.issues import DataWarning
-from cliptune.data.loader import TrainLoader, eval_batches, normalize_images
-from cliptune.data.prepare import prepare_data
-from cliptune.data.prepared import PreparedData, Split
+from cliptune.data.loader import TrainLoader, device_batches, eval_batches
+from cliptune.data.prepared import PreparedData, prepare_data
+from cliptune.data.preprocess import normalize_images
+from cliptune.data.shards import ShardSplit
+from cliptune.data.splits import Split
+from cliptune.errors import DataWarning
 
 __all__ = [
     "DataWarning",
     "PreparedData",
+    "ShardSplit",
     "Split",
     "TrainLoader",
     "device_batches",

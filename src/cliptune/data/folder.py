@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from cliptune.data.catalog import Catalog
-from cliptune.data.issues import warn_skipped
 from cliptune.data.parsers import PARSERS, read_caption_file, sniff_format
-from cliptune.errors import DataError
+from cliptune.errors import DataError, warn_skipped
 
 CAPTION_SUFFIXES = (".csv", ".txt", ".tsv", ".json", ".token")
 SEARCH_DEPTH = 2

@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from cliptune.data.issues import warn_skipped
 from cliptune.data.preprocess import DECODE_ERRORS, RESIZE_METHOD, decode_error, decode_image
-from cliptune.errors import DataError
+from cliptune.errors import DataError, warn_skipped
+from cliptune.runtime import usable_cores
 
 CACHE_FORMAT = 2  # 2: full-size decode (no JPEG draft mode), the recipe of data/preprocess.py
 SERIAL_BELOW = 64  # images; a process pool costs more than it saves below this
@@ -94,10 +94,6 @@ def _decode_chunk(target: Path, rows: list[int], paths: list[Path], size: int) -
             errors[row] = error
     images.flush()
     return errors
-
-
-def _workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _chunks(n: int, parts: int) -> list[range]:
@@ -165,7 +161,7 @@ def _build_lock(lock_path: Path, path: Path) -> Iterator[None]:
 def load_or_build(root: Path, names: list[str], size: int, cache_dir: Path, *, slot: str,
                   workers: int | None = None) -> ImageCache:
     """The cache of images `root/names` at `size` px: reused when the content key matches."""
-    workers = workers or _workers()
+    workers = workers or usable_cores()
     paths = [Path(root) / name for name in names]
     with ThreadPoolExecutor(workers) as pool:  # hashlib and file reads release the GIL
         digests = list(pool.map(file_digest, paths, chunksize=64))

@@ -1,8 +1,11 @@
-"""Batches for training and evaluation, straight from the uint8 image cache.
+"""Batches for training and evaluation, straight from the uint8 image cache to the device.
 
 Images stay uint8 until they reach the device (4x less copying than float32); there
-`normalize_images` (evaluation) or `augment_images` + `normalize_images` (training, see
-`feed.device_batches`) turn them into CLIP-normalised float32. A training epoch is fully
+`normalize_images` (evaluation) or `augment_images` + `normalize_images` (training,
+`device_batches`) turn them into CLIP-normalised float32. On a CUDA device the next
+training batch is copied from page-locked memory on a side stream while the current one
+trains, so the GPU never waits for a host-to-device copy; on the CPU the same batched
+crop, flip and normalisation run in the training step's threads. A training epoch is fully
 determined by (seed, epoch): image order and caption choice come from one NumPy
 generator per epoch, each batch's crop boxes and flips from one generator per batch, so
 a batch is the same with or without worker processes, on any device and for any number
@@ -11,8 +14,6 @@ of data-parallel ranks, and the global random state of torch and NumPy is never 
 
 from __future__ import annotations
 
-import functools
-import os
 from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -21,12 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cliptune.data.augment import CROP_SCALE, draw_augmentation
-from cliptune.data.host_memory import empty_batch
-from cliptune.data.image_rows import read_images
-from cliptune.data.prepared import Split
-from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD
+from cliptune.data.augment import CROP_SCALE, augment_images, draw_augmentation
+from cliptune.data.image_rows import empty_batch, read_images
+from cliptune.data.preprocess import normalize_images
+from cliptune.data.splits import Split
 from cliptune.errors import DataError
+from cliptune.runtime import usable_cores
 
 MAX_AUTO_WORKERS = 4
 
@@ -38,22 +39,6 @@ def _rng(*keys: int) -> np.random.Generator:
 def _to_batch(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> uint8 (B, 3, H, W) tensor (a channels-last view, no copy)."""
     return torch.as_tensor(images).permute(0, 3, 1, 2)
-
-
-@functools.cache
-def _affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP normalisation as `x * scale + shift` on pixel values 0-255, made once per device."""
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float64).view(1, 3, 1, 1)
-    return ((1 / (255 * std)).float().to(device), (-mean / std).float().to(device))
-
-
-def normalize_images(images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Pixel values 0-255 (B, 3, H, W), uint8 or float, on any device -> float32 normalised with
-    CLIP's mean and std (into `out` when given). The constants are copied to each device once."""
-    scale, shift = _affine(images.device)
-    # Two passes: on the CPU, addcmul with two broadcast operands runs unvectorised (3x slower).
-    return torch.mul(images, scale, out=out).add_(shift)
 
 
 def eval_batches(split: Split, batch_size: int, rows: range | None = None,
@@ -76,7 +61,7 @@ def default_num_workers(pin_memory: bool, world_size: int = 1) -> int:
     four per GPU process, leaving a core per process for the training loop."""
     if not pin_memory:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     return max(1, min(MAX_AUTO_WORKERS, cores // world_size - 1))
 
 
@@ -281,3 +266,48 @@ class _Batches(Dataset):
         if self.loader.epoch != epoch:
             self.loader.set_epoch(epoch)
         return self.loader.batch(index)
+
+
+# ------------------------------------------------------------- to the device
+
+
+def _finish(batch: HostBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch already on its device -> (normalised float32 images, augmented; tokens)."""
+    if batch.boxes is None:
+        return normalize_images(batch.images), batch.tokens
+    return augment_images(batch.images, batch.boxes, batch.flips, normalize_images), batch.tokens
+
+
+def _cuda_prefetched(batches: Iterator[HostBatch], device: torch.device) -> Iterator[HostBatch]:
+    """`batches` on `device`, each copied on a side stream while the previous one is used."""
+    copy_stream = torch.cuda.Stream(device)
+    compute_stream = torch.cuda.current_stream(device)
+
+    def send(batch: HostBatch | None) -> HostBatch | None:
+        if batch is None:
+            return None
+        with torch.cuda.stream(copy_stream):
+            return batch.to(device, non_blocking=True)
+
+    upcoming = send(next(batches, None))
+    while upcoming is not None:
+        current = upcoming
+        compute_stream.wait_stream(copy_stream)
+        for tensor in current:
+            if tensor is not None:  # allocated on the copy stream, used on the compute stream
+                tensor.record_stream(compute_stream)
+        upcoming = send(next(batches, None))
+        yield current
+
+
+def device_batches(loader: TrainLoader, device: torch.device | str
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches on `device`: `(images float32 normalised (B, 3, H, W), tokens int64
+    (B, L))`, augmented as the loader was configured (identically on every device)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        batches: Iterator[HostBatch] = _cuda_prefetched(iter(loader), device)
+    else:
+        batches = (batch.to(device) for batch in loader)
+    for batch in batches:
+        yield _finish(batch)

@@ -22,8 +22,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from cliptune.data.issues import warn_skipped
-from cliptune.errors import DataError
+from cliptune.errors import DataError, warn_skipped
 
 Pairs = list[tuple[str, str]]
 

@@ -1,4 +1,6 @@
-"""What `prepare_data` hands to training and evaluation: splits of images, captions, tokens."""
+"""PreparedData and how it is made: `prepare_data` goes from a `DataConfig` to tokenized
+train/val/test splits of cached images (catalog -> image cache -> splits -> tokenizer).
+"""
 
 from __future__ import annotations
 
@@ -8,55 +10,18 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-import torch
 
+from cliptune.config import DataConfig
+from cliptune.data import shards
 from cliptune.data.augment import CROP_SCALE
+from cliptune.data.catalog import Catalog
+from cliptune.data.image_cache import default_cache_dir, load_or_build
 from cliptune.data.image_rows import ImageRows
-from cliptune.errors import DataError
+from cliptune.data.shards import ShardSplit
+from cliptune.data.sources import load_catalog
+from cliptune.data.splits import SPLIT_NAMES, Split, cap_and_sort, uncapped_splits
+from cliptune.errors import ConfigError, DataError
 from cliptune.tokenizer import Tokenizer
-
-
-@dataclass
-class Split:
-    """The images of one split (uint8, aligned with `image_names`) and all their captions.
-
-    `images` is normally an `ImageRows` view of the shared image cache (pixels are read
-    when indexed: `images[index_array]` gives a uint8 (n, H, W, 3) array); a plain array
-    works too.
-    """
-
-    name: str  # "train" | "val" | "test"
-    image_names: list[str]  # relative to PreparedData.root
-    images: ImageRows | np.ndarray  # uint8 (N, H, W, 3)
-    captions: list[str]
-    caption_image: np.ndarray  # int64 (M,): index into images of each caption
-    tokens: torch.Tensor  # int64 (M, context_length)
-
-    def __len__(self) -> int:
-        return len(self.image_names)
-
-    def first_caption_index(self) -> np.ndarray:
-        """int64 (N,): the index of each image's first caption."""
-        images, first = np.unique(self.caption_image, return_index=True)
-        if len(images) != len(self):
-            raise ValueError(f"{self.name} split: some images have no caption")
-        return first.astype(np.int64)
-
-
-@dataclass
-class ShardSplit:
-    """The training split as webdataset shards (data/shards.py streams it): an epoch is
-    `epoch_samples` samples, which is also its length."""
-
-    name: str
-    pattern: str
-    urls: list[str]
-    epoch_samples: int
-    caption_field: str = "auto"
-    shard_samples: dict[str, int] = field(default_factory=dict)  # url -> samples (manifest)
-
-    def __len__(self) -> int:
-        return self.epoch_samples
 
 
 @dataclass
@@ -101,3 +66,109 @@ class PreparedData:
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split {name!r}; expected train, val or test")
         return getattr(self, name)
+
+
+def _make_split(name: str, catalog: Catalog, indices: np.ndarray, cache_rows: np.ndarray,
+                images: ImageRows, tokenizer: Tokenizer) -> Split:
+    part = catalog.subset(indices)
+    return Split(
+        name=name,
+        image_names=part.image_names,
+        images=images.subset(cache_rows[indices]),  # a view: no pixels are read here
+        captions=part.captions,
+        caption_image=part.caption_image,
+        tokens=tokenizer.encode(part.captions),
+    )
+
+
+def prepare_data(config: DataConfig, *, image_size: int, vocab_size: int, context_length: int,
+                 tokenizer: Tokenizer | None = None, quiet: bool = False) -> PreparedData:
+    """Resolve the source, read captions, build or reuse the image cache, split by image
+    (from `config.split_seed` or `config.split_file`), train the tokenizer on the train
+    captions (unless `tokenizer` is given), tokenize every split, and print a one-line
+    summary (unless `quiet`). Splits are views of the image cache: no pixels are loaded.
+
+    Images that are missing or unreadable are skipped with a warning before splitting.
+    Raises `DataError` for input that cannot be used.
+    """
+    if tokenizer is not None and tokenizer.context_length != context_length:
+        raise ConfigError(
+            f"the tokenizer pads to {tokenizer.context_length} tokens but "
+            f"model.context_length={context_length}"
+        )
+    cache_dir = default_cache_dir(config.cache_dir)
+    if config.source == "webdataset" or (config.source == "auto"
+                                         and shards.looks_like_shards(config.data_dir)):
+        return _prepare_shards(config, cache_dir, image_size, vocab_size, context_length,
+                               tokenizer, quiet)
+    catalog = load_catalog(config, cache_dir, quiet=quiet)
+    cache = load_or_build(catalog.root, catalog.image_names, image_size, cache_dir,
+                          slot=catalog.source)
+    cache_rows = np.flatnonzero(cache.valid)
+    if len(cache_rows) < len(catalog):
+        catalog = catalog.subset(cache_rows)
+    uncapped = uncapped_splits(catalog.image_names, config, source=catalog.source)
+    indices = cap_and_sort(uncapped, config.max_samples, config.max_eval_samples)
+    if tokenizer is None:
+        train_captions = catalog.subset(indices["train"]).captions
+        tokenizer = Tokenizer.train(train_captions, vocab_size, context_length)
+    images = ImageRows(cache.path)
+    splits = {name: _make_split(name, catalog, indices[name], cache_rows, images, tokenizer)
+              for name in SPLIT_NAMES}
+    data = PreparedData(source=catalog.source, root=str(catalog.root),
+                        flip_safe=catalog.flip_safe, tokenizer=tokenizer,
+                        image_size=image_size, crop_scale=catalog.crop_scale,
+                        uncapped_sizes={name: len(uncapped[name]) for name in SPLIT_NAMES},
+                        **splits)
+    if not quiet:
+        print(summary(data, reused=cache.reused), flush=True)
+    return data
+
+
+def _prepare_shards(config: DataConfig, cache_dir, image_size: int, vocab_size: int,
+                    context_length: int, tokenizer: Tokenizer | None, quiet: bool) -> PreparedData:
+    """`prepare_data` for webdataset shards: training streams from its shards (a
+    `ShardSplit`); validation and test are written out and decoded into the image cache,
+    then split like any dataset; the tokenizer learns from the first training captions."""
+    plan = shards.resolve(config)
+    catalog = shards.eval_catalog(plan, cache_dir)
+    cache = load_or_build(catalog.root, catalog.image_names, image_size, cache_dir,
+                          slot="webdataset")
+    cache_rows = np.flatnonzero(cache.valid)
+    if len(cache_rows) < len(catalog):
+        catalog = catalog.subset(cache_rows)
+    if tokenizer is None:
+        tokenizer = Tokenizer.train(shards.train_captions(plan.train), vocab_size, context_length)
+    images = ImageRows(cache.path)
+    splits = {}
+    for name in ("val", "test"):
+        indices = np.array([i for i, n in enumerate(catalog.image_names)
+                            if n.startswith(f"{name}/")], dtype=np.int64)
+        indices = indices[:config.max_eval_samples]  # the first images by key (None: all)
+        if len(indices) < 2:
+            raise DataError(f"the {name} shards hold {len(indices)} usable images; "
+                            "evaluation needs at least 2")
+        splits[name] = _make_split(name, catalog, indices, cache_rows, images, tokenizer)
+    data = PreparedData(source="webdataset", root=plan.root, flip_safe=plan.flip_safe,
+                        train=plan.train, tokenizer=tokenizer, image_size=image_size,
+                        crop_scale=plan.crop_scale, **splits)
+    if not quiet:
+        print(summary(data, reused=cache.reused), flush=True)
+    return data
+
+
+def summary(data: PreparedData, *, reused: bool) -> str:
+    """One line: source, images, captions, split sizes, image cache."""
+    if isinstance(data.train, ShardSplit):
+        evals = " / ".join(f"{s.name} {len(s)} images ({len(s.captions)} captions)"
+                           for s in (data.val, data.test))
+        return (f"data: webdataset ({data.root}): train {len(data.train.urls)} shards, "
+                f"{data.train.epoch_samples} samples per epoch; {evals}; "
+                f"{data.image_size}px image cache {'reused' if reused else 'built'}")
+    splits = [data.train, data.val, data.test]
+    images = sum(len(s) for s in splits)
+    captions = sum(len(s.captions) for s in splits)
+    sizes = " / ".join(f"{s.name} {len(s)}" for s in splits)
+    return (f"data: {data.source} ({data.root}): {images} images, {captions} captions; "
+            f"split {sizes} images; {data.image_size}px image cache "
+            f"{'reused' if reused else 'built'}")

@@ -29,12 +29,11 @@ from PIL import Image
 from cliptune.config import DataConfig
 from cliptune.data.catalog import Catalog
 from cliptune.data.image_cache import default_cache_dir
-from cliptune.data.issues import warn_skipped
 from cliptune.data.preprocess import DECODE_ERRORS
 from cliptune.data.shards import MANIFEST, MANIFEST_FORMAT
 from cliptune.data.sources import load_catalog
 from cliptune.data.splits import SPLIT_NAMES, split_images
-from cliptune.errors import DataError
+from cliptune.errors import DataError, warn_skipped
 
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 

@@ -46,11 +46,10 @@ from filelock import FileLock
 from cliptune.config import DataConfig
 from cliptune.data.augment import CROP_SCALE, draw_augmentation
 from cliptune.data.catalog import Catalog
-from cliptune.data.issues import warn_skipped
 from cliptune.data.loader import HostBatch
-from cliptune.data.prepared import ShardSplit
-from cliptune.data.preprocess import DECODE_ERRORS, decode_image, resized_size
-from cliptune.errors import ConfigError, DataError
+from cliptune.data.preprocess import DECODE_ERRORS, decode_image, decode_jpegs_cuda
+from cliptune.errors import ConfigError, DataError, warn_skipped
+from cliptune.runtime import usable_cores
 from cliptune.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"
@@ -112,6 +111,22 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         raise DataError(f"{path}: not a cliptune shard manifest (no \"format\": "
                         f"\"{MANIFEST_FORMAT}\")")
     return manifest
+
+
+@dataclass
+class ShardSplit:
+    """The training split as webdataset shards (`ShardLoader` streams it): an epoch is
+    `epoch_samples` samples, which is also its length."""
+
+    name: str
+    pattern: str
+    urls: list[str]
+    epoch_samples: int
+    caption_field: str = "auto"
+    shard_samples: dict[str, int] = field(default_factory=dict)  # url -> samples (manifest)
+
+    def __len__(self) -> int:
+        return self.epoch_samples
 
 
 @dataclass
@@ -335,7 +350,7 @@ def default_workers(world_size: int, n_shards: int, resampled: bool) -> int:
     """`data.num_workers: auto` for shards: decoding is the work, so one reader process per
     core this rank can use, less one for the training loop (at least one, at most 16), and
     no more than the shards each rank gets (each worker needs a shard of its own)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     workers = max(1, min(MAX_AUTO_WORKERS, cores // world_size - 1))
     return workers if resampled else max(1, min(workers, n_shards // world_size))
 
@@ -348,28 +363,6 @@ def resolve_decode_device(setting: str, device: torch.device) -> str:
         raise ConfigError(f"data.decode_device=cuda needs a CUDA training device (train.device "
                           f"is {device}); use data.decode_device=cpu")
     return "cuda" if setting == "cuda" else "cpu"
-
-
-def decode_jpegs_cuda(encoded: list[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
-    """Encoded JPEGs (uint8 1-D CPU tensors) -> uint8 (n, 3, size, size) on `device`: one
-    batched nvJPEG decode (`torchvision.io.decode_jpeg(list, device=...)`), then per image
-    the recipe of data/preprocess.py on the GPU: bicubic antialiased resize of the shorter
-    side to `size` (torchvision, within a level of PIL's), centre crop offset by round()."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
-
-    images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    out = torch.empty((len(images), 3, size, size), dtype=torch.uint8, device=device)
-    for row, image in enumerate(images):
-        height, width = image.shape[1:]
-        new_w, new_h = resized_size(width, height, size)
-        if (new_w, new_h) != (width, height):
-            image = TF.resize(image, [new_h, new_w], interpolation=InterpolationMode.BICUBIC,
-                              antialias=True)
-        left, top = int(round((new_w - size) / 2)), int(round((new_h - size) / 2))
-        out[row] = image[:, top:top + size, left:left + size]
-    return out
 
 
 def _is_whole_jpeg(data: bytes) -> bool:

@@ -5,18 +5,126 @@ None the per-source default: Flickr30k keeps the usual 1,000 val and 1,000 test 
 (at most 10% each on a smaller copy), every other source 10% each. Caps
 (`max_samples` for train, `max_eval_samples` for val and test) keep the first images of
 each split in its seeded order, so a capped split is a subset of the uncapped one.
+
+`Split` is what one split holds once prepared: its images (a view of the image cache),
+captions and tokens.
+
+Split files name the images of each split in one of three formats, detected
+automatically:
+
+- cliptune's JSON: `{"train": [names], "val": [...], "test": [...]}`.
+- Karpathy's `dataset_flickr30k.json` (also his COCO and Flickr8k files): `{"images":
+  [{"filename", "split": "train" | "val" | "test" | "restval", ...}]}`; `restval`
+  counts as train (the usual practice); the captions in it are not used.
+- CLIP_benchmark's `flickr30k_{train,val,test}_karpathy.txt`: a header line, then
+  `image.jpg,caption` per line. `data.split_file` names any one of the three files (the
+  other two are found beside it by swapping the split word in its name) or their folder.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cliptune.config import DataConfig
-from cliptune.data.issues import warn_skipped
-from cliptune.data.split_files import SPLIT_NAMES, read_split_names
-from cliptune.errors import DataError
+from cliptune.data.image_rows import ImageRows
+from cliptune.errors import DataError, warn_skipped
+
+SPLIT_NAMES = ("train", "val", "test")
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+_TXT_NAME = re.compile(r"^(?P<head>.*?)(?P<split>train|val|test)(?P<tail>[^/]*)\.txt$")
+
+SplitNames = dict[str, list[str]]
+
+
+def read_split_names(path: Path) -> SplitNames:
+    """The image names listed for train, val and test by the split file (or folder) `path`."""
+    path = Path(path)
+    if path.is_dir():
+        return _txt_trio(_txt_in_folder(path))
+    if not path.is_file():
+        raise DataError(f"split file not found: {path} (check data.split_file)")
+    if path.suffix.lower() == ".txt":
+        return _txt_trio(_txt_siblings(path))
+    return _json(path)
+
+
+def _json(path: Path) -> SplitNames:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        return _karpathy(path, data["images"])
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in SPLIT_NAMES):
+        raise DataError(f'{path}: expected {{"train": [names], "val": [...], "test": [...]}} '
+                        "or Karpathy's {\"images\": [{\"filename\", \"split\"}, ...]}")
+    return {split: [str(name) for name in data[split]] for split in SPLIT_NAMES}
+
+
+def _karpathy(path: Path, images: list) -> SplitNames:
+    names: SplitNames = {split: [] for split in SPLIT_NAMES}
+    for number, image in enumerate(images):
+        if not isinstance(image, dict) or "filename" not in image or "split" not in image:
+            raise DataError(f"{path}: images[{number}] has no filename or split")
+        split = KARPATHY_SPLITS.get(image["split"])
+        if split is None:
+            raise DataError(f"{path}: images[{number}] ({image['filename']}) has split "
+                            f"{image['split']!r}; expected one of {', '.join(KARPATHY_SPLITS)}")
+        names[split].append(str(image["filename"]))
+    return names
+
+
+def _txt_siblings(path: Path) -> dict[str, Path]:
+    match = _TXT_NAME.match(path.name)
+    if match is None:
+        raise DataError(f"{path}: a .txt split file's name must say train, val or test "
+                        "(like flickr30k_test_karpathy.txt), with the other two beside it")
+    head, tail = match["head"], match["tail"]
+    return {split: path.with_name(f"{head}{split}{tail}.txt") for split in SPLIT_NAMES}
+
+
+def _txt_in_folder(folder: Path) -> dict[str, Path]:
+    files = {}
+    for split in SPLIT_NAMES:
+        found = sorted(folder.glob(f"*_{split}_karpathy.txt"))
+        if len(found) != 1:
+            what = "no" if not found else f"{len(found)}"
+            raise DataError(f"{folder}: {what} files named *_{split}_karpathy.txt; "
+                            "data.split_file needs exactly one per split (or name one file)")
+        files[split] = found[0]
+    return files
+
+
+def _txt_trio(files: dict[str, Path]) -> SplitNames:
+    return {split: _txt_names(path) for split, path in files.items()}
+
+
+def _txt_names(path: Path) -> list[str]:
+    """Distinct image names of a `image.jpg,caption` file, in order of first appearance."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"split file not found: {path} (the train, val and test .txt files "
+                        "must sit side by side)") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err})") from None
+    names: dict[str, None] = {}
+    for number, line in enumerate(lines):
+        name = line.split(",", 1)[0].strip()
+        if number == 0 and "." not in name:
+            continue  # the header ("image,caption")
+        if name:
+            names[name] = None
+    return list(names)
+
+
+# ------------------------------------------------------------------ splitting
 
 DEFAULT_EVAL_FRACTION = 0.1
 FLICKR30K_EVAL_IMAGES = 1000
@@ -50,7 +158,7 @@ def random_split(n_images: int, *, seed: int, val_size: float | None, test_size:
 
 
 def read_split_file(path: Path, image_names: list[str], seed: int) -> Splits:
-    """Image indices per split from a split file (`split_files` lists the formats).
+    """Image indices per split from a split file (the formats: see the module docstring).
 
     A listed name matches an image of the dataset by its name or, failing that, by its
     file name alone (Karpathy's files name `1000092795.jpg` wherever the folder puts it).
@@ -112,3 +220,33 @@ def split_images(image_names: list[str], config: DataConfig, *, source: str) -> 
     """Sorted image indices per split for `config`: `uncapped_splits`, capped."""
     splits = uncapped_splits(image_names, config, source=source)
     return cap_and_sort(splits, config.max_samples, config.max_eval_samples)
+
+
+# ----------------------------------------------------------- a prepared split
+
+
+@dataclass
+class Split:
+    """The images of one split (uint8, aligned with `image_names`) and all their captions.
+
+    `images` is normally an `ImageRows` view of the shared image cache (pixels are read
+    when indexed: `images[index_array]` gives a uint8 (n, H, W, 3) array); a plain array
+    works too.
+    """
+
+    name: str  # "train" | "val" | "test"
+    image_names: list[str]  # relative to PreparedData.root
+    images: ImageRows | np.ndarray  # uint8 (N, H, W, 3)
+    captions: list[str]
+    caption_image: np.ndarray  # int64 (M,): index into images of each caption
+    tokens: torch.Tensor  # int64 (M, context_length)
+
+    def __len__(self) -> int:
+        return len(self.image_names)
+
+    def first_caption_index(self) -> np.ndarray:
+        """int64 (N,): the index of each image's first caption."""
+        images, first = np.unique(self.caption_image, return_index=True)
+        if len(images) != len(self):
+            raise ValueError(f"{self.name} split: some images have no caption")
+        return first.astype(np.int64)

@@ -23,13 +23,12 @@ from safetensors.torch import save_file
 
 from cliptune.checkpoint import LoadedModel
 from cliptune.config import ModelConfig
-from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD
+from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD, PIL_BICUBIC
 from cliptune.errors import CheckpointError
 from cliptune.export.tokenizer_files import swap_token_ids, write_tokenizer_files
 from cliptune.tokenizer import Tokenizer
 
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which our model uses
-PIL_BICUBIC = 3
 # ours (inside transformer.blocks.N) -> transformers (inside encoder.layers.N)
 BLOCK_RENAMES = {
     "ln_1": "layer_norm1",

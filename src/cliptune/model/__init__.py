@@ -1,4 +1,4 @@
-"""The CLIP model: transformer layers, the two towers and the joint model."""
+"""The CLIP model (`clip.py`, readable top to bottom) and its analytic FLOPs (`flops.py`)."""
 
 from cliptune.model.clip import CLIP
 
