@@ -63,10 +63,8 @@ NOTES = {
     ],
 }
 PREPROCESSING_NOTE = (
-    "Images: shorter side to {size} px (bicubic), centre crop, CLIP mean/std. cliptune "
-    "crops the central square first and then resizes, these libraries resize first and "
-    "then crop: square images give identical pixels, other shapes differ by a fraction "
-    "of a pixel in where the crop falls."
+    "Images: shorter side to {size} px (bicubic), centre crop, CLIP mean/std: the "
+    "resize-then-crop these libraries apply, so they see the pixels cliptune trained on."
 )
 
 
