@@ -127,6 +127,9 @@ DESIGNS = {d.name: d for d in (
            _sampler("tpe"), _median_pruner(warmup=2)),
     Design("tpe-sha-min2", "TPE + successive halving (min 2 epochs, factor 3)",
            _sampler("tpe"), _sha(2, 3)),
+    Design("tpe-sha-min5", "TPE + successive halving (min 5 epochs, factor 3): one rung, "
+           "at the epoch whose ranking matched the full run in the fidelity check",
+           _sampler("tpe"), _sha(5, 3)),
     Design("tpe-hb-r3", "TPE + Hyperband (min 1, factor 3)", _sampler("tpe"), _hyperband(1, 3)),
     Design("tpe-sha-r3", "TPE + successive halving (min 1 epoch, factor 3)",
            _sampler("tpe"), _sha(1, 3)),
