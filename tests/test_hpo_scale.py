@@ -14,6 +14,7 @@ import torch
 from hpo_tiny import SPACE, load, read_json, tiny_plan
 from optuna.trial import TrialState
 
+from cliptune import checkpoint as checkpointer_module
 from cliptune.checkpoint import load_checkpoint, load_model
 from cliptune.cli import evaluate
 from cliptune.data import flickr30k, image_cache
@@ -24,7 +25,6 @@ from cliptune.hpo.search_space_file import search_space_from_dict
 from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.workers import run_workers
 from cliptune.trainer import Trainer
-from cliptune.training import checkpointer as checkpointer_module
 
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "schedule")
 

@@ -5,11 +5,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_helpers import tiny_config
 
+from cliptune import checkpoint as checkpointer_module
 from cliptune import trainer as trainer_module
 from cliptune.checkpoint import load_checkpoint
 from cliptune.errors import CheckpointError, TrainingDiverged
 from cliptune.trainer import Trainer
-from cliptune.training import checkpointer as checkpointer_module
 
 
 def test_checkpoints_tensorboard_and_metrics(tmp_path, cache_dir, data):

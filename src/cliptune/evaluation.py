@@ -35,8 +35,9 @@ def embed_split(
     Returns `(image_emb (N, D), text_emb (M, D))`, float32 on the CPU. The model runs
     in eval mode; its previous train/eval mode is restored afterwards. `precision`
     `auto` resolves for `device` as in training (see `resolve_precision`). On a GPU the
-    images are read into page-locked memory and copied asynchronously, and embeddings
-    stay on the device until the end: the GPU embeds one batch while the next is read.
+    images are read into page-locked memory and copied asynchronously, and the batches'
+    embeddings are collected on the device (no sync per batch: the GPU embeds one batch
+    while the next is read), then gathered and copied to the CPU once, at the end.
     """
     device = torch.device(device)
     precision = resolve_precision(precision, device)
@@ -121,15 +122,28 @@ def evaluate_split(
     batch_size: int,
     device: str | torch.device,
     precision: str = "auto",
-) -> dict[str, float]:
+    sharded: bool = False,
+    return_embeddings: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], Tensor, Tensor]:
     """Embed `split` and score it (see `embedding_metrics`): the one evaluation of a split,
-    used by the Trainer, `evaluate.py` and the HPO driver alike."""
+    used by the Trainer, `evaluate.py` and the HPO code alike.
+
+    With `sharded` under torchrun (a collective: every rank calls it) each rank embeds its
+    share, rank 0 scores the gathered embeddings and every rank gets its metrics. With
+    `return_embeddings`, returns `(metrics, image_emb, text_emb)` (as `embed_split`).
+    """
     image_emb, text_emb = embed_split(
-        model, split, batch_size=batch_size, device=device, precision=precision
+        model, split, batch_size=batch_size, device=device, precision=precision,
+        sharded=sharded,
     )
-    return embedding_metrics(
-        image_emb, text_emb, split, model.logit_scale.detach().float().cpu(), batch_size
-    )
+    metrics = None
+    if not sharded or distributed.current().is_main:
+        metrics = embedding_metrics(
+            image_emb, text_emb, split, model.logit_scale.detach().float().cpu(), batch_size
+        )
+    if sharded:
+        metrics = distributed.broadcast_object(metrics)
+    return (metrics, image_emb, text_emb) if return_embeddings else metrics
 
 
 def checkpoint_split(loaded: LoadedModel, name: str, *, quiet: bool = False) -> Split:

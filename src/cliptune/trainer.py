@@ -2,8 +2,9 @@
 
 Its steps can be called one by one (`prepare_data`, `build_model`, `fit`, `evaluate`,
 `evaluate_best`) or all at once through `fit`. The pieces live in `cliptune.training`:
-the train state (`state.py`), one training epoch (`loop.py`), checkpoints and resume
-rules (`checkpointer.py`), TensorBoard logging and figures (`callbacks.py`); a split is
+the train state, which alone advances steps and epochs (`state.py`), one training epoch
+(`loop.py`), TensorBoard logging and figures (`board.py`), what a run prints
+(`summary.py`); checkpoints and resume rules are `cliptune.checkpoint`'s, and a split is
 evaluated by `cliptune.evaluation`. Under torchrun (see `cliptune.distributed`) the
 model is wrapped in DistributedDataParallel, each rank trains its slice of every global
 batch and embeds its share of the validation split, rank 0 scores it, prints and
@@ -24,12 +25,19 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from cliptune import distributed
-from cliptune.config import RunConfig, config_to_dict
+from cliptune.checkpoint import (
+    Checkpointer,
+    check_schedule,
+    run_checkpoint,
+    saved_schedule,
+    start_run,
+    weights_checkpoint,
+)
+from cliptune.config import RunConfig
 from cliptune.data import PreparedData, Split, TrainLoader, device_batches, prepare_data
-from cliptune.data.prepared import ShardSplit
-from cliptune.data.shards import ShardLoader, resolve_decode_device
+from cliptune.data.shards import ShardLoader, ShardSplit, resolve_decode_device
 from cliptune.errors import ConfigError, DataError
-from cliptune.evaluation import embed_split, embedding_metrics
+from cliptune.evaluation import evaluate_split
 from cliptune.loss import ClipLoss
 from cliptune.model import CLIP
 from cliptune.runtime import (
@@ -40,18 +48,10 @@ from cliptune.runtime import (
     visible_gpus,
 )
 from cliptune.tokenizer import Tokenizer
-from cliptune.training.callbacks import TensorBoardCallback
-from cliptune.training.checkpointer import Checkpointer, check_schedule, start_run
+from cliptune.training.board import RunBoard
 from cliptune.training.loop import train_one_epoch
-from cliptune.training.state import TrainState, saved_schedule
-from cliptune.training.summary import (
-    FitResult,
-    epoch_line,
-    final_metrics,
-    fit_summary,
-    hparams,
-    metric_is_minimised,
-)
+from cliptune.training.state import TrainState, metric_is_minimised
+from cliptune.training.summary import FitResult, epoch_line, final_metrics, fit_summary, hparams
 
 __all__ = ["EpochCallback", "FitResult", "Trainer", "metric_is_minimised"]
 
@@ -84,11 +84,9 @@ class Trainer:
         configure_matmul(self.device)
         name = self.config.train.best_metric
         self.best_metric = name if name.startswith("val_") else f"val_{name}"
-        self.model: CLIP | None = None
+        self.state: TrainState | None = None  # holds the one model
         self.train_model: torch.nn.Module | None = None  # DDP and/or compiled view of `model`
-        self.state: TrainState | None = None
         self.loss_fn: ClipLoss | None = None
-        self.val_embeddings: tuple[Split, torch.Tensor, torch.Tensor] | None = None
         self._resume_state: dict | None = None
         self._batch_size = self.config.train.batch_size
         self._loader: TrainLoader | None = None
@@ -104,6 +102,11 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         """Checkpoint folder of this run: `<checkpoints_dir>/<name>`."""
         return Path(self.config.checkpoints_dir) / self.config.name
+
+    @property
+    def model(self) -> CLIP | None:
+        """The model (`state.model`; None before `build_model`)."""
+        return self.state.model if self.state else None
 
     @property
     def epoch(self) -> int:
@@ -185,7 +188,7 @@ class Trainer:
         if self.data is None:
             self.prepare_data()
         seed_everything(cfg.seed)
-        self.model = CLIP(cfg.model).to(self.device)
+        model = CLIP(cfg.model).to(self.device)
         self.loss_fn = ClipLoss(
             hard_negative_weight=cfg.train.hard_negative_weight,
             hard_negative_k=cfg.train.hard_negative_k,
@@ -202,14 +205,14 @@ class Trainer:
         if self._resume_state is not None:  # the schedule the run started with, never a new one
             total, epochs = saved_schedule(self._resume_state, steps_per_epoch)
             check_schedule(cfg.name, cfg.train.epochs, epochs, total)
-        self.state = TrainState.create(self.model, cfg.train, precision=self.precision,
+        self.state = TrainState.create(model, cfg.train, precision=self.precision,
                                        total_steps=total, schedule_epochs=epochs)
-        model: torch.nn.Module = self.model
+        wrapped: torch.nn.Module = model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
-        self.train_model = torch.compile(model) if cfg.train.compile else model
-        return self.model
+            wrapped = DistributedDataParallel(model, device_ids=ids)
+        self.train_model = torch.compile(wrapped) if cfg.train.compile else wrapped
+        return model
 
     def _train_loader(self, epoch: int, position: dict | None = None) -> TrainLoader | ShardLoader:
         """The batches of epoch `epoch`, from `position` on when resuming mid-epoch. From
@@ -274,32 +277,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _embed(self, split: Split, sharded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        return embed_split(self.model, split, batch_size=self.config.train.eval_batch_size,
-                           device=self.device, precision=self.precision, sharded=sharded)
-
-    def _score(self, split: Split, image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict:
-        scale = self.model.logit_scale.detach().float().cpu()
-        return embedding_metrics(image_emb, text_emb, split, scale,
-                                 self.config.train.eval_batch_size)
-
     def evaluate(self, split: str = "val") -> dict[str, float]:
         """Retrieval metrics and loss of the current weights on `split` (no key prefix)."""
         if self.model is None:
             self.build_model()
-        data = self.data.split(split)
-        return self._score(data, *self._embed(data))
+        return evaluate_split(self.model, self.data.split(split),
+                              batch_size=self.config.train.eval_batch_size, device=self.device,
+                              precision=self.precision)
 
-    def _validate(self) -> dict[str, float]:
+    def _validate(self) -> tuple[dict[str, float], tuple[Split, torch.Tensor, torch.Tensor]]:
         """Every rank embeds its share of the validation split, rank 0 scores it, and every
-        rank gets the metrics."""
+        rank gets the metrics; also returns the split and its embeddings (for figures)."""
         split = self.data.split("val")
-        image_emb, text_emb = self._embed(split, sharded=True)
-        metrics = None
-        if self.dist.is_main:
-            metrics = self._score(split, image_emb, text_emb)
-            self.val_embeddings = (split, image_emb, text_emb)
-        return distributed.broadcast_object(metrics)
+        metrics, image_emb, text_emb = evaluate_split(
+            self.model, split, batch_size=self.config.train.eval_batch_size, device=self.device,
+            precision=self.precision, sharded=True, return_embeddings=True)
+        return metrics, (split, image_emb, text_emb)
 
     def evaluate_best(self, splits: Sequence[str] = ("val", "test")) -> dict[str, dict[str, float]]:
         """Evaluate the best checkpoint (or the current weights) and write `metrics.json`
@@ -342,8 +335,8 @@ class Trainer:
                 self._print(f"note: {note}")
         board = None
         if self.dist.is_main:  # purge_step drops what a killed run logged after its checkpoint
-            board = TensorBoardCallback(self.run_dir, figure_images=self.config.train.figure_images,
-                                        purge_step=self.step if resume_path else None)
+            board = RunBoard(self.run_dir, figure_images=self.config.train.figure_images,
+                             purge_step=self.step if resume_path else None)
         try:
             stopped_early = self._fit_epochs(self._checkpointer(), board)
         finally:
@@ -367,10 +360,9 @@ class Trainer:
     def _checkpointer(self) -> Checkpointer:
         return Checkpointer(self.checkpoint_dir, self.config.train, writer=self.dist.is_main)
 
-    def _fit_epochs(self, checkpointer: Checkpointer, board: TensorBoardCallback | None) -> bool:
+    def _fit_epochs(self, checkpointer: Checkpointer, board: RunBoard | None) -> bool:
         cfg, state = self.config.train, self.state
         since_best = state.epoch - int(state.best["epoch"]) if state.best else 0
-        callbacks = ([board] if board is not None else []) + self.callbacks
         while state.epoch < cfg.epochs:
             epoch, epoch_start = state.epoch + 1, time.perf_counter()
             position = state.position if (state.position or {}).get("epoch") == epoch else None
@@ -385,10 +377,9 @@ class Trainer:
                 loss_before=position["loss"] if position else 0.0,
                 on_step=self._position_saver(checkpointer, loader, epoch),
             )
-            state.epoch, state.position = epoch, None
             train_time = time.perf_counter() - epoch_start
             skipped = self._skipped(loader, epoch)
-            val = self._validate()
+            val, val_embeddings = self._validate()
             metrics = {
                 "epoch": float(epoch), "train_loss": stats.loss, **skipped,
                 **{f"val_{key}": value for key, value in val.items()},
@@ -398,12 +389,14 @@ class Trainer:
                 "train_time": train_time,  # the training part of epoch_time (no validation)
                 "samples_per_s": stats.samples_per_s,
             }
-            improved = state.record(metrics, self.best_metric)
+            improved = state.end_epoch(metrics, self.best_metric)
             since_best = 0 if improved else since_best + 1
             if checkpointer.writer:
                 checkpointer.save_epoch(self.checkpoint_state(metrics), epoch, improved)
             self._print(epoch_line(metrics, cfg.epochs))
-            for callback in callbacks:
+            if board is not None:
+                board.log_epoch(epoch, metrics, val_embeddings)
+            for callback in self.callbacks:
                 callback(self, epoch, metrics)
             if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
                 self._print(f"early stopping: {self.best_metric} has not improved for "
@@ -426,15 +419,11 @@ class Trainer:
 
     def checkpoint_state(self, metrics: dict[str, float], *,
                          weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-        """Everything needed to resume or to use the model: config, tokenizer, train state.
-
-        With `weights` (a model state dict, e.g. the best epoch's kept on the CPU) a
-        weights-only checkpoint of the epoch `metrics` belong to: config, tokenizer, those
-        weights, history and best, no optimizer, schedule, scaler or RNG state. evaluate.py,
-        retrieve.py, export and `load_model` read it; a run cannot resume from it."""
-        common = {"config": config_to_dict(self.config),
-                  "tokenizer": self.data.tokenizer.to_json(), "metrics": metrics}
+        """The run checkpoint of the epoch `metrics` belong to (`run_checkpoint`: a run
+        resumes from it), or with `weights` (a model state dict, e.g. the best epoch's kept
+        on the CPU) the weights-only checkpoint of those weights (`weights_checkpoint`)."""
         if weights is None:
-            return {**common, **self.state.state_dict()}
-        return {**common, "model": weights, "epoch": int(metrics["epoch"]),
-                "best": dict(self.state.best), "history": list(self.state.history)}
+            return run_checkpoint(self.config, self.data.tokenizer, metrics,
+                                  self.state.state_dict())
+        return weights_checkpoint(self.config, self.data.tokenizer, metrics, weights,
+                                  best=self.state.best, history=self.state.history)

@@ -36,13 +36,11 @@ from cliptune.errors import ConfigError
 from cliptune.hpo.baseline import base_params
 from cliptune.hpo.fidelity import StudyPlan
 from cliptune.hpo.objective import CALLBACK_KEYS, data_key
-from cliptune.hpo.report_markdown import fmt, table
-from cliptune.hpo.reports import write_text_atomic
+from cliptune.hpo.reports import FIDELITY_CHECK, fmt, table, write_text_atomic
 from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.study import METRICS, pruner_rungs
 from cliptune.trainer import Trainer
 
-RESULT_FILE = "fidelity_check"  # .json and .md in optuna-results/<study>/
 CACHE_DIR = "fidelity_check"  # one JSON per trained run
 BOOTSTRAP_RESAMPLES = 1000
 TOP = 3
@@ -202,9 +200,9 @@ class FidelityCheck:
             })
         payload = self.summarize(rows)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out_dir / f"{RESULT_FILE}.json", json.dumps(payload, indent=2)
+        write_text_atomic(self.out_dir / f"{FIDELITY_CHECK}.json", json.dumps(payload, indent=2)
                           + "\n")
-        write_text_atomic(self.out_dir / f"{RESULT_FILE}.md", check_markdown(payload))
+        write_text_atomic(self.out_dir / f"{FIDELITY_CHECK}.md", check_markdown(payload))
         return payload
 
     def summarize(self, rows: list[dict]) -> dict:

@@ -52,24 +52,6 @@ def diverged(value: float, state: TrainState, config: TrainConfig, last: str) ->
     )
 
 
-def optimizer_step(state: TrainState, grad_clip: float) -> torch.Tensor:
-    """Unscale (fp16), clip, step, zero the gradients, advance the schedule, clamp the
-    temperature. Returns the gradient norm before clipping."""
-    if state.scaler is not None:
-        state.scaler.unscale_(state.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip or float("inf"))
-    if state.scaler is not None:
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-    else:
-        state.optimizer.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scheduler.step()
-    state.model.clamp_logit_scale()
-    state.step += 1
-    return grad_norm
-
-
 def train_one_epoch(
     state: TrainState,
     model: nn.Module,
@@ -128,7 +110,7 @@ def train_one_epoch(
         window_samples += batch_samples
         samples += batch_samples
         if window_end:
-            grad_norm = optimizer_step(state, config.grad_clip)
+            grad_norm = state.optimizer_step(config.grad_clip)
             last = index + 1 == n_batches
             if state.step % config.log_every == 0 or last:
                 # the only host sync of a log window

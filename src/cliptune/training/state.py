@@ -1,4 +1,5 @@
-"""The train state: everything that changes while training, saved and restored as one dict.
+"""The train state: everything that changes while training, saved and restored as one dict,
+and the one object that advances it (`optimizer_step` counts steps, `end_epoch` epochs).
 
 Model, optimizer, learning-rate schedule, fp16 grad scaler, step and epoch counters,
 the schedule's length, validation history and best epoch. A checkpoint is
@@ -19,7 +20,18 @@ from cliptune.config import TrainConfig
 from cliptune.errors import ConfigError
 from cliptune.model import CLIP
 from cliptune.optim import build_optimizer, build_scheduler
-from cliptune.training.summary import is_improvement
+
+
+def metric_is_minimised(name: str) -> bool:
+    """Losses and median ranks improve downwards; recalls and rsum upwards."""
+    return name.endswith("loss") or name.endswith("medr")
+
+
+def is_improvement(value: float, best: dict[str, float], metric: str) -> bool:
+    """Whether `value` of `metric` beats the best so far (`{}`: nothing yet, so it does)."""
+    if not best:
+        return True
+    return value < best["value"] if metric_is_minimised(metric) else value > best["value"]
 
 
 @dataclass
@@ -53,14 +65,34 @@ class TrainState:
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         return cls(model, optimizer, scheduler, scaler, total, schedule_epochs)
 
-    def record(self, metrics: dict[str, float], best_metric: str) -> bool:
-        """Append an epoch's metrics to the history; return whether `best_metric` improved
-        (and if so, remember this epoch as the best)."""
+    def optimizer_step(self, grad_clip: float) -> torch.Tensor:
+        """Unscale (fp16), clip, step, zero the gradients, advance the schedule, clamp the
+        temperature, count the step. Returns the gradient norm before clipping."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                   grad_clip or float("inf"))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.model.clamp_logit_scale()
+        self.step += 1
+        return grad_norm
+
+    def end_epoch(self, metrics: dict[str, float], best_metric: str) -> bool:
+        """Count the epoch `metrics` belong to as done (its mid-epoch position is spent),
+        append them to the history and return whether `best_metric` improved (and if so,
+        remember this epoch as the best)."""
         if best_metric not in metrics:
             raise ConfigError(
                 f"train.best_metric={best_metric[4:]!r} is not a validation metric; choose one "
                 f"of: {', '.join(k[4:] for k in metrics if k.startswith('val_'))}"
             )
+        self.epoch, self.position = int(metrics["epoch"]), None
         self.history.append(metrics)
         value = metrics[best_metric]
         improved = is_improvement(value, self.best, best_metric)
@@ -105,11 +137,3 @@ class TrainState:
                 "CUDA device(s)); it is not restored: each batch's random numbers now come "
                 "from (seed, epoch, batch, rank), whatever the number of GPUs")
 
-
-def saved_schedule(state: dict[str, Any], steps_per_epoch: int) -> tuple[int, int]:
-    """(total_steps, epochs) a checkpoint's schedule was built for; checkpoints older than
-    the `schedule` entry were built for their config's epochs."""
-    if "schedule" in state:
-        return int(state["schedule"]["total_steps"]), int(state["schedule"]["epochs"])
-    epochs = int(state["config"]["train"]["epochs"])
-    return steps_per_epoch * epochs, epochs

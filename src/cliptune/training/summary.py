@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cliptune.config import RunConfig, config_to_dict
-
-if TYPE_CHECKING:
-    from cliptune.training.state import TrainState
+from cliptune.training.state import TrainState
 
 
 @dataclass
@@ -37,18 +35,6 @@ class FitResult:
             history=list(state.history), epochs_completed=state.epoch,
             stopped_early=stopped_early, wall_time=wall_time,
         )
-
-
-def metric_is_minimised(name: str) -> bool:
-    """Losses and median ranks improve downwards; recalls and rsum upwards."""
-    return name.endswith("loss") or name.endswith("medr")
-
-
-def is_improvement(value: float, best: dict[str, float], metric: str) -> bool:
-    """Whether `value` of `metric` beats the best so far (`{}`: nothing yet, so it does)."""
-    if not best:
-        return True
-    return value < best["value"] if metric_is_minimised(metric) else value > best["value"]
 
 
 def fit_summary(result: FitResult, config: RunConfig, checkpoint_dir: Path, run_dir: Path) -> str:

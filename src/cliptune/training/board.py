@@ -1,25 +1,24 @@
-"""TensorBoard logging and figures of a run, as a callback of the Trainer (rank 0 only).
+"""TensorBoard logging and figures of a run (rank 0 only).
 
-`TensorBoardCallback` is called like any epoch callback, `callback(trainer, epoch,
-metrics)`, and also receives the training scalars every `log_every` steps
-(`log_step`) and the final HParams summary (`close`).
+The Trainer hands `RunBoard` the training scalars every `log_every` steps (`log_step`),
+each epoch's metrics and validation embeddings (`log_epoch`), and the final HParams
+summary (`close`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import Tensor
 
+from cliptune.data import Split
 from cliptune.figures import figure_similarities, retrieval_figure, similarity_figure
 from cliptune.tracking import RunLogger
 
-if TYPE_CHECKING:
-    from cliptune.trainer import Trainer
 
-
-class TensorBoardCallback:
+class RunBoard:
     """Scalars, retrieval figures and the HParams row of one run folder."""
 
     def __init__(self, run_dir: Path, *, purge_step: int | None, figure_images: int):
@@ -30,8 +29,10 @@ class TensorBoardCallback:
         """Training scalars (`train/...`) at optimizer step `step`."""
         self.logger.scalars(scalars, step, prefix="train/")
 
-    def __call__(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-        """Validation and epoch scalars, and the retrieval figures of the validation split."""
+    def log_epoch(self, epoch: int, metrics: dict[str, float],
+                  val: tuple[Split, Tensor, Tensor] | None = None) -> None:
+        """Validation and epoch scalars, and the retrieval figures of `val` (the validation
+        split and its image and caption embeddings)."""
         self.logger.scalars({k[4:]: v for k, v in metrics.items() if k.startswith("val_")},
                             epoch, prefix="val/")
         self.logger.scalars(
@@ -39,9 +40,8 @@ class TensorBoardCallback:
              "time": metrics["epoch_time"], "temperature": metrics["temperature"]},
             epoch, prefix="epoch/",
         )
-        embedded = trainer.val_embeddings
-        if self.figure_images > 0 and embedded is not None:
-            split, image_emb, text_emb = embedded
+        if self.figure_images > 0 and val is not None:
+            split, image_emb, text_emb = val
             count = min(self.figure_images, len(split))
             shown = torch.linspace(0, len(split) - 1, count).long().tolist()
             first = torch.as_tensor(split.first_caption_index())
