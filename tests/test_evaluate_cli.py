@@ -123,6 +123,13 @@ def test_embed_and_evaluate_split(workspace):
     # loss chunks: 6 images in chunks of 4 and 2 vs. one chunk of 6
     assert by_four["loss"] != pytest.approx(by_sixteen["loss"])
 
+    # the Trainer's form (validation figures): the same metrics, and the embeddings scored
+    metrics, images, texts = evaluate_split(model, split, batch_size=4, device="cpu",
+                                            precision="fp32", sharded=True,
+                                            return_embeddings=True)
+    assert metrics == by_four
+    assert torch.equal(images, image_emb) and torch.equal(texts, text_emb)
+
 
 def test_fp16_on_cpu_is_refused(workspace):
     loaded = load_model(workspace / "run" / "best.pt")
