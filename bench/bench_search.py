@@ -16,7 +16,9 @@ The study seed s seeds the sampler and the trials' runs (init, data order,
 augmentation); the split stays the target's (`data.split_seed`).
 
 The anytime curve of a study is the best validation loss of its COMPLETE trials (what
-the study would return if stopped there) against cumulative compute. A design's final
+the study would return if stopped there) against cumulative compute. The report also
+gives every figure for the searched trials only (the baseline's compute counts, its value
+does not), since a strong target hides what a search found. A design's final
 best is its curve at the budget; "compute to reach" is where its curve first reaches
 random search's final best of the same seed; the speed-up is random search's median
 compute to reach its own final best over the design's median.
@@ -240,14 +242,17 @@ def run_study(bench: Bench, design: Design, seed: int, objective: Objective, wor
 
 # ---------------------------------------------------------------------------- curves
 
-def anytime_curve(record: dict) -> list[dict]:
+def anytime_curve(record: dict, *, searched_only: bool = False) -> list[dict]:
     """One point per trial: cumulative FLOPs and wall seconds at its end, and the best
-    value of the complete trials so far (None before the first)."""
+    value of the complete trials so far (None before the first). With `searched_only`
+    the baseline trial's compute counts but its value does not: what the search itself
+    found, which a strong baseline would otherwise hide."""
     points, flops, wall, best = [], 0.0, 0.0, None
     for trial in record["trials"]:
         flops += trial["flops"]
         wall += trial["wall_s"]
-        if trial["value"] is not None and (best is None or trial["value"] < best):
+        counted = not (searched_only and trial["baseline"])
+        if counted and trial["value"] is not None and (best is None or trial["value"] < best):
             best = trial["value"]
         points.append({"flops": flops, "wall_s": wall, "best": best, "trial": trial["number"]})
     return points
@@ -428,23 +433,14 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def markdown(result: dict) -> str:
-    """search_benchmark.md: the settings and one table row per design."""
-    s, budget = result["settings"], result["budget_flops"]
+def _summary_table(result: dict, summary: dict) -> list[str]:
     lines = [
-        "# Study designs at equal compute", "",
-        f"Budget per study: {budget / 1e12:.3g} TFLOP of training ({s['budget']} full-budget "
-        f"trials of the target's own config); study seeds "
-        f"{', '.join(result['studies']['random'])}; trials at {s['epochs']} epochs, "
-        f"{s['max_samples'] or 'all'} training / {s['max_eval_samples'] or 'all'} validation "
-        f"images unless the design says otherwise; metric: validation loss (lower is better). "
-        f"Retrained at {s['retrain_fidelity']}, seeds {s['retrain_seeds']}.", "",
         "| design | compute to reach random's final best (median, x budget) | speed-up "
         "| final best median [min, max] | wins vs random | trials (pruned) | study wall "
         "(median) | winner test rsum (mean +- std) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name, row in result["summary"].items():
+    for name, row in summary.items():
         spread = row["final_best_spread"]
         retrain = result["retrain"].get(name, {})
         rsum = (f"{retrain['test_rsum_mean']:.1f} +- {retrain['test_rsum_std']:.1f}"
@@ -456,9 +452,30 @@ def markdown(result: dict) -> str:
         wall = statistics.median(r["wall_s"] for r in studies.values())
         lines.append(
             f"| {name} | {_fmt(row['median_reach_fraction_of_budget'], '.2f')} "
-            f"| {_fmt(row['speedup'], '.2f') if row['speedup'] else 'not reached'} | {_fmt(spread['median'])} [{_fmt(spread['min'])}, "
-            f"{_fmt(spread['max'])}] | {row['wins']} of {row['seeds']} (ties {row['ties']}) "
+            f"| {_fmt(row['speedup'], '.2f') if row['speedup'] else 'not reached'} "
+            f"| {_fmt(spread['median'])} [{_fmt(spread['min'])}, {_fmt(spread['max'])}] "
+            f"| {row['wins']} of {row['seeds']} (ties {row['ties']}) "
             f"| {trials:g} ({pruned:g}) | {wall / 60:.1f} min | {rsum} |")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    """search_benchmark.md: the settings and one table row per design."""
+    s, budget = result["settings"], result["budget_flops"]
+    lines = [
+        "# Study designs at equal compute", "",
+        f"Budget per study: {budget / 1e12:.3g} TFLOP of training ({s['budget']} full-budget "
+        f"trials of the target's own config); study seeds "
+        f"{', '.join(result['studies']['random'])}; trials at {s['epochs']} epochs, "
+        f"{s['max_samples'] or 'all'} training / {s['max_eval_samples'] or 'all'} validation "
+        f"images unless the design says otherwise; metric: validation loss (lower is better). "
+        f"Retrained at {s['retrain_fidelity']}, seeds {s['retrain_seeds']}.", "",
+        *_summary_table(result, result["summary"]), "",
+        "Searched trials only (the baseline trial, the target's own settings, costs its "
+        "compute but its value is not counted): what each search found beyond the "
+        "starting point.", "",
+        *_summary_table(result, result["summary_searched_only"]),
+    ]
     base = result["retrain"].get("target (no search)")
     if base and base["test_rsum_mean"] is not None:  # None: --retrain-seeds 0
         lines += ["", f"Target's own config at the same fidelity: test rsum "
@@ -612,6 +629,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--cached-only: no finished study of {', '.join(missing)} under {out}")
     curves = {n: {s: anytime_curve(r) for s, r in by_seed.items()} for n, by_seed in records.items()}
     summary = summarize(curves, bench.budget_flops)
+    searched = summarize({n: {s: anytime_curve(r, searched_only=True) for s, r in by_seed.items()}
+                          for n, by_seed in records.items()}, bench.budget_flops)
 
     winners = {n: winner(records[n], curves[n], bench.budget_flops) for n in args.designs}
     base = base_params(bench.space, plan.target)[0]
@@ -646,7 +665,7 @@ def run(args: argparse.Namespace) -> dict:
         "designs": {n: DESIGNS[n].description for n in args.designs},
         "studies": {n: {str(s): r for s, r in by_seed.items()} for n, by_seed in records.items()},
         "curves": {n: {str(s): c for s, c in by_seed.items()} for n, by_seed in curves.items()},
-        "summary": summary, "retrain": retrains, "computed_this_run": cache.computed,
+        "summary": summary, "summary_searched_only": searched, "retrain": retrains, "computed_this_run": cache.computed,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "search_benchmark.json").write_text(json.dumps(result, indent=1))

@@ -84,6 +84,14 @@ def test_quick_benchmark_writes_monotone_curves_and_reuses_its_cache(tmp_path, s
         assert row["wins"] == sum(_value_at(c, budget) < random_final[s]
                                   for s, c in curves[name].items())
     assert result["summary"]["random"]["speedup"] == 1.0
+    for name, row in result["summary_searched_only"].items():  # the baseline's value left out
+        for seed, record in result["studies"][name].items():
+            trials = record["trials"]
+            assert trials[0]["baseline"] and not any(t["baseline"] for t in trials[1:])
+            within = [t for i, t in enumerate(trials)
+                      if sum(u["flops"] for u in trials[:i + 1]) <= budget]
+            values = [t["value"] for t in within[1:] if t["value"] is not None]
+            assert row["final_best"][seed] == (min(values) if values else None), (name, seed)
     assert result["retrain"]["shipped"]["runs"][0]["test"]["rsum"] >= 0
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json") if p.parent != out}
