@@ -251,11 +251,6 @@ class Checkpointer:
             raise CheckpointError(f"--resume {path}: no such file")
         return path
 
-    @staticmethod
-    def load(path: Path) -> dict[str, Any]:
-        """A checkpoint on the CPU (weights and optimizer state move to the device later)."""
-        return load_checkpoint(path, map_location="cpu")
-
     def save_epoch(self, state: dict[str, Any], epoch: int, improved: bool) -> None:
         """best.pt when `improved`, epoch_<n>.pt every `checkpoint_every` epochs (keeping the
         newest `keep_checkpoints`), then last.pt (when `save_last`)."""
@@ -309,7 +304,7 @@ def start_run(
     path, config.name = distributed.broadcast_object((path, config.name))
     if path is None:
         return None, None
-    state = Checkpointer.load(path)
+    state = load_checkpoint(path)  # on the CPU: weights and optimizer state move later
     if "optimizer" not in state:
         raise CheckpointError(
             f"{path} holds model weights only (an HPO trial's or a study's best.pt): evaluate, "

@@ -28,6 +28,7 @@ from cliptune import distributed
 from cliptune.checkpoint import (
     Checkpointer,
     check_schedule,
+    load_checkpoint,
     run_checkpoint,
     saved_schedule,
     start_run,
@@ -302,7 +303,7 @@ class Trainer:
         best_path = self.checkpoint_dir / "best.pt"
         source = "current weights"
         if best_path.is_file():
-            self.model.load_state_dict(Checkpointer.load(best_path)["model"])
+            self.model.load_state_dict(load_checkpoint(best_path)["model"])
             source = str(best_path)
         results: dict[str, Any] = {split: self.evaluate(split) for split in splits}
         self._checkpointer().write_metrics({"weights": source, "precision": self.precision,

@@ -59,11 +59,10 @@ class TrainState:
     ) -> TrainState:
         """Fresh optimizer, a warmup + cosine schedule over `total_steps` optimizer steps
         (`schedule_epochs` epochs), and a GradScaler when the precision is fp16."""
-        total = total_steps
         optimizer = build_optimizer(model, config)
-        scheduler = build_scheduler(optimizer, total, config)
+        scheduler = build_scheduler(optimizer, total_steps, config)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        return cls(model, optimizer, scheduler, scaler, total, schedule_epochs)
+        return cls(model, optimizer, scheduler, scaler, total_steps, schedule_epochs)
 
     def optimizer_step(self, grad_clip: float) -> torch.Tensor:
         """Unscale (fp16), clip, step, zero the gradients, advance the schedule, clamp the
