@@ -45,7 +45,7 @@ def test_flags_reach_the_base_config_and_settings():
         "--epochs", "4", "--max-samples", "500", "--max-eval-samples", "100", "--seed", "7",
         "--data", "shapes", "--set", "train.batch_size=64", "--set", "model.vision_layers=2",
         "--retrain-best", "--seeds", "2", "--max-trials", "9", "--heartbeat", "5",
-        "--allow-changes",
+        "--allow-changes", "--min-epochs", "2",
     ])
     plan = optimize.build_plan(args)
     settings = optimize.build_settings(args)
@@ -59,6 +59,8 @@ def test_flags_reach_the_base_config_and_settings():
         3, "s", 2, 60.0)
     assert (settings.sampler, settings.pruner, settings.patience, settings.metric) == (
         "random", "median", 2, "rsum")
+    assert settings.min_epochs == 2 and optimize.build_settings(
+        optimize.parse_args([])).min_epochs == 1
     assert (settings.retrain_best, settings.seeds, settings.max_trials) == (True, 2, 9)
     assert (settings.heartbeat.interval_s, settings.heartbeat.grace_s) == (5, 15)
     assert settings.allow_changes
@@ -79,6 +81,8 @@ def test_user_errors_are_config_errors(tmp_path):
         optimize.parse_args(["--pruner", "asha"])
     with pytest.raises(ConfigError, match="--seeds"):
         optimize.run(["--seeds", "0", "--results-dir", str(tmp_path), "--trials", "0"])
+    with pytest.raises(ConfigError, match=r"--min-epochs .*\(--epochs 12\), got 12"):
+        optimize.run(["--min-epochs", "12", "--results-dir", str(tmp_path), "--trials", "0"])
     study_file = tmp_path / "study.yaml"
     study_file.write_text("target: ../nope.yaml\n")
     with pytest.raises(ConfigError, match="nope.yaml"):

@@ -66,6 +66,7 @@ def test_cli_study_baseline_fidelity_reports_continue_and_retrain(tmp_path, cach
     report = (out / "report.md").read_text()
     assert "Baseline (trial 0, the target's own settings): val_loss = " in report
     assert "24 training / all validation images per trial" in report
+    assert "pruner sha (rungs at epoch(s) 1)" in report
 
     # best_config.yaml: the target with the best parameters at FULL fidelity
     best_config = load_config(out / "best_config.yaml")

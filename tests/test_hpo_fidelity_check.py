@@ -7,7 +7,12 @@ from hpo_tiny import SPACE, read_json, write_study_files
 
 from cliptune.cli import optimize
 from cliptune.errors import ConfigError
-from cliptune.hpo.fidelity_check import bootstrap_interval, draw_configurations, rank_agreement
+from cliptune.hpo.fidelity_check import (
+    advice,
+    bootstrap_interval,
+    draw_configurations,
+    rank_agreement,
+)
 from cliptune.hpo.search_space_file import search_space_from_dict
 from cliptune.hpo.study import pruner_rungs
 
@@ -46,6 +51,32 @@ def test_rungs_follow_the_pruner():
     assert pruner_rungs("sha", 30) == [1, 5, 25]
     assert pruner_rungs("median", 4) == [1, 2, 3]
     assert pruner_rungs("none", 12) == []
+    assert pruner_rungs("hyperband", 12, min_epochs=5) == [5]  # --min-epochs 5
+    assert pruner_rungs("sha", 30, min_epochs=2) == [2, 10]
+    assert pruner_rungs("median", 4, min_epochs=2) == [2, 3]
+
+
+def _agreement(**spearman: float) -> dict:
+    return {"agreement": {name.replace("_", " "): {"spearman": rho}
+                          for name, rho in spearman.items()}}
+
+
+def test_advice_names_the_first_rung_that_ranks_well():
+    # the measured CPU study (docs/BENCHMARKS.md): epoch 1 ranks poorly, epoch 5 well
+    (line,) = advice(_agreement(final=0.95, epoch_1=0.29, epoch_5=0.95))
+    assert "rung(s) at epoch 1 rank poorly (Spearman 0.29 < 0.7)" in line
+    assert "`--min-epochs 5`" in line
+    (line,) = advice(_agreement(final=0.95, epoch_1=0.29, epoch_5=0.5))
+    assert "epoch 1, 5 rank poorly" in line and "--min-epochs" not in line
+    (line,) = advice(_agreement(final=0.95, epoch_1=0.8, epoch_5=0.5, epoch_25=0.9))
+    assert "epoch 5 rank poorly" in line and "`--min-epochs 25`" in line
+    (line,) = advice(_agreement(final=0.9, epoch_1=0.8, epoch_5=0.9))
+    assert "rank as the full run does" in line
+    (line,) = advice(_agreement(final=0.4, epoch_1=0.9))
+    assert "--max-samples, --epochs" in line
+    (line,) = advice(_agreement(final=float("nan")))
+    assert "ranks configurations poorly" in line
+    assert advice({"agreement": {}}) == []
 
 
 def test_configurations_start_with_the_target_and_are_seeded(tmp_path, cache_dir):
@@ -78,6 +109,7 @@ def test_check_fidelity_end_to_end_writes_resumes_and_is_linked(tmp_path, cache_
     assert final["n"] == 3 and -1 <= final["spearman"] <= 1 and final["top"] == 3
     text = (out / "fidelity_check.md").read_text()
     assert "| final | 3 |" in text and "| epoch 1 | 3 |" in text
+    assert advice(payload) and all(line in text for line in advice(payload))
     assert "Spearman" in capsys.readouterr().out
 
     cached = {p: p.stat().st_mtime_ns for p in (out / "fidelity_check").glob("*.json")}

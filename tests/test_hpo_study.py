@@ -58,6 +58,28 @@ def test_pruner_choices():
     assert isinstance(patient, optuna.pruners.PatientPruner) and patient._patience == 2
 
 
+def test_min_epochs_moves_the_first_rung():
+    study = optuna.create_study(pruner=make_pruner("sha", 12, min_epochs=5))
+    for _ in range(4):  # four good trials set the rung at epoch 5
+        trial = study.ask()
+        for step in range(1, 13):
+            trial.report(1.0 / step, step)
+            assert not trial.should_prune()  # SHA records each trial's rungs as it asks
+        study.tell(trial, 1.0 / 12)
+    bad = study.ask()
+    for step in range(1, 5):  # far worse, but not judged before epoch 5
+        bad.report(10.0, step)
+        assert not bad.should_prune()
+    bad.report(10.0, 5)
+    assert bad.should_prune()
+    with pytest.raises(ConfigError, match="--min-epochs must be at least 1 and below the "
+                                          r"trial budget \(--epochs 12\), got 12"):
+        make_pruner("hyperband", 12, min_epochs=12)
+    with pytest.raises(ConfigError, match="--min-epochs"):
+        make_pruner("median", 12, min_epochs=0)
+    assert isinstance(make_pruner("none", 12, min_epochs=12), optuna.pruners.NopPruner)
+
+
 def test_patience_prunes_a_trial_that_stopped_improving():
     study = optuna.create_study(pruner=make_pruner("none", 10, patience=1))
     trial = study.ask()

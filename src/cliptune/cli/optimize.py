@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     study.add_argument("--pruner", choices=PRUNERS, default=DEFAULTS.pruner)
     study.add_argument("--patience", type=int, metavar="EPOCHS",
                        help="also prune trials that have not improved for this many epochs")
+    study.add_argument("--min-epochs", type=int, default=DEFAULTS.min_epochs, metavar="EPOCHS",
+                       help="the pruner's first rung: no trial is judged before this epoch "
+                            "(default 1; raise it when --check-fidelity finds the early rungs "
+                            "rank poorly)")
     study.add_argument("--metric", choices=tuple(METRICS),
                        help="objective: best val_loss (minimized, the default) or best rsum "
                             "(maximized); a joined study keeps its own")
@@ -152,7 +156,7 @@ def build_settings(args: argparse.Namespace) -> StudySettings:
         study_name=args.study_name, trials=args.trials, max_trials=args.max_trials,
         storage=args.storage, artifact_store=args.artifact_store, workers=args.workers,
         timeout=args.timeout, sampler=args.sampler,
-        pruner=args.pruner, patience=args.patience, metric=args.metric or DEFAULTS.metric,
+        pruner=args.pruner, patience=args.patience, min_epochs=args.min_epochs, metric=args.metric or DEFAULTS.metric,
         results_dir=args.results_dir, allow_changes=args.allow_changes,
         retrain_best=args.retrain_best, seeds=args.seeds, show_progress=not args.quiet,
         heartbeat=heartbeat, seed=args.seed, given=args.given,
@@ -170,7 +174,7 @@ def run(argv: list[str] | None = None) -> int:
         for note in notes:
             print(f"note: {note}", flush=True)
         check = CheckSettings(settings.study_name, settings.metric, settings.pruner,
-                              settings.results_dir, args.check_fidelity,
+                              settings.min_epochs, settings.results_dir, args.check_fidelity,
                               driver_seed(settings, plan), settings.show_progress)
         payload = check_fidelity(check, plan, space, prepare_base(plan.trial_base(), space,
                                                                   settings.metric))

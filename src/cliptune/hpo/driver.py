@@ -56,6 +56,7 @@ from cliptune.hpo.study import (
     make_sampler,
     make_storage,
     open_study,
+    pruner_rungs,
 )
 from cliptune.hpo.study_data import data_record, decide_data
 from cliptune.hpo.workers import FINISHED, WorkerJob, run_trials, run_workers, worker_device
@@ -188,7 +189,8 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
                            settings.heartbeat)
     study, created = open_study(storage, settings.study_name, settings.metric,
                                 make_sampler(settings.sampler, driver_seed(settings, plan)),
-                                make_pruner(settings.pruner, base.train.epochs, settings.patience))
+                                make_pruner(settings.pruner, base.train.epochs, settings.patience,
+                                            settings.min_epochs))
     existing = len(study.get_trials(deepcopy=False))
     recorded = study.user_attrs.get("fingerprint")
     fingerprint = study_fingerprint(settings.metric, describe(space), plan.target,
@@ -230,12 +232,21 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
     return OpenedStudy(study, storage, base, budget, existing, created, notes, data)
 
 
+def pruner_label(settings: StudySettings, budget: int) -> str:
+    """The pruner as the console and report.md name it: its rungs and patience."""
+    details = []
+    rungs = pruner_rungs(settings.pruner, budget, settings.min_epochs)
+    if rungs:
+        details.append(f"rungs at epoch(s) {', '.join(map(str, rungs))}")
+    if settings.patience is not None:
+        details.append(f"patience {settings.patience}")
+    return settings.pruner + (f" ({'; '.join(details)})" if details else "")
+
+
 def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSpace,
                    plan: StudyPlan) -> ReportContext:
     """What the reports of this study need to know."""
-    pruner = settings.pruner
-    if settings.patience is not None:
-        pruner += f" (patience {settings.patience})"
+    pruner = pruner_label(settings, opened.budget)
     f = plan.fidelity
     fidelity = (f"{opened.budget} epochs, {f.max_samples or 'all'} training / "
                 f"{f.max_eval_samples or 'all'} validation images per trial; target "
@@ -292,7 +303,8 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
         state = f"continued, {opened.existing} trials so far" if not opened.created else "new"
         print(f"study {settings.study_name!r} ({state}): {settings.trials} trials of up to "
               f"{budget} epochs, {settings.metric} ({METRICS[settings.metric]}), sampler "
-              f"{settings.sampler}, pruner {settings.pruner}, {settings.workers} worker(s); "
+              f"{settings.sampler}, pruner {pruner_label(settings, budget)}, "
+              f"{settings.workers} worker(s); "
               f"storage {storage_label(settings)}", flush=True)
         for note in opened.notes:
             print(f"note: {note}", flush=True)

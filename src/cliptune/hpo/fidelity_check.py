@@ -44,6 +44,7 @@ from cliptune.trainer import Trainer
 CACHE_DIR = "fidelity_check"  # one JSON per trained run
 BOOTSTRAP_RESAMPLES = 1000
 TOP = 3
+GOOD_SPEARMAN = 0.7  # a fidelity (or rung) that ranks at least this well is trusted
 
 
 @dataclass
@@ -53,6 +54,7 @@ class CheckSettings:
     study_name: str
     metric: str  # val_loss | rsum
     pruner: str  # the study's pruner: its rungs are checked too
+    min_epochs: int = 1  # the pruner's first rung
     results_dir: str = "optuna-results"
     configurations: int = 8
     seed: int = 0  # draws of the configurations and of the bootstrap
@@ -210,7 +212,8 @@ class FidelityCheck:
         full = [r["full"]["best"] for r in rows]
         epochs = self.trial_base.train.epochs
         levels = {"final": [r["reduced"]["best"] for r in rows]}
-        for rung in pruner_rungs(self.s.pruner, epochs):
+        rungs = pruner_rungs(self.s.pruner, epochs, self.s.min_epochs)
+        for rung in rungs:
             levels[f"epoch {rung}"] = [r["reduced"]["values"][rung - 1]
                                        if len(r["reduced"]["values"]) >= rung else math.nan
                                        for r in rows]
@@ -224,8 +227,7 @@ class FidelityCheck:
         f = self.plan.fidelity
         return {
             "study": self.s.study_name, "metric": self.s.metric, "direction": METRICS[self.s.metric],
-            "seed": self.s.seed, "pruner": self.s.pruner,
-            "rungs": pruner_rungs(self.s.pruner, epochs),
+            "seed": self.s.seed, "pruner": self.s.pruner, "rungs": rungs,
             "reduced_fidelity": {"epochs": epochs, "max_samples": f.max_samples,
                                  "max_eval_samples": f.max_eval_samples},
             "full_fidelity": {"target": self.plan.target_path,
@@ -237,6 +239,33 @@ class FidelityCheck:
 
 def _interval(value: list[float] | None) -> str:
     return f"[{value[0]:+.2f}, {value[1]:+.2f}]" if value else "-"
+
+
+def advice(payload: dict) -> list[str]:
+    """What the check suggests, in words: a better trial fidelity, or a later first rung."""
+    agreement = payload["agreement"]
+    final = agreement.get("final")
+    if final is None:
+        return []
+    if not final["spearman"] >= GOOD_SPEARMAN:  # also NaN: no ranking at all
+        return [f"The trial fidelity ranks configurations poorly (Spearman "
+                f"{final['spearman']:.2f} < {GOOD_SPEARMAN}): give the trials more data or "
+                f"epochs (--max-samples, --epochs) before trusting a study's winner."]
+    rungs = [(int(name.split()[1]), a["spearman"]) for name, a in agreement.items()
+             if name.startswith("epoch ")]
+    poor = [(epoch, rho) for epoch, rho in rungs if not rho >= GOOD_SPEARMAN]
+    if not poor:
+        return [f"The trial fidelity and the pruner's rungs rank as the full run does "
+                f"(Spearman >= {GOOD_SPEARMAN})."]
+    good_after = [epoch for epoch, rho in rungs if epoch > poor[-1][0] and rho >= GOOD_SPEARMAN]
+    text = (f"The rung(s) at epoch {', '.join(str(e) for e, _ in poor)} rank poorly (Spearman "
+            f"{', '.join(f'{rho:.2f}' for _, rho in poor)} < {GOOD_SPEARMAN}): trials judged "
+            f"there are pruned for starting slowly, not for being worse.")
+    if good_after:
+        text += (f" Epoch {good_after[0]} ranks well: `--min-epochs {good_after[0]}` judges "
+                 f"trials from there on (more compute per trial, fewer trials in the same "
+                 f"time).")
+    return [text]
 
 
 def check_markdown(payload: dict) -> str:
@@ -261,6 +290,7 @@ def check_markdown(payload: dict) -> str:
                    f"{a['kendall']:.2f}", _interval(a["kendall_95"]),
                    f"{a['top_overlap']}/{a['top']}"]
                   for name, a in payload["agreement"].items()])
+    out += ["", *advice(payload)]
     rows = payload["configurations"]
     names = sorted({n for r in rows for n in r["params"]})
     out += ["", "## Configurations", "",
@@ -280,7 +310,7 @@ def summary_lines(payload: dict) -> list[str]:
         lines.append(f"  {name}: Spearman {a['spearman']:.2f} {_interval(a['spearman_95'])}, "
                      f"Kendall {a['kendall']:.2f} {_interval(a['kendall_95'])}, "
                      f"top-{a['top']} overlap {a['top_overlap']}/{a['top']}")
-    return lines
+    return lines + [f"  {line}" for line in advice(payload)]
 
 
 def check_fidelity(settings: CheckSettings, plan: StudyPlan, space: SearchSpace,

@@ -23,6 +23,7 @@ class StudySettings:
     sampler: str = "tpe"
     pruner: str = "hyperband"
     patience: int | None = None
+    min_epochs: int = 1  # the pruner's first rung (Hyperband / SHA minimum resource)
     metric: str = "val_loss"
     results_dir: str = "optuna-results"
     allow_changes: bool = False  # continue a study whose fingerprint differs

@@ -24,7 +24,6 @@ METRICS = {"val_loss": "minimize", "rsum": "maximize"}
 # one judging trials after 1 and 5 epochs, one after 5 (docs/BENCHMARKS.md has the
 # measured saving).
 REDUCTION_FACTOR = 5
-MEDIAN_WARMUP_EPOCHS = 1  # Optuna: the earliest prune is at step == n_warmup_steps
 HEARTBEAT_INTERVAL_S = 60
 HEARTBEAT_GRACE_S = 180
 STORAGE_ATTEMPTS = 6
@@ -57,26 +56,30 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise ConfigError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str, epochs: int, patience: int | None = None) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, epochs: int, patience: int | None = None,
+                min_epochs: int = 1) -> optuna.pruners.BasePruner:
     """The pruner `name` for trials of `epochs` epochs (one step per epoch).
 
-    hyperband: brackets of successive halving between 1 and `epochs` epochs, keeping
-    the best fifth at each rung;
-    median: prune below the median of earlier trials at the same epoch (after 5 trials);
-    sha: successive halving from epoch 1; none: never prune. `patience` wraps the
-    pruner in a PatientPruner (also prunes a trial that stopped improving for that
+    hyperband: brackets of successive halving between `min_epochs` and `epochs` epochs,
+    keeping the best fifth at each rung;
+    median: prune below the median of earlier trials at the same epoch (after 5 trials,
+    from epoch `min_epochs` on);
+    sha: successive halving from epoch `min_epochs`; none: never prune. `patience` wraps
+    the pruner in a PatientPruner (also prunes a trial that stopped improving for that
     many epochs; with `none`, only that).
     """
+    if name != "none" and (min_epochs < 1 or (min_epochs > 1 and min_epochs >= epochs)):
+        raise ConfigError(f"--min-epochs must be at least 1 and below the trial budget "
+                          f"(--epochs {epochs}), got {min_epochs}")
     if name == "hyperband":
         pruner: optuna.pruners.BasePruner | None = optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=epochs, reduction_factor=REDUCTION_FACTOR
+            min_resource=min_epochs, max_resource=epochs, reduction_factor=REDUCTION_FACTOR
         )
     elif name == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=5,
-                                             n_warmup_steps=MEDIAN_WARMUP_EPOCHS)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min_epochs)
     elif name == "sha":
         pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=1, reduction_factor=REDUCTION_FACTOR
+            min_resource=min_epochs, reduction_factor=REDUCTION_FACTOR
         )
     elif name == "none":
         pruner = None
@@ -91,21 +94,22 @@ def make_pruner(name: str, epochs: int, patience: int | None = None) -> optuna.p
     return pruner or optuna.pruners.NopPruner()
 
 
-def pruner_rungs(name: str, epochs: int) -> list[int]:
-    """The epochs at which `make_pruner(name, epochs)` compares trials (before the last).
+def pruner_rungs(name: str, epochs: int, min_epochs: int = 1) -> list[int]:
+    """The epochs at which `make_pruner(name, epochs, min_epochs=...)` compares trials
+    (before the last).
 
-    hyperband and sha: successive-halving rungs at 1, 5, 25, ... (min resource 1 times
-    powers of the reduction factor; Hyperband's brackets start at later powers, so they
-    add no other epochs); median: every epoch from its warm-up on; none: no rung.
+    hyperband and sha: successive-halving rungs at min_epochs times 1, 5, 25, ...
+    (Hyperband's brackets start at later powers, so they add no other epochs); median:
+    every epoch from `min_epochs` on; none: no rung.
     """
     if name in ("hyperband", "sha"):
-        rungs, step = [], 1
+        rungs, step = [], min_epochs
         while step < epochs:
             rungs.append(step)
             step *= REDUCTION_FACTOR
         return rungs
     if name == "median":
-        return list(range(MEDIAN_WARMUP_EPOCHS, epochs))
+        return list(range(min_epochs, epochs))
     return []
 
 

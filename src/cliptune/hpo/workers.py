@@ -119,7 +119,7 @@ def _work(job: WorkerJob) -> None:
     storage = make_storage(s.storage, s.results_dir, s.study_name, s.heartbeat)
     study = optuna.load_study(study_name=s.study_name, storage=storage,
                               sampler=make_sampler(s.sampler, job.seed),
-                              pruner=make_pruner(s.pruner, job.budget, s.patience))
+                              pruner=make_pruner(s.pruner, job.budget, s.patience, s.min_epochs))
     store = make_artifact_store(s.artifact_store, s.results_dir, s.study_name)
     objective = Objective(job.space, job.base,
                           ObjectiveSettings(s.study_name, s.metric, job.budget, store,
