@@ -81,8 +81,10 @@ def test_user_errors_are_config_errors(tmp_path):
         optimize.parse_args(["--pruner", "asha"])
     with pytest.raises(ConfigError, match="--seeds"):
         optimize.run(["--seeds", "0", "--results-dir", str(tmp_path), "--trials", "0"])
-    with pytest.raises(ConfigError, match=r"--min-epochs .*\(--epochs 12\), got 12"):
-        optimize.run(["--min-epochs", "12", "--results-dir", str(tmp_path), "--trials", "0"])
+    for mode in (["--trials", "0"], ["--check-fidelity", "3"]):  # refused before any work
+        with pytest.raises(ConfigError, match=r"--min-epochs .*\(--epochs 12\), got 12"):
+            optimize.run(["--min-epochs", "12", "--results-dir", str(tmp_path), *mode])
+    assert not (tmp_path / "clip-hpo" / "fidelity_check").exists()  # nothing was trained
     study_file = tmp_path / "study.yaml"
     study_file.write_text("target: ../nope.yaml\n")
     with pytest.raises(ConfigError, match="nope.yaml"):

@@ -54,10 +54,14 @@ def test_rungs_follow_the_pruner():
     assert pruner_rungs("hyperband", 12, min_epochs=5) == [5]  # --min-epochs 5
     assert pruner_rungs("sha", 30, min_epochs=2) == [2, 10]
     assert pruner_rungs("median", 4, min_epochs=2) == [2, 3]
+    with pytest.raises(ConfigError, match="--min-epochs"):
+        pruner_rungs("sha", 12, min_epochs=12)
 
 
 def _agreement(**spearman: float) -> dict:
-    return {"agreement": {name.replace("_", " "): {"spearman": rho}
+    """A fidelity_check.json payload with these Spearman values ("epoch_5": rung 5)."""
+    return {"rungs": [int(name.split("_")[1]) for name in spearman if name != "final"],
+            "agreement": {name.replace("_", " "): {"spearman": rho}
                           for name, rho in spearman.items()}}
 
 
@@ -76,7 +80,7 @@ def test_advice_names_the_first_rung_that_ranks_well():
     assert "--max-samples, --epochs" in line
     (line,) = advice(_agreement(final=float("nan")))
     assert "ranks configurations poorly" in line
-    assert advice({"agreement": {}}) == []
+    assert advice({"rungs": [], "agreement": {}}) == []
 
 
 def test_configurations_start_with_the_target_and_are_seeded(tmp_path, cache_dir):

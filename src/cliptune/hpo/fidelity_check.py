@@ -153,6 +153,8 @@ class FidelityCheck:
         self.cache = self.out_dir / CACHE_DIR
         self.key = CALLBACK_KEYS[settings.metric]
         self.minimize = METRICS[settings.metric] == "minimize"
+        # the rungs checked; a bad --min-epochs fails now, not after the training
+        self.rungs = pruner_rungs(settings.pruner, trial_base.train.epochs, settings.min_epochs)
         self._data: dict[str, PreparedData] = {}
 
     def _say(self, line: str) -> None:
@@ -212,8 +214,7 @@ class FidelityCheck:
         full = [r["full"]["best"] for r in rows]
         epochs = self.trial_base.train.epochs
         levels = {"final": [r["reduced"]["best"] for r in rows]}
-        rungs = pruner_rungs(self.s.pruner, epochs, self.s.min_epochs)
-        for rung in rungs:
+        for rung in self.rungs:
             levels[f"epoch {rung}"] = [r["reduced"]["values"][rung - 1]
                                        if len(r["reduced"]["values"]) >= rung else math.nan
                                        for r in rows]
@@ -227,7 +228,7 @@ class FidelityCheck:
         f = self.plan.fidelity
         return {
             "study": self.s.study_name, "metric": self.s.metric, "direction": METRICS[self.s.metric],
-            "seed": self.s.seed, "pruner": self.s.pruner, "rungs": rungs,
+            "seed": self.s.seed, "pruner": self.s.pruner, "rungs": self.rungs,
             "reduced_fidelity": {"epochs": epochs, "max_samples": f.max_samples,
                                  "max_eval_samples": f.max_eval_samples},
             "full_fidelity": {"target": self.plan.target_path,
@@ -251,8 +252,8 @@ def advice(payload: dict) -> list[str]:
         return [f"The trial fidelity ranks configurations poorly (Spearman "
                 f"{final['spearman']:.2f} < {GOOD_SPEARMAN}): give the trials more data or "
                 f"epochs (--max-samples, --epochs) before trusting a study's winner."]
-    rungs = [(int(name.split()[1]), a["spearman"]) for name, a in agreement.items()
-             if name.startswith("epoch ")]
+    rungs = [(epoch, agreement[f"epoch {epoch}"]["spearman"]) for epoch in payload["rungs"]
+             if f"epoch {epoch}" in agreement]
     poor = [(epoch, rho) for epoch, rho in rungs if not rho >= GOOD_SPEARMAN]
     if not poor:
         return [f"The trial fidelity and the pruner's rungs rank as the full run does "

@@ -56,6 +56,12 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise ConfigError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
 
 
+def _check_min_epochs(name: str, epochs: int, min_epochs: int) -> None:
+    if name != "none" and (min_epochs < 1 or (min_epochs > 1 and min_epochs >= epochs)):
+        raise ConfigError(f"--min-epochs must be at least 1 and below the trial budget "
+                          f"(--epochs {epochs}), got {min_epochs}")
+
+
 def make_pruner(name: str, epochs: int, patience: int | None = None,
                 min_epochs: int = 1) -> optuna.pruners.BasePruner:
     """The pruner `name` for trials of `epochs` epochs (one step per epoch).
@@ -68,9 +74,7 @@ def make_pruner(name: str, epochs: int, patience: int | None = None,
     the pruner in a PatientPruner (also prunes a trial that stopped improving for that
     many epochs; with `none`, only that).
     """
-    if name != "none" and (min_epochs < 1 or (min_epochs > 1 and min_epochs >= epochs)):
-        raise ConfigError(f"--min-epochs must be at least 1 and below the trial budget "
-                          f"(--epochs {epochs}), got {min_epochs}")
+    _check_min_epochs(name, epochs, min_epochs)
     if name == "hyperband":
         pruner: optuna.pruners.BasePruner | None = optuna.pruners.HyperbandPruner(
             min_resource=min_epochs, max_resource=epochs, reduction_factor=REDUCTION_FACTOR
@@ -100,8 +104,10 @@ def pruner_rungs(name: str, epochs: int, min_epochs: int = 1) -> list[int]:
 
     hyperband and sha: successive-halving rungs at min_epochs times 1, 5, 25, ...
     (Hyperband's brackets start at later powers, so they add no other epochs); median:
-    every epoch from `min_epochs` on; none: no rung.
+    every epoch from `min_epochs` on; none: no rung. Raises `ConfigError` for a
+    `min_epochs` that `make_pruner` refuses.
     """
+    _check_min_epochs(name, epochs, min_epochs)
     if name in ("hyperband", "sha"):
         rungs, step = [], min_epochs
         while step < epochs:
