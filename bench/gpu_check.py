@@ -278,8 +278,10 @@ def step_eval_export(ctx: Context) -> None:
 
     run_dir = ctx.out / "work" / "train_resume" / "checkpoints" / RUN_NAME
     checkpoint = run_dir / "best.pt"
-    if not checkpoint.is_file():
-        raise StepFailed(f"no {checkpoint}: run the train_resume step first")
+    # metrics.json too: a train_resume killed mid-run can leave a best.pt without it
+    for needed in (checkpoint, run_dir / "metrics.json"):
+        if not needed.is_file():
+            raise StepFailed(f"no {needed}: run the train_resume step first, to its end")
     work = fresh(ctx.work)
     ctx.run([PY, ROOT / "src" / "evaluate.py", "--checkpoint", checkpoint, "--device",
              ctx.device, "--split", "test", "--json", work / "test.json"])
