@@ -212,3 +212,25 @@ def test_query_mode_must_be_complete(workspace, capsys):
     code, _, err = call_retrieve(workspace, capsys, "--image", str(workspace / "photos" / "red.png"))
     assert code == 2
     assert "give either --image with --captions" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "flags"),
+    [
+        (["--image", "{root}/photos/red.png", "--text", "a red circle", "--prompts", "a,b"],
+         "--image --prompts and --text"),
+        (["--text", "x", "--images", "{root}/photos", "--prompts", "a,b"],
+         "--prompts and --text --images"),
+        (["--text", "x", "--images", "{root}/photos", "--classes", "dog,cat"],
+         "--classes and --text --images"),
+        (["--image", "{root}/photos/red.png", "--captions", "{root}/captions.txt",
+          "--images", "{root}/photos"], "--image --captions and --images"),
+    ],
+    ids=["image-and-text", "prompts-with-text-query", "classes-with-text-query",
+         "images-with-image-query"],
+)
+def test_mixed_queries_are_refused_by_the_parser(workspace, capsys, args, flags):
+    code, out, err = call_retrieve(workspace, capsys, *[a.format(root=workspace) for a in args])
+    assert code == 2 and out == ""
+    assert f"{flags} are two different queries" in err
+    assert "Traceback" not in err

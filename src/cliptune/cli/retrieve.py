@@ -38,9 +38,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    image_query = {"--image": args.image, "--captions": args.captions,
+                   "--prompts": args.prompts, "--classes": args.classes,
+                   "--templates": args.templates}
+    text_query = {"--text": args.text, "--images": args.images}
+    image_flags = [flag for flag, value in image_query.items() if value is not None]
+    text_flags = [flag for flag, value in text_query.items() if value is not None]
+    if image_flags and text_flags:
+        parser.error(f"{' '.join(image_flags)} and {' '.join(text_flags)} are two different "
+                     "queries: give either --image with --captions, --prompts or --classes, "
+                     "or --text with --images, in separate commands")
     by_image = args.image is not None and any((args.captions, args.prompts, args.classes))
     by_text = args.text is not None and args.images is not None
-    if by_image == by_text:
+    if not (by_image or by_text):
         parser.error("give either --image with --captions, --prompts or --classes, "
                      "or --text with --images")
     if args.templates and not args.classes:
