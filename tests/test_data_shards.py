@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_helpers import TINY, tiny_config, weights
 
 from cliptune.checkpoint import load_checkpoint
@@ -352,11 +353,22 @@ def kill_mid_epoch(tmp_path: Path, cache_dir: Path, overrides: list[str]) -> dic
     return state
 
 
+def train_losses(trainer: Trainer) -> dict[int, float]:
+    """TensorBoard's `train/loss` of a run: step -> value."""
+    events = EventAccumulator(str(trainer.run_dir))
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars("train/loss")}
+
+
 @pytest.mark.parametrize("source", ["shards", "cache"])
-def test_resume_mid_epoch_equals_uninterrupted(cache_dir, shard_dir, data, tmp_path, source):
+def test_resume_mid_epoch_equals_uninterrupted(cache_dir, shard_dir, data, tmp_path, source,
+                                               capsys):
     """Killed (SIGKILL) after a mid-epoch checkpoint and run again: the same weights, epoch
-    losses and validation numbers as a run never stopped."""
-    overrides = ["train.epochs=1", "train.checkpoint_every_steps=3", "data.num_workers=2"]
+    losses, validation numbers and TensorBoard training losses (a log window that the
+    checkpoint cut in two included) as a run never stopped; the console says where it
+    resumed."""
+    overrides = ["train.epochs=1", "train.checkpoint_every_steps=3", "data.num_workers=2",
+                 "train.log_every=2"]
     if source == "shards":
         overrides += ["data.source=webdataset", f"data.data_dir={shard_dir}",
                       "data.epoch_samples=480"]  # 30 batches: 10 passes over the shards
@@ -369,14 +381,19 @@ def test_resume_mid_epoch_equals_uninterrupted(cache_dir, shard_dir, data, tmp_p
     state = kill_mid_epoch(tmp_path / "killed", cache_dir, overrides)
     assert 0 < state["position"]["batches"] < len(straight._train_loader(1))
     resumed = Trainer(tiny_config(tmp_path / "killed", cache_dir, *overrides),
-                      show_progress=False, data=None if source == "shards" else data)
+                      data=None if source == "shards" else data)
+    capsys.readouterr()
     resumed.fit()
+    batches, n_batches = state["position"]["batches"], len(straight._train_loader(1))
+    assert (f"in epoch 1 after batch {batches} of {n_batches} (step {state['step']})"
+            in capsys.readouterr().out)
     expected, got = weights(straight), weights(resumed)
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
     for a, b in zip(straight.history, resumed.history, strict=True):
         assert (a["train_loss"], a["val_loss"], a["val_rsum"]) == (
             b["train_loss"], b["val_loss"], b["val_rsum"])
+    assert train_losses(resumed) == pytest.approx(train_losses(straight), rel=1e-6)
 
 
 def test_resume_position_needs_the_same_workers(cache_dir, shard_dir, data):

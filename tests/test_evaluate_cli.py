@@ -18,7 +18,7 @@ import pytest
 import torch
 from test_checkpoint import write_tiny_checkpoint
 
-from cliptune.checkpoint import load_model
+from cliptune.checkpoint import load_checkpoint, load_model, save_checkpoint
 from cliptune.cli.common import run_cli
 from cliptune.data import prepare_data
 from cliptune.errors import ConfigError
@@ -202,3 +202,24 @@ def test_evaluate_cli_bad_input_exits_2(workspace, capsys, tmp_path, args, messa
     assert code == 2
     assert err.startswith("error: ") and re.search(message, err), err
     assert not (tmp_path / "eval_test.json").exists()
+
+
+def test_evaluate_cli_scores_a_capped_run_on_its_subset_or_the_whole_split(workspace, capsys,
+                                                                           tmp_path):
+    """A run trained with data.max_eval_samples (an HPO trial's best.pt) is scored on its
+    capped split, and the console says so; --all-images scores the whole split."""
+    state = load_checkpoint(workspace / "run" / "best.pt")
+    state["config"]["data"]["max_eval_samples"] = 3
+    capped = tmp_path / "trial" / "best.pt"
+    save_checkpoint(state, capped)
+
+    code, out, err = call_evaluate(capsys, "--checkpoint", str(capped))
+    assert code == 0, err
+    assert ("test: 3 images, 15 captions (the run's data.max_eval_samples=3 caps the split; "
+            "--all-images scores all of it)") in out
+    assert json.loads((capped.parent / "eval_test.json").read_text())["images"] == 3
+
+    code, out, err = call_evaluate(capsys, "--checkpoint", str(capped), "--all-images")
+    assert code == 0, err
+    assert "test: 6 images, 30 captions\n" in out
+    assert json.loads((capped.parent / "eval_test.json").read_text())["images"] == 6

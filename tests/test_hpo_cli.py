@@ -94,15 +94,27 @@ def test_user_errors_are_config_errors(tmp_path):
         optimize.run(["--study-config", str(study_file), "--trials", "0"])
 
 
-def test_data_errors_stop_the_study_before_its_first_trial(tmp_path):
+def test_data_errors_stop_the_study_before_it_is_created(tmp_path):
     results = tmp_path / "results"
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="data folder not found: .*missing"):
         optimize.run(["--data", "folder", "--data-dir", str(tmp_path / "missing"),
                        "--results-dir", str(results), "--study-name", "d", "--trials", "2",
                        "--quiet"])
-    study = optuna.load_study(study_name="d", storage=make_storage(None, results, "d"))
-    # nothing ran: only the baseline waits in the queue
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.WAITING]
+    assert not (results / "d").exists()  # no journal, no study
+
+
+def test_a_refused_command_leaves_the_journal_byte_identical(tmp_path):
+    results = tmp_path / "results"
+    argv = ["--results-dir", str(results), "--study-name", "j", "--quiet",
+            "--set", f"checkpoints_dir={tmp_path / 'checkpoints'}"]
+    assert optimize.run([*argv, "--trials", "0"]) == 0
+    journal = results / "j" / "study.journal"
+    before = journal.read_bytes()
+    with pytest.raises(ConfigError, match="--allow-changes"):
+        optimize.run([*argv, "--trials", "0", "--epochs", "3"])
+    with pytest.raises(ConfigError, match="--metric"):
+        optimize.run([*argv, "--trials", "0", "--metric", "rsum"])
+    assert journal.read_bytes() == before
 
 
 def test_continuing_fails_trials_a_killed_driver_left_running(tmp_path):

@@ -75,3 +75,25 @@ def test_a_user_mistake_exits_2_without_traceback(tmp_path):
     assert done.returncode == 2
     assert "error: unknown config key 'train.lrr'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_inputs_are_checked_before_the_resume_rules(tmp_path, monkeypatch):
+    """After a finished run of the same name, a quick command with a mistyped folder is told
+    about the folder, not about a config that differs from the finished run's."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLIPTUNE_CACHE", str(tmp_path / "cache"))
+    assert main.run(TINY_FLAGS) == 0
+    with pytest.raises(CliptuneError) as info:
+        main.run([*TINY_FLAGS, "--data", "auto", "--data-dir", "no/such/folder",
+                  "--epochs", "1", "--max-samples", "30"])
+    assert str(info.value) == "data folder not found: no/such/folder (check --data-dir)"
+    with pytest.raises(CliptuneError, match=r"cannot resume run 'cli'.*data.max_samples: "
+                       r"None -> 30.*--no-resume.*--run-name NAME"):
+        main.run([*TINY_FLAGS, "--max-samples", "30"])  # a real difference is still refused
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(CliptuneError, match=r"empty.yaml is empty"):
+        main.run(["--config", str(empty)])

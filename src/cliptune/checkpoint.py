@@ -224,6 +224,22 @@ def free_run_name(config: RunConfig) -> str:
     return name
 
 
+STUDY_RECORD = "best.json"  # beside best.pt in a study's folder: which trial it holds
+
+
+def folder_owner(folder: Path) -> str | None:
+    """Who keeps checkpoints in `folder`: `"study"` (a study's best.pt + best.json),
+    `"run"` (a training run's last.pt, epoch_<n>.pt or metrics.json) or None. Runs and
+    studies both keep their best model in `<checkpoints_dir>/<name>/`, so a name is one
+    or the other, never both."""
+    if (folder / STUDY_RECORD).is_file():
+        return "study"
+    if any((folder / name).is_file() for name in ("last.pt", "metrics.json")) or any(
+            folder.glob("epoch_*.pt")):
+        return "run"
+    return None
+
+
 class Checkpointer:
     """Reads and writes the checkpoints of one run folder."""
 
@@ -301,6 +317,12 @@ def start_run(
         if name != config.name:
             say(f"run {config.name!r} exists and resume is off: this run is named {name!r}")
             config.name = name
+    folder = Path(config.checkpoints_dir) / config.name
+    if distributed.current().is_main and folder_owner(folder) == "study":
+        raise ConfigError(
+            f"run name {config.name!r} is taken by study {config.name!r}: {folder} holds "
+            f"that study's best trial (best.pt + {STUDY_RECORD}), which this run would "
+            "overwrite. Name the run otherwise: --run-name NAME")
     path, config.name = distributed.broadcast_object((path, config.name))
     if path is None:
         return None, None

@@ -37,6 +37,7 @@ from cliptune.checkpoint import (
 from cliptune.config import RunConfig
 from cliptune.data import PreparedData, Split, TrainLoader, device_batches, prepare_data
 from cliptune.data.shards import ShardLoader, ShardSplit, resolve_decode_device
+from cliptune.data.sources import check_paths
 from cliptune.errors import ConfigError, DataError
 from cliptune.evaluation import evaluate_split
 from cliptune.loss import ClipLoss
@@ -259,22 +260,18 @@ class Trainer:
                         epoch: int):
         """`on_step` for train_one_epoch: last.pt with the epoch's position every
         `train.checkpoint_every_steps` optimizer steps (every rank joins the collectives)."""
-        every = self.config.train.checkpoint_every_steps
-
-        def save(batches_done: int, loss_sum: torch.Tensor) -> None:
-            if self.state.step % every:
-                return
+        def save(position: dict[str, float]) -> None:
+            batches_done = int(position["batches"])
             shards = loader.position(batches_done) if isinstance(loader, ShardLoader) else None
             self.state.position = {
-                "epoch": epoch, "batches": batches_done,
-                "loss": distributed.all_reduce_mean(loss_sum).item(),
+                "epoch": epoch, **position,
                 "shards": distributed.all_gather_object(shards) if shards is not None else None,
             }
             if checkpointer.writer:
                 metrics = {"epoch": float(epoch - 1), "step": float(self.state.step)}
                 checkpointer.save_position(self.checkpoint_state(metrics))
 
-        return save if every else None
+        return save if self.config.train.checkpoint_every_steps else None
 
     # ------------------------------------------------------------------ evaluation
 
@@ -323,6 +320,8 @@ class Trainer:
         start = time.perf_counter()
         if self.dist.enabled:
             self._print(distributed.job_line(self.device))
+        if self.data is None:
+            check_paths(self.config.data)
         resume_path, self._resume_state = start_run(self.config, self.resume, say=self._print)
         self.prepare_data()
         self.build_model()
@@ -331,7 +330,12 @@ class Trainer:
         if resume_path is not None:
             note = self.state.load_state_dict(self._resume_state)
             self._resume_state = None
-            self._print(f"resuming {resume_path} after epoch {self.epoch} (step {self.step})")
+            where = f"after epoch {self.epoch}"
+            position = self.state.position or {}
+            if position.get("epoch") == self.epoch + 1:
+                where = (f"in epoch {self.epoch + 1} after batch {int(position['batches'])} "
+                         f"of {len(self._loader)}")
+            self._print(f"resuming {resume_path} {where} (step {self.step})")
             if note:
                 self._print(f"note: {note}")
         board = None
@@ -373,9 +377,7 @@ class Trainer:
                 len(loader), config=cfg, device=self.device, precision=self.precision,
                 seed=self.config.seed, log=board.log_step if board is not None else None,
                 progress=self.show_progress and self.dist.is_main,
-                checkpoint_hint=str(checkpointer.last),
-                start=position["batches"] if position else 0,
-                loss_before=position["loss"] if position else 0.0,
+                checkpoint_hint=str(checkpointer.last), position=position,
                 on_step=self._position_saver(checkpointer, loader, epoch),
             )
             train_time = time.perf_counter() - epoch_start

@@ -1,8 +1,10 @@
 """Evaluate a checkpoint: `python src/evaluate.py --checkpoint checkpoints/<run>/best.pt`.
 
 Rebuilds the model from the checkpoint alone, prepares the same split the run used
-(its data config, seed and tokenizer; data flags override the source), prints the
-retrieval table and writes the metrics as JSON.
+(its data config, seed and tokenizer; data flags override the source), prints how many
+images and captions it scores, the retrieval table, and writes the metrics as JSON. A
+run trained on a subset (an HPO trial's data.max_eval_samples) is scored on that subset
+unless --all-images asks for the whole split.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                         help="autocast precision of the forward passes (default: the run's "
                         "train.precision, as its metrics.json was computed; fp16: CUDA only)")
+    parser.add_argument("--all-images", action="store_true",
+                        help="score every image of the split, also when the run capped it "
+                        "(data.max_eval_samples / data.max_samples, e.g. an HPO trial)")
     parser.add_argument("--json", metavar="OUT",
                         help="metrics JSON (default: eval_<split>.json next to the checkpoint)")
     add_data_args(parser)
@@ -43,7 +48,17 @@ def run(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device)
     apply_data_args(loaded.config, args)
+    data = loaded.config.data
+    cap_key = "max_samples" if args.split == "train" else "max_eval_samples"
+    cap = getattr(data, cap_key)
+    if args.all_images:
+        data.max_samples = data.max_eval_samples = None
     split = checkpoint_split(loaded, args.split)
+    scored = f"{args.split}: {len(split.image_names)} images, {len(split.captions)} captions"
+    if cap is not None and not args.all_images and len(split.image_names) == cap:
+        scored += (f" (the run's data.{cap_key}={cap} caps the split; --all-images scores "
+                   "all of it)")
+    print(scored, flush=True)
     precision = resolve_precision(args.precision or loaded.config.train.precision, device)
     metrics = evaluate_split(
         loaded.model, split, device=device, precision=precision,

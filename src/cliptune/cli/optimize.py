@@ -196,8 +196,9 @@ def run(argv: list[str] | None = None) -> int:
     for error in outcome.worker_errors:
         print(f"error: {error}")
     if outcome.interrupted:
-        print("interrupted: the running trial(s) are marked failed; the same command "
-              "continues the study")
+        print(f"interrupted: the running trial(s) are marked failed; {outcome.trials_left} "
+              f"of the {settings.trials} trials asked for did not finish: the same command "
+              f"with --trials {outcome.trials_left} runs those and continues the study")
         return 130
     return 1 if outcome.worker_errors else 0
 

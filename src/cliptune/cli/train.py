@@ -75,8 +75,8 @@ def run(argv: list[str] | None = None) -> int:
     ctx = distributed.init_from_env(config.train.device)
     if ctx.is_main and getattr(args, "chosen", None):
         print(args.chosen, flush=True)
+    trainer = Trainer(config, resume=None if args.no_resume else args.resume)
     try:
-        trainer = Trainer(config, resume=None if args.no_resume else args.resume)
         trainer.fit()
         if ctx.is_main:
             results = trainer.evaluate_best(("val", "test"))
@@ -84,6 +84,10 @@ def run(argv: list[str] | None = None) -> int:
             if config.train.save_checkpoints:
                 print(f"metrics: {trainer.checkpoint_dir / 'metrics.json'}")
         distributed.shutdown()
+    except KeyboardInterrupt:
+        if ctx.is_main:
+            print(f"\ninterrupted: {resume_hint(trainer)}", file=sys.stderr, flush=True)
+        return 130
     except (dist.DistError, RuntimeError) as err:
         if not ctx.enabled or not _is_lost_peer(err):
             raise
@@ -91,6 +95,15 @@ def run(argv: list[str] | None = None) -> int:
         print(f"error: {distributed.peer_lost_message(err)}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def resume_hint(trainer: Trainer) -> str:
+    """What an interrupted run left and how to continue it."""
+    last = trainer.checkpoint_dir / "last.pt"
+    if not last.is_file():
+        return "no checkpoint was written yet; the same command starts the run again"
+    return (f"{last} holds the run up to its last checkpoint; the same command (with "
+            f"--run-name {trainer.config.name}) resumes it from there")
 
 
 def _is_lost_peer(err: BaseException) -> bool:

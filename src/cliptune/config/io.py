@@ -150,6 +150,10 @@ def read_yaml(path: str | Path, missing: str) -> Any:
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML experiment file. Errors name the file and the offending key."""
     data = read_yaml(path, "config file not found")
+    if data is None:
+        raise ConfigError(f"{path} is empty: an experiment file needs at least a name and "
+                          "the settings that differ from the defaults (see "
+                          "experiments/default.yaml)")
     try:
         return config_from_dict(data)
     except ConfigError as err:

@@ -15,6 +15,7 @@ from cliptune.config import DataConfig
 from cliptune.data import flickr30k, shapes
 from cliptune.data.catalog import Catalog
 from cliptune.data.folder import caption_format, load_folder
+from cliptune.data.shards import is_remote
 from cliptune.errors import DataError
 
 
@@ -27,6 +28,18 @@ def fallback_notice(reason: str) -> str:
         "network access\n(it is cached afterwards) or pass --data-dir PATH to a local copy.\n"
         f"{rule}"
     )
+
+
+def check_paths(config: DataConfig) -> None:
+    """Raise `DataError` when a local path the config names does not exist: checked before
+    a run looks at its checkpoints, so a typo is reported as a typo, not as a config that
+    differs from an earlier run's."""
+    data_dir = config.data_dir
+    if data_dir and not is_remote(data_dir) and ".tar" not in data_dir:
+        if not Path(data_dir).expanduser().exists():
+            raise DataError(f"data folder not found: {data_dir} (check --data-dir)")
+    if config.split_file and not Path(config.split_file).expanduser().exists():
+        raise DataError(f"split file not found: {config.split_file} (check --split-file)")
 
 
 def load_catalog(config: DataConfig, cache_dir: Path, *, quiet: bool = False) -> Catalog:

@@ -39,6 +39,7 @@ from optuna.artifacts import (
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from cliptune.checkpoint import STUDY_RECORD, folder_owner
 from cliptune.errors import ConfigError
 from cliptune.hpo.time_limit import best_trial
 
@@ -76,9 +77,19 @@ def make_artifact_store(spec: str | None, results_dir: str | Path, study_name: s
     return FileSystemArtifactStore(folder)
 
 
+def check_study_folder(folder: Path, study_name: str) -> None:
+    """Refuse a study whose checkpoint folder holds a training run of the same name: the
+    study's best.pt would overwrite the run's."""
+    if folder_owner(folder) == "run":
+        raise ConfigError(
+            f"study name {study_name!r} is taken by training run {study_name!r}: {folder} "
+            "holds that run's checkpoints (last.pt, metrics.json), and the study's best.pt "
+            "would overwrite the run's. Name the study otherwise: --study-name NAME")
+
+
 def recorded_best(folder: Path) -> dict | None:
     """The `{trial, value}` record of the checkpoint kept in `folder`, if any."""
-    path = folder / "best.json"
+    path = folder / STUDY_RECORD
     if not path.is_file() or not (folder / "best.pt").is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
@@ -86,8 +97,10 @@ def recorded_best(folder: Path) -> dict | None:
 
 def _install(source: Path, folder: Path, trial: FrozenTrial) -> Path:
     """Move `source` to `folder/best.pt` as trial `trial`'s checkpoint. best.json goes first
-    and comes back last: a crash in between leaves no record, never a wrong one."""
-    record = folder / "best.json"
+    and comes back last: a crash in between leaves no record, never a wrong one. A folder
+    that holds a training run of the same name is never written to."""
+    check_study_folder(folder, folder.name)
+    record = folder / STUDY_RECORD
     record.unlink(missing_ok=True)
     os.replace(source, folder / "best.pt")
     tmp = record.with_name(record.name + ".tmp")

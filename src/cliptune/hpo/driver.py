@@ -26,8 +26,10 @@ from sqlalchemy.engine import make_url
 
 from cliptune.config import RunConfig
 from cliptune.data import PreparedData
+from cliptune.data.sources import check_paths
 from cliptune.hpo.baseline import enqueue_baseline
 from cliptune.hpo.best_checkpoint import (
+    check_study_folder,
     make_artifact_store,
     settle_trial_checkpoint,
     study_checkpoint_dir,
@@ -78,6 +80,7 @@ class StudyOutcome:
     worker_errors: list[str] = field(default_factory=list)
     worker_messages: list[str] = field(default_factory=list)
     retrain: dict | None = None
+    trials_left: int = 0  # of the trials asked for, those that did not finish
 
 
 def storage_label(settings: StudySettings) -> str:
@@ -165,6 +168,11 @@ def resolve_definition(settings: StudySettings, plan: StudyPlan, space: SearchSp
     """For an existing study: its recorded metric, search space, target and fidelity where
     the command line did not set them (`settings.given`), with notes on what was taken;
     unchanged for a new study."""
+    if settings.storage is None or not is_rdb_url(settings.storage):
+        journal = Path(settings.storage or default_journal_path(settings.results_dir,
+                                                                settings.study_name))
+        if not journal.is_file():  # no such study yet: create no file for it
+            return settings, plan, space, []
     storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
                            settings.heartbeat)
     try:
@@ -185,12 +193,15 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
     dead owners, record the study's attributes."""
     settings.check()
     base = prepare_base(plan.trial_base(), space, settings.metric)
+    check_study_folder(study_checkpoint_dir(base.checkpoints_dir, settings.study_name),
+                       settings.study_name)
+    check_paths(base.data)
+    sampler = make_sampler(settings.sampler, driver_seed(settings, plan))
+    pruner = make_pruner(settings.pruner, base.train.epochs, settings.patience,
+                         settings.min_epochs)
     storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
                            settings.heartbeat)
-    study, created = open_study(storage, settings.study_name, settings.metric,
-                                make_sampler(settings.sampler, driver_seed(settings, plan)),
-                                make_pruner(settings.pruner, base.train.epochs, settings.patience,
-                                            settings.min_epochs))
+    study, created = open_study(storage, settings.study_name, settings.metric, sampler, pruner)
     existing = len(study.get_trials(deepcopy=False))
     recorded = study.user_attrs.get("fingerprint")
     fingerprint = study_fingerprint(settings.metric, describe(space), plan.target,
@@ -318,9 +329,10 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
     reporter = StudyReporter(ctx, settings.plot_interval_s)
     progress = StudyProgress(settings.trials or None, settings.metric, budget,
                              settings.show_progress)
+    finished_before = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
     monitor = TrialMonitor(
         reporter, progress, study_checkpoint_dir(opened.base.checkpoints_dir, settings.study_name),
-        {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)},
+        finished_before,
     )
     interrupted, errors, messages = False, [], []
     if settings.trials > 0 and objective is not None:
@@ -345,4 +357,5 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
         study_name=settings.study_name, out_dir=ctx.out_dir, summary=summarize(study, budget),
         best_value=best.value if best else None, best_trial=best.number if best else None,
         interrupted=interrupted, worker_errors=errors, worker_messages=messages, retrain=retrain,
+        trials_left=max(0, settings.trials - len(monitor.seen - finished_before)),
     )

@@ -213,14 +213,22 @@ def open_study(
     """
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
+    # Load first: a create attempt on an existing study appends to a journal even though
+    # it fails, and a command refused later must leave the study's files as they were.
     try:
-        study = optuna.create_study(storage=storage, study_name=study_name,
-                                    direction=METRICS[metric], sampler=sampler, pruner=pruner)
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
                                   pruner=pruner)
         created = False
+    except KeyError:
+        try:
+            study = optuna.create_study(storage=storage, study_name=study_name,
+                                        direction=METRICS[metric], sampler=sampler,
+                                        pruner=pruner)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:  # another driver created it just now
+            study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
+                                      pruner=pruner)
+            created = False
     direction = study.direction.name.lower()
     if direction != METRICS[metric]:
         recorded = next(m for m, d in METRICS.items() if d == direction)

@@ -66,17 +66,19 @@ def train_one_epoch(
     log: StepLogger | None = None,
     progress: bool = False,
     checkpoint_hint: str = "last.pt",
-    start: int = 0,
-    loss_before: float = 0.0,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    position: dict | None = None,
+    on_step: Callable[[dict[str, float]], None] | None = None,
 ) -> EpochStats:
     """Train `state` over batches `start` to `n_batches` of an epoch (`batches` yields
     those, images and tokens already on `device`).
 
-    `model` is `state.model` or its DDP wrapper. A resumed epoch passes the batches done
-    (`start`, an accumulation-window boundary) and the rank-mean loss sum over them
-    (`loss_before`). `on_step(batches_done, loss_sum)` runs on every rank after each
-    optimizer step but the epoch's last (mid-epoch checkpoints). Returns the epoch's mean
+    `model` is `state.model` or its DDP wrapper. A resumed epoch passes its saved
+    `position`: the batches done (`batches`, an accumulation-window boundary), the
+    rank-mean loss sum over them (`loss`) and over the unlogged log window (`window_loss`,
+    `window_batches`), so the resumed run logs what the uninterrupted one logged.
+    `on_step(position)` runs on every rank every `config.checkpoint_every_steps` optimizer
+    steps but at the epoch's end (mid-epoch checkpoints), with that position (rank means:
+    every rank joins the collectives). Returns the epoch's mean
     loss and the samples per second of the whole job (all ranks). Each batch seeds torch
     from (`seed`, epoch, batch, rank), so dropout differs between ranks and a resumed
     run, mid-epoch included, draws what the uninterrupted one drew.
@@ -84,9 +86,12 @@ def train_one_epoch(
     ctx = distributed.current()
     sizes = window_sizes(n_batches, config.grad_accum_steps)
     state.model.train()
-    loss_total = torch.full((), loss_before, device=device)
-    window_loss = torch.zeros((), device=device)
-    window_batches, window_samples, window_start = 0, 0, time.perf_counter()
+    position = position or {}
+    start = int(position.get("batches", 0))
+    loss_total = torch.full((), float(position.get("loss", 0.0)), device=device)
+    window_loss = torch.full((), float(position.get("window_loss", 0.0)), device=device)
+    window_batches = int(position.get("window_batches", 0))
+    window_samples, window_start = 0, time.perf_counter()
     epoch_start, samples = time.perf_counter(), 0
     bar = tqdm(total=n_batches, initial=start, desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch",
                leave=False, disable=not progress, dynamic_ncols=True)
@@ -129,8 +134,12 @@ def train_one_epoch(
                 window_loss.zero_()
                 window_batches, window_samples = 0, 0
                 window_start = time.perf_counter()
-            if on_step is not None and not last:
-                on_step(index + 1, loss_total)
+            every = config.checkpoint_every_steps
+            if on_step is not None and every and state.step % every == 0 and not last:
+                on_step({"batches": index + 1,
+                         "loss": distributed.all_reduce_mean(loss_total).item(),
+                         "window_loss": distributed.all_reduce_mean(window_loss).item(),
+                         "window_batches": window_batches})
         bar.update(1)
         if postfix:
             bar.set_postfix(postfix, refresh=False)
