@@ -79,6 +79,16 @@ def test_dashboard_serves_the_study_with_the_reports_command(tiny_study):
             assert {v["step"]: v["value"] for v in got["intermediate_values"]} == \
                 trial.intermediate_values
         assert [t["number"] for t in detail["best_trials"]] == [study.best_trial.number]
+
+        # the best trial's checkpoint, served from the artifact folder the command names
+        best = study.best_trial
+        artifact = best.user_attrs["checkpoint_artifact"]
+        url = (f"{base}/artifacts/{summaries[0]['study_id']}/"
+               f"{served[best.number]['trial_id']}/{artifact}")
+        with urllib.request.urlopen(url, timeout=30) as response:
+            served_bytes = response.read()
+        stored = tiny_study.results / "artifacts" / artifact
+        assert served_bytes == stored.read_bytes() and len(served_bytes) > 1000
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -172,18 +172,17 @@ def test_best_checkpoint_is_promoted_only_for_the_study_best(tmp_path):
         scratch.mkdir(parents=True)
         (scratch / "best.pt").write_text(number_tag)
         trial = study.ask()
-        trial.set_user_attr("checkpoint", str(scratch / "best.pt"))
         study.tell(trial, value)
         return study.trials[trial.number], scratch
 
     trial, scratch = finished(2.0, "a")
-    assert settle_trial_checkpoint(study, trial, folder)
+    assert settle_trial_checkpoint(study, trial, folder, scratch / "best.pt")
     assert (folder / "best.pt").read_text() == "a" and not scratch.exists()
     trial, scratch = finished(3.0, "b")
-    assert not settle_trial_checkpoint(study, trial, folder)
+    assert not settle_trial_checkpoint(study, trial, folder, scratch / "best.pt")
     assert (folder / "best.pt").read_text() == "a" and not scratch.exists()
-    trial, _ = finished(1.0, "c")
-    assert settle_trial_checkpoint(study, trial, folder)
+    trial, scratch = finished(1.0, "c")
+    assert settle_trial_checkpoint(study, trial, folder, scratch / "best.pt")
     assert json.loads((folder / "best.json").read_text()) == {"trial": 2, "value": 1.0}
 
 

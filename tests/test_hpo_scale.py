@@ -21,6 +21,7 @@ from cliptune.data import flickr30k, image_cache
 from cliptune.errors import CheckpointError, ConfigError
 from cliptune.hpo import driver
 from cliptune.hpo import objective as objective_module
+from cliptune.hpo.objective import scratch_dir
 from cliptune.hpo.search_space_file import search_space_from_dict
 from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.workers import run_workers
@@ -152,7 +153,9 @@ def test_trials_write_one_weights_only_checkpoint_at_the_end(tmp_path, cache_dir
     assert 1 <= len(writes["objective"]) <= 3  # at most one per trial, at its end
     assert len(set(writes["objective"])) == len(writes["objective"])
     best = study.best_trial
-    assert best.user_attrs["checkpoint"] == str(writes["objective"][-1])
+    assert writes["objective"][-1] == scratch_dir(str(tmp_path / "checkpoints"), "c",
+                                                  best.number) / "best.pt"
+    assert "checkpoint" not in best.user_attrs  # no attribute naming a scratch file
 
     path = tmp_path / "checkpoints" / "c" / "best.pt"
     state = load_checkpoint(path)

@@ -97,3 +97,30 @@ def test_an_empty_config_file_is_refused(tmp_path):
     empty.write_text("# nothing yet\n")
     with pytest.raises(CliptuneError, match=r"empty.yaml is empty"):
         main.run(["--config", str(empty)])
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    """SIGINT (Ctrl-C) in mid-training: exit 130 with the checkpoint and the resume hint on
+    a line of its own, never glued to the progress bar; the same command resumes."""
+    import signal
+    import time
+
+    env = {**os.environ, "CLIPTUNE_CACHE": str(tmp_path / "cache")}
+    flags = [*TINY_FLAGS, "--epochs", "40"]
+    job = subprocess.Popen([sys.executable, str(REPO / "src" / "main.py"), *flags],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "checkpoints" / "cli" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.is_file():
+        assert job.poll() is None, job.communicate()
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130
+    hint = next(line for line in stderr.splitlines() if "interrupted" in line)
+    assert hint == ("interrupted: checkpoints/cli/last.pt holds the run up to its last "
+                    "checkpoint; the same command (with --run-name cli) resumes it from there")
+    again = run_main(tmp_path, *flags, "--epochs", "2")
+    assert "resuming checkpoints/cli/last.pt" in again.stdout + again.stderr

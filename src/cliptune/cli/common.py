@@ -23,7 +23,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     """Add `--data`, `--data-dir`, `--data-format`, `--split-file` and `--cache-dir`."""
     group = parser.add_argument_group("data")
     group.add_argument("--data", choices=CHOICES["data.source"],
-                       help="dataset: auto (Flickr30k, else Shapes), shapes, flickr30k or folder")
+                       help="dataset: auto (Flickr30k, else Shapes), shapes, flickr30k, folder "
+                       "or webdataset (shards: --data-dir PATTERN or make_shards' folder)")
     group.add_argument("--data-dir", metavar="PATH",
                        help="local Flickr30k copy or a folder of images with captions")
     group.add_argument("--data-format", choices=CHOICES["data.format"],

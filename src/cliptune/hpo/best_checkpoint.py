@@ -58,6 +58,14 @@ def default_artifact_dir(results_dir: str | Path, study_name: str) -> Path:
     return Path(results_dir) / study_name / "artifacts"
 
 
+def artifact_folder(spec: str | None, results_dir: str | Path, study_name: str) -> Path | None:
+    """The folder of the artifact store `--artifact-store` names (None for a bucket):
+    optuna-dashboard serves the trials' checkpoints from it (`--artifact-dir`)."""
+    if spec is not None and spec.startswith(tuple(BUCKET_STORES)):
+        return None
+    return Path(spec).expanduser() if spec else default_artifact_dir(results_dir, study_name)
+
+
 def make_artifact_store(spec: str | None, results_dir: str | Path, study_name: str) -> Any:
     """The artifact store `--artifact-store` names: a folder (default
     `default_artifact_dir`), `s3://BUCKET` or `gs://BUCKET`."""
@@ -72,7 +80,7 @@ def make_artifact_store(spec: str | None, results_dir: str | Path, study_name: s
             except ImportError:
                 raise ConfigError(f"--artifact-store {spec} needs the {package} package: "
                                   f"pip install {package}") from None
-    folder = Path(spec).expanduser() if spec else default_artifact_dir(results_dir, study_name)
+    folder = artifact_folder(spec, results_dir, study_name)
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(folder)
 
@@ -115,15 +123,13 @@ def _is_study_best(study: optuna.Study, trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE and best is not None and best.number == trial.number
 
 
-def settle_trial_checkpoint(study: optuna.Study, trial: FrozenTrial, folder: Path) -> bool:
-    """Move `trial`'s checkpoint to `folder/best.pt` if it is the study's best trial.
+def settle_trial_checkpoint(study: optuna.Study, trial: FrozenTrial, folder: Path,
+                            source: Path) -> bool:
+    """Move `trial`'s checkpoint `source` (in its scratch folder on this machine) to
+    `folder/best.pt` if it is the study's best trial.
 
     Always removes the trial's scratch checkpoint folder. Returns True if promoted.
     """
-    source = trial.user_attrs.get("checkpoint")
-    if source is None:
-        return False
-    source = Path(source)
     promoted = False
     if source.is_file() and _is_study_best(study, trial):
         folder.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from cliptune.data import PreparedData
 from cliptune.data.sources import check_paths
 from cliptune.hpo.baseline import enqueue_baseline
 from cliptune.hpo.best_checkpoint import (
+    artifact_folder,
     check_study_folder,
     make_artifact_store,
     settle_trial_checkpoint,
@@ -115,11 +116,11 @@ class TrialMonitor:
     never allowed to end the study.
     """
 
-    def __init__(self, reporter: StudyReporter, progress: StudyProgress, checkpoint_folder: Path,
-                 already_finished: set[int]):
+    def __init__(self, reporter: StudyReporter, progress: StudyProgress, checkpoints_dir: str,
+                 study_name: str, already_finished: set[int]):
         self.reporter = reporter
         self.progress = progress
-        self.checkpoint_folder = checkpoint_folder
+        self.checkpoints_dir, self.study_name = checkpoints_dir, study_name
         self.seen = set(already_finished)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -128,7 +129,10 @@ class TrialMonitor:
             return
         self.seen.add(trial.number)
         try:
-            settle_trial_checkpoint(study, trial, self.checkpoint_folder)
+            scratch = scratch_dir(self.checkpoints_dir, self.study_name, trial.number)
+            settle_trial_checkpoint(study, trial,
+                                    study_checkpoint_dir(self.checkpoints_dir, self.study_name),
+                                    scratch / "best.pt")
             self.progress.trial_finished(study, trial)
         except Exception as err:  # noqa: BLE001 - reporting must never stop a study
             print(f"warning: after trial {trial.number}: {type(err).__name__}: {err}", flush=True)
@@ -267,6 +271,8 @@ def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSp
         out_dir=Path(settings.results_dir) / settings.study_name,
         metric=settings.metric, budget=opened.budget, runs_dir=opened.base.runs_dir,
         checkpoints_dir=opened.base.checkpoints_dir, storage_label=storage_label(settings),
+        artifact_dir=str(artifact_folder(settings.artifact_store, settings.results_dir,
+                                         settings.study_name) or "") or None,
         search_space=describe(space), settings={"sampler": settings.sampler, "pruner": pruner},
         target=plan.target, space=space, fidelity=fidelity, notes=list(opened.notes),
         max_train_seconds=plan.max_train_seconds,
@@ -330,10 +336,8 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
     progress = StudyProgress(settings.trials or None, settings.metric, budget,
                              settings.show_progress)
     finished_before = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
-    monitor = TrialMonitor(
-        reporter, progress, study_checkpoint_dir(opened.base.checkpoints_dir, settings.study_name),
-        finished_before,
-    )
+    monitor = TrialMonitor(reporter, progress, opened.base.checkpoints_dir, settings.study_name,
+                           finished_before)
     interrupted, errors, messages = False, [], []
     if settings.trials > 0 and objective is not None:
         try:

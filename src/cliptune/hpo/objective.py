@@ -215,7 +215,6 @@ class Objective:
         path = trainer.checkpoint_dir / "best.pt"
         try:
             save_checkpoint(trainer.checkpoint_state(metrics, weights=weights), path)
-            trial.set_user_attr("checkpoint", str(path))
             if self.settings.artifact_store is not None:
                 artifact = optuna.artifacts.upload_artifact(
                     artifact_store=self.settings.artifact_store, file_path=str(path),

@@ -52,6 +52,7 @@ class ReportContext:
     runs_dir: str = "runs"
     checkpoints_dir: str = "checkpoints"
     storage_label: str = ""  # what optuna-dashboard is pointed at (no password)
+    artifact_dir: str | None = None  # the artifact folder optuna-dashboard serves (not a bucket)
     search_space: list[str] = field(default_factory=list)  # describe() lines
     settings: dict[str, Any] = field(default_factory=dict)  # sampler, pruner, ...
     target: RunConfig | None = None  # the experiment tuned; best_config.yaml = target + params
@@ -439,7 +440,8 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
         "# every trial's curves and hparams (HParams tab):",
         f"tensorboard --logdir {Path(ctx.runs_dir) / ctx.study_name}",
         "# browse the study (optuna-dashboard):",
-        f"optuna-dashboard {ctx.storage_label}",
+        f"optuna-dashboard {ctx.storage_label}"
+        + (f" --artifact-dir {ctx.artifact_dir}" if ctx.artifact_dir else ""),
         "```", "",
     ]
     return "\n".join(out)
