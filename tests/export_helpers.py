@@ -1,8 +1,9 @@
 """Shared by the export tests: captions, a random-weight checkpoint of any architecture,
-images, and running the README's code blocks."""
+images (smooth PNG-like and photo-like JPEGs), and running the README's code blocks."""
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from cliptune.checkpoint import save_checkpoint
 from cliptune.config import config_from_dict, config_to_dict
@@ -55,6 +56,22 @@ def smooth_image(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, size=(4, 4, 3)).astype(np.uint8)
     return Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+
+
+def photo_jpeg(width: int, height: int, seed: int) -> bytes:
+    """A photo-like JPEG: smooth colour, sharp-edged shapes and sensor noise."""
+    rng = np.random.default_rng(seed)
+    coarse = (rng.random((height // 16 + 2, width // 16 + 2, 3)) * 255).astype(np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        draw.ellipse((x, y, x + int(rng.integers(5, width // 3)), y + int(rng.integers(5, height // 3))),
+                     fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    noisy = np.asarray(image).astype(int) + rng.integers(-8, 8, (height, width, 3))
+    out = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=90)
+    return out.getvalue()
 
 
 def readme_code(readme: Path) -> str:

@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from export_helpers import CAPTIONS, random_checkpoint, readme_code, run_python, smooth_image
+from export_helpers import (
+    CAPTIONS,
+    photo_jpeg,
+    random_checkpoint,
+    readme_code,
+    run_python,
+    smooth_image,
+)
+from PIL import Image
 from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
 
 from cliptune.checkpoint import load_model
+from cliptune.config import PRESETS
 from cliptune.data import normalize_images
-from cliptune.data.preprocess import CLIP_STD
 from cliptune.export import export_checkpoint
 from cliptune.export.hf import hf_end_token_id
 from cliptune.retrieval import load_image
 
 ATOL = 1e-4
+PHOTO_SHAPES = [(640, 427), (500, 375), (375, 500)]  # (width, height)
 
 
 @pytest.fixture(scope="module")
@@ -89,33 +97,48 @@ def test_hf_round_trip_of_other_architectures(tmp_path, model):
     embeddings_match(loaded, hf, AutoTokenizer.from_pretrained(tmp_path / "out"), images, True)
 
 
+def image_embeddings(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return F.normalize(model.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
+
+
 def test_hf_processor_reproduces_our_preprocessing(hf_export, tmp_path):
     loaded, folder = hf_export
     processor = CLIPProcessor.from_pretrained(folder)
     model = load_hf(folder)
-    one_level = 1 / 255 / min(CLIP_STD) + 1e-6  # one uint8 step after normalisation
-    for side in (32, 64, 100):  # our pixels, up to rounding when resized (test_preprocess: JPEGs)
-        path = tmp_path / f"square{side}.png"
-        smooth_image(side, side, seed=side).save(path)
-        inputs = processor(images=smooth_image(side, side, seed=side), text=["a red circle"],
+    # kept, upscaled, downscaled, and a wide image (its central crop, not the left square)
+    for width, height in ((32, 32), (20, 20), (100, 100), (96, 64)):
+        path = tmp_path / f"{width}x{height}.png"
+        smooth_image(width, height, seed=width).save(path)
+        inputs = processor(images=smooth_image(width, height, seed=width), text=["a red circle"],
                            return_tensors="pt", padding="max_length", truncation=True)
         ours = normalize_images(load_image(path, 32)[None])
-        exact = 1e-5 if side == 32 else one_level
-        torch.testing.assert_close(inputs["pixel_values"], ours, atol=exact, rtol=0)
-        if side == 32:
-            with torch.no_grad():
-                image = F.normalize(model.get_image_features(
-                    pixel_values=inputs["pixel_values"]).pooler_output, dim=-1)
-            torch.testing.assert_close(image, loaded.model.encode_image(ours), atol=ATOL, rtol=0)
-    # other shapes: the same central crop (not the left square)
-    wide = tmp_path / "wide.png"
-    smooth_image(96, 64, seed=3).save(wide)
-    pixels = processor(images=smooth_image(96, 64, seed=3), return_tensors="pt")["pixel_values"]
-    ours = normalize_images(load_image(wide, 32)[None])
-    left = normalize_images(torch.from_numpy(np.array(
-        smooth_image(96, 64, seed=3).crop((0, 0, 64, 64)).resize((32, 32)))).permute(2, 0, 1)[None])
-    close, far = (pixels - ours).abs().mean(), (pixels - left).abs().mean()
-    assert close < 0.05 and far > 4 * close, (close, far)
+        torch.testing.assert_close(inputs["pixel_values"], ours, atol=1e-5, rtol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(image_embeddings(model, inputs["pixel_values"]),
+                                       loaded.model.encode_image(ours), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "vit-b-32"])
+def test_hf_processor_gives_our_embeddings_on_photos(tmp_path, preset):
+    """JPEG photos of common shapes at each preset's image size: the folder's processor sees
+    cliptune's pixels (where transformers' CLIPImageProcessor would crop 640x427 one resized
+    pixel off at all three sizes), so the embeddings agree."""
+    size, patch = PRESETS[preset].image_size, PRESETS[preset].patch_size
+    checkpoint = random_checkpoint(tmp_path / "random.pt", image_size=size, patch_size=patch)
+    export_checkpoint(checkpoint, "hf", tmp_path / "hf")
+    loaded, model = load_model(checkpoint), load_hf(tmp_path / "hf")
+    paths = [tmp_path / f"{width}x{height}.jpg" for width, height in PHOTO_SHAPES]
+    for seed, (path, (width, height)) in enumerate(zip(paths, PHOTO_SHAPES, strict=True)):
+        path.write_bytes(photo_jpeg(width, height, seed))
+    processor = CLIPProcessor.from_pretrained(tmp_path / "hf")
+    inputs = processor(images=[Image.open(path).convert("RGB") for path in paths],
+                       text=CAPTIONS[:1], return_tensors="pt", padding=True, truncation=True)
+    ours = normalize_images(torch.stack([load_image(path, size) for path in paths]))
+    torch.testing.assert_close(inputs["pixel_values"], ours, atol=1e-5, rtol=0)  # ~5e-7
+    with torch.no_grad():
+        torch.testing.assert_close(image_embeddings(model, inputs["pixel_values"]),
+                                   loaded.model.encode_image(ours), atol=ATOL, rtol=0)
 
 
 def test_hf_config_files(hf_export):

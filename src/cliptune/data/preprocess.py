@@ -2,7 +2,7 @@
 
 The image cache, the loaders, the webdataset shard decoder (on the CPU, or on a GPU with
 `decode_jpegs_cuda`), `retrieve.py` and both exports (OpenCLIP's `preprocess_cfg`,
-Hugging Face's `CLIPImageProcessor`) all mean this:
+the Hugging Face folder's `preprocessor_config.json`) all mean this:
 
 1. decode the whole image (no reduced-size JPEG decode, see below) and convert to RGB;
 2. resize it so its shorter side is `size`, the longer side `int(size * long / short)`,
@@ -12,11 +12,13 @@ Hugging Face's `CLIPImageProcessor`) all mean this:
 4. as float: `(pixel / 255 - CLIP_MEAN) / CLIP_STD` (`normalize_images`, on the device).
 
 Steps 2-3 are torchvision's `Resize(size, BICUBIC)` + `CenterCrop(size)` on a PIL image,
-which is what OpenCLIP builds from the exported `preprocess_cfg`: the same pixels,
-exactly. transformers' `CLIPImageProcessor` resizes the same way (torchvision on
-tensors: within one level of PIL) but centres its crop with `floor((side - size) / 2)`:
-where `side - size` is odd and its floored half odd, its crop sits one resized pixel
-earlier along the long side (docs/USING_ELSEWHERE.md).
+which is what OpenCLIP builds from the exported `preprocess_cfg` and what timm's eval
+transform does (transformers' `TimmWrapperImageProcessor`, which the Hugging Face export
+names): the same pixels, exactly. transformers' `CLIPImageProcessor` cannot be set up to
+match: it centres its crop with `floor((side - size) / 2)`, so where `side - size` is odd
+and its floored half odd (640x427 at 64, 128 and 224 px) its crop sits one resized pixel
+earlier along the long side, and its default backend resizes a tensor (within one level
+of PIL) (`cliptune.export.hf.image_processor_config`, docs/USING_ELSEWHERE.md).
 
 PIL's JPEG draft mode (decoding at 1/2, 1/4 or 1/8 scale in the DCT) is not used: on
 photo-like JPEGs it moved pixels by up to 27 levels at 64 px even when the draft kept 4x

@@ -2,7 +2,8 @@
 `CLIPProcessor.from_pretrained` load.
 
 Files: `config.json` (CLIPConfig), `model.safetensors`, `preprocessor_config.json`
-(CLIPImageProcessor set up like our preprocessing) and the tokenizer files.
+(an image processor that gives exactly our pixels, see `image_processor_config`) and
+the tokenizer files.
 
 One id changes on the way. transformers pools the text tower at the first position
 holding `eos_token_id`, except that `eos_token_id == 2` selects its legacy rule (the
@@ -23,7 +24,7 @@ from safetensors.torch import save_file
 
 from cliptune.checkpoint import LoadedModel
 from cliptune.config import ModelConfig
-from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD, PIL_BICUBIC
+from cliptune.data.preprocess import CLIP_MEAN, CLIP_STD, INTERPOLATION, PIL_BICUBIC
 from cliptune.errors import CheckpointError
 from cliptune.export.tokenizer_files import swap_token_ids, write_tokenizer_files
 from cliptune.tokenizer import Tokenizer
@@ -133,12 +134,30 @@ def hf_config(config: ModelConfig, end_id: int) -> dict:
 
 
 def image_processor_config(config: ModelConfig) -> dict:
-    """CLIPImageProcessor settings for `cliptune.data.preprocess`'s recipe: shorter side to
-    `image_size` (bicubic), centre crop, scale to [0, 1], CLIP mean/std. Within one level
-    of our pixels, except that it centres the crop by flooring (see that module)."""
+    """`preprocessor_config.json`: `cliptune.data.preprocess`'s recipe (shorter side to
+    `image_size`, PIL bicubic, centre crop offset by round(), CLIP mean/std) as transformers
+    loads it.
+
+    transformers' own CLIPImageProcessor cannot be configured to give these pixels: it
+    centres its crop at floor((side - size) / 2), one resized pixel off wherever the excess
+    is odd and its floored half odd (640x427 at 64, 128 and 224 px), and its default
+    torchvision backend resizes a tensor, up to a level off PIL. So `image_processor_type`
+    names TimmWrapperImageProcessor, which AutoImageProcessor (hence CLIPProcessor and
+    AutoProcessor) builds from `pretrained_cfg`: timm's eval transform, torchvision's
+    Resize + CenterCrop on the PIL image, which is OpenCLIP's transform and our recipe
+    exactly (it needs `timm`). The CLIPImageProcessor keys stay for code that builds that
+    class by name: the right sizes and statistics, with its crop convention."""
     size = config.image_size
     return {
-        "image_processor_type": "CLIPImageProcessor",
+        "image_processor_type": "TimmWrapperImageProcessor",
+        "pretrained_cfg": {
+            "input_size": [3, size, size],
+            "interpolation": INTERPOLATION,
+            "crop_pct": 1.0,  # resize the shorter side to the crop size itself
+            "crop_mode": "center",
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
+        },
         "processor_class": "CLIPProcessor",
         "do_convert_rgb": True,
         "do_resize": True,

@@ -19,8 +19,8 @@ from transformers import CLIPModel, CLIPProcessor
 model = CLIPModel.from_pretrained("{path}").eval()
 processor = CLIPProcessor.from_pretrained("{path}")
 captions = ["a dog on the grass", "a red car"]
-inputs = processor(text=captions, images=Image.open("dog.jpg"), return_tensors="pt",
-                   padding="max_length", truncation=True)
+inputs = processor(text=captions, images=Image.open("dog.jpg").convert("RGB"),
+                   return_tensors="pt", padding="max_length", truncation=True)
 with torch.no_grad():
     image_emb = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
     text_emb = model.get_text_features(input_ids=inputs["input_ids"],
@@ -55,6 +55,14 @@ NOTES = {
         "with the ids, so the embeddings are exactly cliptune's.",
         "Tokenize with `truncation=True` (the context length is "
         "`model_max_length`); `padding=True` or `padding=\"max_length\"` both work.",
+        "The image processor: `CLIPProcessor`, `AutoProcessor` and `AutoImageProcessor` "
+        "load transformers' `TimmWrapperImageProcessor` (install `timm`), whose resize and "
+        "crop are exactly cliptune's; `CLIPImageProcessor`, named explicitly, centres its "
+        "crop differently (one resized pixel off for shapes such as 640x427). Give it RGB "
+        "images (`.convert(\"RGB\")`) and `return_tensors=\"pt\"`. transformers' note "
+        "that it falls back to the pil backend is expected. `processor.save_pretrained` "
+        "writes an image processor config that transformers cannot load back (a "
+        "transformers limitation): copy `preprocessor_config.json` from this folder.",
     ],
     "open_clip": [
         "Token ids are exactly cliptune's; the text tower pools at `<end>` "
