@@ -163,6 +163,13 @@ class SigLipLoss(nn.Module):
         super().__init__()
         self.rank = distributed.current().rank
 
+    def gather(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """Caption features of the whole global batch, this rank's rows at
+        `rank * local_batch`: the identity on one process, else an all-gather with gradient."""
+        if not distributed.current().enabled:
+            return text_emb
+        return distributed.all_gather_with_grad(text_emb.float())
+
     def forward(
         self,
         image_emb: torch.Tensor,
@@ -172,8 +179,5 @@ class SigLipLoss(nn.Module):
     ) -> torch.Tensor:
         """Scalar loss for L2-normalised embeddings and the log-scale and bias from
         `CLIP.forward`."""
-        all_text_emb = text_emb
-        if distributed.current().enabled:
-            all_text_emb = distributed.all_gather_with_grad(text_emb.float())
         offset = self.rank * image_emb.shape[0]
-        return _sigmoid(image_emb, all_text_emb, logit_scale, logit_bias, offset)
+        return _sigmoid(image_emb, self.gather(text_emb), logit_scale, logit_bias, offset)
