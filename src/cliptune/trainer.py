@@ -390,7 +390,7 @@ class Trainer:
                 "lr": state.scheduler.get_last_lr()[0],
                 "temperature": float(1 / self.model.logit_scale.detach().exp()),
                 **({} if self.model.logit_bias is None  # SigLIP's learned bias
-                   else {"logit_bias": float(self.model.logit_bias.detach())}),
+                   else {"logit_bias": self.model.logit_bias.item()}),
                 "epoch_time": time.perf_counter() - epoch_start,
                 "train_time": train_time,  # the training part of epoch_time (no validation)
                 "samples_per_s": stats.samples_per_s,

@@ -142,12 +142,12 @@ def readme_text(loaded: LoadedModel, checkpoint: Path, fmt: str, path: str) -> s
     """The README of an export in format `fmt` (`hf` or `open_clip`) that users will
     load from `path`."""
     library = {"hf": "Hugging Face transformers", "open_clip": "OpenCLIP"}[fmt]
-    bias = loaded.model.logit_bias
-    probs = SOFTMAX if bias is None else SIGMOID[fmt].format(bias=float(bias))
+    bias = None if loaded.model.logit_bias is None else loaded.model.logit_bias.item()
+    probs = SOFTMAX if bias is None else SIGMOID[fmt].format(bias=bias)
     snippet = (HF_SNIPPET if fmt == "hf" else OPEN_CLIP_SNIPPET).format(path=path, probs=probs)
     notes = [*NOTES[fmt], PREPROCESSING_NOTE.format(size=loaded.config.model.image_size)]
     if bias is not None:
-        notes.append(SIGLIP_NOTES[fmt].format(bias=float(bias)))
+        notes.append(SIGLIP_NOTES[fmt].format(bias=bias))
     out = [
         f"# {loaded.config.name}: a CLIP trained with cliptune ({library} format)",
         "",
