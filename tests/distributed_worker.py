@@ -14,17 +14,18 @@ import torch
 import torch.distributed as dist
 from tiny_model import TINY_MODEL
 
-from cliptune.config import RunConfig, apply_overrides
+from cliptune.config import RunConfig, apply_overrides, model_config_for
 from cliptune.data import Split, flickr30k
 from cliptune.distributed import all_gather_rows, shutdown
 from cliptune.errors import DataError
 from cliptune.evaluation import embed_split
-from cliptune.loss import ClipLoss
+from cliptune.loss import ClipLoss, SigLipLoss
 from cliptune.model import CLIP
 from cliptune.runtime import seed_batch
 from cliptune.trainer import Trainer
 
 GLOBAL_BATCH = 8
+LOSSES = ("clip", "hard_negatives", "siglip")  # what one_step computes
 
 
 def free_port() -> int:
@@ -40,10 +41,13 @@ def join(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
-def tiny_clip() -> CLIP:
-    config = apply_overrides(RunConfig(), TINY_MODEL)
+def tiny_clip(loss: str = "clip") -> CLIP:
+    """The tiny CLIP (same weights every call); for `siglip` with a logit bias of -2, where
+    the negatives weigh in the gradient more than at OpenCLIP's -10."""
+    siglip = ["train.loss=siglip", "model.init_logit_bias=-2"] if loss == "siglip" else []
+    config = apply_overrides(RunConfig(), TINY_MODEL + siglip)
     torch.manual_seed(0)
-    return CLIP(config.model)
+    return CLIP(model_config_for(config))
 
 
 def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,30 +58,33 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
     return images, tokens
 
 
-def one_step(model: torch.nn.Module, images, tokens, hard_negatives: bool) -> torch.Tensor:
-    """Loss of one forward (gathered when distributed) and its backward."""
-    loss_fn = ClipLoss(hard_negative_weight=0.5 if hard_negatives else 0.0, hard_negative_k=3)
-    image_emb, text_emb, scale = model(images, tokens)
-    loss = loss_fn(image_emb, text_emb, scale)
-    loss.backward()
-    return loss.detach()
+def one_step(model: torch.nn.Module, images, tokens, loss: str) -> torch.Tensor:
+    """Loss `loss` (one of LOSSES) of one forward (gathered when distributed) and its
+    backward."""
+    if loss == "siglip":
+        loss_fn = SigLipLoss()
+    else:
+        loss_fn = ClipLoss(hard_negative_weight=0.5 if loss == "hard_negatives" else 0.0,
+                           hard_negative_k=3)
+    value = loss_fn(*model(images, tokens))
+    value.backward()
+    return value.detach()
 
 
 def gradient_worker(rank: int, world: int, port: int, out: str) -> None:
-    """Rank `rank` trains its slice of the global batch for one step under DDP and saves
-    the mean loss over ranks and its gradients."""
+    """Rank `rank` trains its slice of the global batch for one step under DDP with each
+    loss and saves the mean loss over ranks and its gradients."""
     join(rank, world, port)
-    model = tiny_clip()
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
     images, tokens = global_batch()
     local = GLOBAL_BATCH // world
     rows = slice(rank * local, (rank + 1) * local)
     results = {}
-    for hard in (False, True):
-        model.zero_grad(set_to_none=True)
-        loss = one_step(ddp, images[rows], tokens[rows], hard)
+    for name in LOSSES:
+        model = tiny_clip(name)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        loss = one_step(ddp, images[rows], tokens[rows], name)
         dist.all_reduce(loss)
-        results[hard] = {
+        results[name] = {
             "loss": loss / world,
             "grads": {n: p.grad.clone() for n, p in model.named_parameters()},
         }

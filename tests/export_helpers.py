@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from cliptune.checkpoint import save_checkpoint
-from cliptune.config import config_from_dict, config_to_dict
+from cliptune.config import config_from_dict, config_to_dict, model_config_for
 from cliptune.model import CLIP
 from cliptune.tokenizer import Tokenizer
 
@@ -31,15 +31,16 @@ TRAIN_CAPTIONS = [
 ]
 
 
-def random_checkpoint(path: Path, **model: object) -> Path:
-    """A randomly initialised CLIP with the given model fields, in checkpoint format."""
-    config = config_from_dict({"name": "random-export", "model": {
+def random_checkpoint(path: Path, loss: str = "clip", **model: object) -> Path:
+    """A randomly initialised CLIP with the given model fields, trained (as it were) with
+    `loss` (`siglip`: a model with a logit bias), in checkpoint format."""
+    config = config_from_dict({"name": "random-export", "train": {"loss": loss}, "model": {
         "preset": "tiny", "embed_dim": 24, "image_size": 32, "patch_size": 8,
         "vision_width": 32, "vision_layers": 2, "vision_heads": 4, "text_width": 48,
         "text_layers": 2, "text_heads": 3, "context_length": 12, "vocab_size": 400, **model,
     }})
     torch.manual_seed(1)
-    clip = CLIP(config.model)
+    clip = CLIP(model_config_for(config))
     with torch.no_grad():  # give LayerNorms and biases values a default init would not
         for name, param in clip.named_parameters():
             if name.endswith("bias") or ".ln" in name:

@@ -9,6 +9,7 @@ from cliptune.config import (
     config_from_dict,
     config_to_dict,
     load_config,
+    model_config_for,
     model_preset,
     save_config,
 )
@@ -65,12 +66,26 @@ def test_overrides_are_typed():
         ("model.vision_heads=5", "model.vision_heads=5 must divide model.vision_width=128"),
         ("train.lr", "expected key=value"),
         ("train=1", "train is a section"),
+        ("train.loss=sigmoid", "train.loss: expected one of clip, siglip, got 'sigmoid'"),
+        ("model.init_logit_bias=-10", "model.init_logit_bias is the logit bias of "
+                                      "train.loss=siglip"),
     ],
 )
 def test_bad_overrides_name_the_key(assignment, fragment):
     with pytest.raises(ConfigError, match=None) as info:
         apply_overrides(RunConfig(), [assignment])
     assert fragment in str(info.value)
+
+
+def test_siglip_model_gets_openclip_bias_unless_the_config_sets_one():
+    assert model_config_for(RunConfig()).init_logit_bias is None  # clip: no bias
+    siglip = apply_overrides(RunConfig(), ["train.loss=siglip"])
+    assert siglip.model.init_logit_bias is None  # what is saved: the user's config
+    assert model_config_for(siglip).init_logit_bias == -10.0  # what is built
+    own = apply_overrides(RunConfig(), ["train.loss=siglip", "model.init_logit_bias=-5"])
+    assert model_config_for(own).init_logit_bias == -5.0
+    with pytest.raises(ConfigError, match="train.hard_negative_weight works with train.loss=clip"):
+        apply_overrides(RunConfig(), ["train.loss=siglip", "train.hard_negative_weight=0.5"])
 
 
 def test_bad_yaml_names_the_file(tmp_path):

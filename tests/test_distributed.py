@@ -10,6 +10,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import build_fake_flickr
 from distributed_worker import (
+    LOSSES,
     data_decision_worker,
     embed_split_fixture,
     free_port,
@@ -47,13 +48,13 @@ def gradients(tmp_path_factory):
     return [torch.load(out / f"grads_{rank}.pt", weights_only=True) for rank in (0, 1)]
 
 
-@pytest.mark.parametrize("hard_negatives", [False, True])
-def test_loss_and_every_gradient_equal_one_process(gradients, hard_negatives):
-    model = tiny_clip()
+@pytest.mark.parametrize("loss_name", LOSSES)
+def test_loss_and_every_gradient_equal_one_process(gradients, loss_name):
+    model = tiny_clip(loss_name)
     images, tokens = global_batch()
-    loss = one_step(model, images, tokens, hard_negatives)
+    loss = one_step(model, images, tokens, loss_name)
     for rank in (0, 1):
-        got = gradients[rank][hard_negatives]
+        got = gradients[rank][loss_name]
         torch.testing.assert_close(got["loss"], loss, rtol=1e-5, atol=0)
         for name, parameter in model.named_parameters():
             expected = parameter.grad

@@ -23,7 +23,7 @@ from cliptune.cli.common import run_cli
 from cliptune.data import prepare_data
 from cliptune.errors import ConfigError
 from cliptune.evaluation import checkpoint_split, embed_split, evaluate_split, split_loss
-from cliptune.loss import clip_loss
+from cliptune.loss import clip_loss, sigmoid_loss
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum",
@@ -79,6 +79,15 @@ def test_split_loss_is_a_size_weighted_mean_over_fixed_chunks(count, batch_size,
         clip_loss(images[a:b], texts[a:b], torch.tensor(1.5)).item() * (b - a) for a, b in chunks
     ) / count
     result = split_loss(images, texts, fake_split(list(range(count))), 1.5, batch_size)
+    assert result == pytest.approx(expected, rel=1e-6)
+
+
+def test_split_loss_of_a_siglip_model_is_its_sigmoid_loss_over_the_chunks():
+    images, texts = unit(7, 4), unit(7, 5)
+    scale, bias = torch.tensor(2.3), torch.tensor(-4.0)
+    expected = sum(sigmoid_loss(images[a:b], texts[a:b], scale, bias).item() * (b - a)
+                   for a, b in [(0, 3), (3, 7)]) / 7
+    result = split_loss(images, texts, fake_split(list(range(7))), scale, 3, logit_bias=bias)
     assert result == pytest.approx(expected, rel=1e-6)
 
 

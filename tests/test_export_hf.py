@@ -1,5 +1,6 @@
 """Hugging Face export: transformers loads the folder and gives our embeddings (1e-4),
-our tokens (one documented id swap) and our preprocessing."""
+our tokens (one documented id swap) and our preprocessing; a SigLIP model's bias, which
+CLIPModel lacks, goes into its README."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from cliptune.config import PRESETS
 from cliptune.data import normalize_images
 from cliptune.export import export_checkpoint
 from cliptune.export.hf import hf_end_token_id
-from cliptune.retrieval import load_image
+from cliptune.retrieval import load_image, rank_captions
 
 ATOL = 1e-4
 PHOTO_SHAPES = [(640, 427), (500, 375), (375, 500)]  # (width, height)
@@ -164,3 +165,27 @@ def test_hf_readme_snippet_runs(hf_export):
     probs = eval(done.stdout.strip().splitlines()[-1])  # the snippet prints {caption: prob}
     assert set(probs) == {"a dog on the grass", "a red car"}
     assert abs(sum(probs.values()) - 1) < 1e-5
+
+
+def test_hf_export_of_a_siglip_model_keeps_embeddings_and_writes_the_bias_out(tmp_path):
+    # a bias that puts the README's probabilities near 0.5 (not -10's ~1e-6)
+    checkpoint = random_checkpoint(tmp_path / "siglip.pt", loss="siglip", init_temperature=0.1,
+                                   init_logit_bias=3.0)
+    out = tmp_path / "siglip-hf"
+    export_checkpoint(checkpoint, "hf", out)
+    loaded = load_model(checkpoint)
+    hf = load_hf(out)  # no missing or unexpected keys: the bias is not a CLIPModel weight
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    embeddings_match(loaded, hf, AutoTokenizer.from_pretrained(out), images, True)
+    torch.testing.assert_close(hf.logit_scale.detach(), loaded.model.logit_scale.detach())
+
+    bias = loaded.model.logit_bias.item()
+    readme = (out / "README.md").read_text()
+    assert f"learned logit bias ({bias:.4f})" in readme
+    done = run_python(readme_code(out / "README.md"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    probs = eval(done.stdout.strip().splitlines()[-1])  # the README's sigmoid with the bias
+    expected = rank_captions(loaded, tmp_path / "dog.jpg", list(probs))  # retrieve.py's
+    assert 0.05 < min(probs.values()) and max(probs.values()) < 0.95
+    # the processor's pixels of this non-square dog.jpg are within a level of ours
+    assert probs == pytest.approx({m.label: m.probability for m in expected}, abs=1e-3)

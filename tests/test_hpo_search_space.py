@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
-from cliptune.config import RunConfig
+from cliptune.config import RunConfig, model_config_for
 from cliptune.errors import ConfigError
 from cliptune.hpo.fidelity import load_plan
 from cliptune.hpo.search_space_file import load_search_space, search_space_from_dict
@@ -23,6 +25,18 @@ def test_shipped_search_space_loads_and_fits_the_base_experiment():
     loaded = load_search_space(REPO / "experiments" / "search_space.yaml")
     assert {"lr", "temperature", "depth"} <= set(loaded.names)
     loaded.check_against(load_plan(REPO / "experiments" / "hpo.yaml").trial_base())
+
+
+def test_shipped_optional_loss_entry_uncommented_searches_siglip():
+    text = (REPO / "experiments" / "search_space.yaml").read_text()
+    block = re.search(r"^  # loss:.*\n(?:  #   .*\n)+", text, flags=re.M).group(0)
+    entry = yaml.safe_load(re.sub(r"^  # ", "", block, flags=re.M))["loss"]
+    searched = space(loss=entry)
+    base = load_plan(REPO / "experiments" / "hpo.yaml").trial_base()
+    searched.check_against(base)
+    trial = searched.apply(base, {"loss": "siglip"})
+    assert trial.train.loss == "siglip" and model_config_for(trial).init_logit_bias == -10.0
+    assert model_config_for(searched.apply(trial, {"loss": "clip"})).init_logit_bias is None
 
 
 def test_suggest_and_apply_sets_every_target():

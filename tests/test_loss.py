@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.loss import SigLipLoss as OpenClipSigLipLoss
 
 from cliptune.config import ModelConfig
-from cliptune.loss import ClipLoss, clip_loss
+from cliptune.loss import ClipLoss, SigLipLoss, clip_loss, sigmoid_loss
 from cliptune.model import CLIP
 
 
@@ -108,6 +109,46 @@ def test_gathered_features_offset_labels_by_rank():
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_siglip_equals_openclip_in_value_and_every_gradient():
+    image_emb = unit_vectors(6, 8, seed=12).requires_grad_()
+    text_emb = unit_vectors(6, 8, seed=13).requires_grad_()
+    logit_scale = torch.tensor(math.log(10.0) + 0.4, requires_grad=True)
+    logit_bias = torch.tensor(-7.5, requires_grad=True)
+    inputs = [image_emb, text_emb, logit_scale, logit_bias]
+    ours = SigLipLoss()(image_emb, text_emb, logit_scale, logit_bias)
+    ours_grads = torch.autograd.grad(ours, inputs)
+    # OpenCLIP's model hands its loss the scale itself, ours the log-scale
+    theirs = OpenClipSigLipLoss()(image_emb, text_emb, logit_scale.exp(), logit_bias)
+    theirs_grads = torch.autograd.grad(theirs, inputs)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+    for name, got, expected in zip(("image", "text", "scale", "bias"), ours_grads, theirs_grads,
+                                   strict=True):
+        assert expected.abs().max() > 0, name
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7, msg=name)
+    plain = sigmoid_loss(image_emb, text_emb, logit_scale, logit_bias)
+    assert plain.item() == pytest.approx(ours.item(), rel=1e-6)
+
+
+def test_siglip_local_rows_score_against_gathered_texts_at_the_rank_offset():
+    image_emb, text_emb = unit_vectors(8, 6, seed=14), unit_vectors(8, 6, seed=15)
+    scale, bias = torch.tensor(2.0), torch.tensor(-3.0)
+    logits = scale.exp() * image_emb[4:] @ text_emb.T + bias
+    signs = -torch.ones(4, 8)
+    signs[torch.arange(4), torch.arange(4) + 4] = 1
+    expected = -F.logsigmoid(signs * logits).sum() / 4
+
+    class SecondOfTwoRanks(SigLipLoss):
+        def __init__(self):
+            super().__init__()
+            self.rank = 1
+
+        def gather(self, local_text):
+            return torch.cat([text_emb[:4], local_text])
+
+    got = SecondOfTwoRanks()(image_emb[4:], text_emb[4:], scale, bias)
+    torch.testing.assert_close(got, expected)
+
+
 def test_loss_is_float32_under_bf16_autocast():
     image_emb = unit_vectors(16, 32, seed=8).bfloat16()
     text_emb = unit_vectors(16, 32, seed=9).bfloat16()
@@ -115,6 +156,12 @@ def test_loss_is_float32_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = ClipLoss(hard_negative_weight=1.0)(image_emb, text_emb, logit_scale)
     exact = ClipLoss(hard_negative_weight=1.0)(image_emb.float(), text_emb.float(), logit_scale)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
+    bias = torch.tensor(-10.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = SigLipLoss()(image_emb, text_emb, logit_scale, bias)
+    exact = SigLipLoss()(image_emb.float(), text_emb.float(), logit_scale, bias)
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
 

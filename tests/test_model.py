@@ -112,6 +112,23 @@ def test_fixed_temperature_is_a_buffer():
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
 
 
+def test_siglip_bias_is_a_learnable_parameter_returned_after_the_scale():
+    plain, siglip = make_model(), make_model(init_logit_bias=-10.0, init_temperature=0.1)
+    assert plain.logit_bias is None and "logit_bias" not in plain.state_dict()
+    assert len(plain(images(2), captions([4, 5]))) == 3
+    assert isinstance(siglip.logit_bias, nn.Parameter) and siglip.logit_bias.item() == -10.0
+    assert siglip.logit_scale.item() == pytest.approx(math.log(10.0))
+    assert siglip.num_parameters() == plain.num_parameters() + 1
+    *_, scale, bias = siglip(images(2), captions([4, 5]))
+    assert scale is siglip.logit_scale and bias is siglip.logit_bias
+    with torch.no_grad():
+        siglip.logit_scale.fill_(7.0)
+        siglip.logit_bias.fill_(-20.0)
+    siglip.clamp_logit_scale()  # the scale's clamp only: the bias is free, as in OpenCLIP
+    assert siglip.logit_scale.item() == pytest.approx(math.log(100.0))
+    assert siglip.logit_bias.item() == -20.0
+
+
 def test_parameter_naming_contract():
     model = make_model()
     names = dict(model.named_parameters())

@@ -1,5 +1,6 @@
-"""Resuming: equal to an uninterrupted run (fp32 and the default bf16 path), the learning-rate
-schedule kept across a changed --epochs, accumulation windows weighted alike, save_last."""
+"""Resuming: equal to an uninterrupted run (fp32 and the default bf16 path, SigLIP), the
+learning-rate schedule kept across a changed --epochs, accumulation windows weighted alike,
+save_last."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from trainer_helpers import Interrupt, interrupt_after, tiny_config, weights
 
-from cliptune.checkpoint import load_checkpoint, save_checkpoint
+from cliptune.checkpoint import load_checkpoint, load_model, save_checkpoint
 from cliptune.errors import ConfigError
 from cliptune.trainer import Trainer
 from cliptune.training.loop import window_sizes
@@ -46,6 +47,30 @@ def test_resume_equals_uninterrupted(tmp_path, cache_dir, data, precision):
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
+
+
+def test_siglip_run_checkpoints_its_bias_and_resumes_equal_to_uninterrupted(
+        tmp_path, cache_dir, data):
+    straight = Trainer(tiny_config(tmp_path / "a", cache_dir, "train.loss=siglip"), data=data,
+                       show_progress=False)
+    straight.fit()
+    config = tiny_config(tmp_path / "b", cache_dir, "train.loss=siglip")
+    killed = kill_after_first_epoch(config, data)
+    saved = load_checkpoint(killed.checkpoint_dir / "last.pt")
+    assert saved["config"]["train"]["loss"] == "siglip"
+    assert saved["model"]["logit_bias"].item() != -10.0  # learned from OpenCLIP's start
+    resumed = Trainer(config, data=data, show_progress=False)
+    assert resumed.fit().epochs_completed == 2
+
+    expected, got = weights(straight), weights(resumed)
+    assert "logit_bias" in expected and expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    history = resumed.history
+    assert [h["val_loss"] for h in history] == [h["val_loss"] for h in straight.history]
+    assert history[-1]["logit_bias"] == pytest.approx(got["logit_bias"].item())
+    best = load_model(resumed.checkpoint_dir / "best.pt")  # rebuilt from the file alone
+    assert best.model.logit_bias is not None and best.config.train.loss == "siglip"
 
 
 def test_resume_from_a_checkpoint_with_the_rng_states_of_more_gpus(tmp_path, cache_dir, data):

@@ -29,7 +29,13 @@ from typing import Any
 import torch
 
 from cliptune import distributed
-from cliptune.config import RunConfig, TrainConfig, config_from_dict, config_to_dict
+from cliptune.config import (
+    RunConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    model_config_for,
+)
 from cliptune.errors import CheckpointError, CliptuneError, ConfigError
 from cliptune.model import CLIP
 from cliptune.runtime import resolve_device
@@ -155,7 +161,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         # written before data.split_seed existed, when the run's seed decided the split:
         # evaluating it on another split could score it on its own training images
         config.data.split_seed = config.seed
-    model = CLIP(config.model)
+    model = CLIP(model_config_for(config))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:

@@ -11,7 +11,7 @@ from cliptune import distributed
 from cliptune.checkpoint import LoadedModel
 from cliptune.data import Split, eval_batches, normalize_images, prepare_data
 from cliptune.errors import DataError
-from cliptune.loss import clip_loss
+from cliptune.loss import clip_loss, sigmoid_loss
 from cliptune.metrics import retrieval_metrics
 from cliptune.model import CLIP
 from cliptune.runtime import autocast, resolve_precision
@@ -81,24 +81,28 @@ def split_loss(
     split: Split,
     logit_scale: Tensor | float,
     batch_size: int,
+    logit_bias: Tensor | float | None = None,
 ) -> float:
     """Contrastive loss of a split, independent of the batch size used for training.
 
     Each image is paired with its first caption; the pairs are cut, in order, into
     consecutive chunks of `batch_size` (a last chunk of one pair, which would have no
     negatives, joins the previous chunk); the result is the size-weighted mean of
-    `clip_loss` over the chunks.
+    `clip_loss` over the chunks, or of `sigmoid_loss` when a SigLIP model's `logit_bias`
+    is given.
     """
     if batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 for a contrastive loss, got {batch_size}")
     texts = text_emb[torch.as_tensor(split.first_caption_index(), device=text_emb.device)]
-    scale = torch.as_tensor(logit_scale, dtype=torch.float32, device=image_emb.device)
+    loss = clip_loss if logit_bias is None else sigmoid_loss
+    scale_and_bias = [torch.as_tensor(value, dtype=torch.float32, device=image_emb.device)
+                      for value in (logit_scale, logit_bias) if value is not None]
     count = len(image_emb)
     bounds = [*range(0, count, batch_size), count]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
         del bounds[-2]
     total = sum(
-        clip_loss(image_emb[start:end], texts[start:end], scale).item() * (end - start)
+        loss(image_emb[start:end], texts[start:end], *scale_and_bias).item() * (end - start)
         for start, end in pairwise(bounds)
     )
     return total / count
@@ -106,12 +110,12 @@ def split_loss(
 
 def embedding_metrics(
     image_emb: Tensor, text_emb: Tensor, split: Split, logit_scale: Tensor | float,
-    batch_size: int,
+    batch_size: int, logit_bias: Tensor | float | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics (see `retrieval_metrics`) plus `loss` (see `split_loss`) of a split's
     embeddings, as plain floats."""
     metrics = retrieval_metrics(image_emb, text_emb, torch.as_tensor(split.caption_image))
-    metrics["loss"] = split_loss(image_emb, text_emb, split, logit_scale, batch_size)
+    metrics["loss"] = split_loss(image_emb, text_emb, split, logit_scale, batch_size, logit_bias)
     return {key: float(value) for key, value in metrics.items()}
 
 
@@ -138,8 +142,9 @@ def evaluate_split(
     )
     metrics = None
     if not sharded or distributed.current().is_main:
+        bias = None if model.logit_bias is None else model.logit_bias.detach().float().cpu()
         metrics = embedding_metrics(
-            image_emb, text_emb, split, model.logit_scale.detach().float().cpu(), batch_size
+            image_emb, text_emb, split, model.logit_scale.detach().float().cpu(), batch_size, bias
         )
     if sharded:
         metrics = distributed.broadcast_object(metrics)

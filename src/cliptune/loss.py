@@ -1,10 +1,11 @@
-"""Contrastive loss for CLIP: symmetric InfoNCE, with an optional hard-negative margin term.
+"""Contrastive losses for CLIP: symmetric InfoNCE (`ClipLoss`, with an optional
+hard-negative margin term) and SigLIP's pairwise sigmoid (`SigLipLoss`).
 
 Similarities are computed in float32 with autocast switched off, so the loss is
-accurate under bf16/fp16 training. `ClipLoss` is data-parallel as in OpenCLIP
-(gather-with-grad + local loss): under torchrun each rank all-gathers the image and text
-features of the global batch with gradient, scores its local rows against all columns
-(logits local x global, memory linear in the global batch) with labels
+accurate under bf16/fp16 training. Both losses are data-parallel as in OpenCLIP
+(gather-with-grad + local loss): under torchrun each rank all-gathers the features of
+the global batch with gradient, scores its local rows against all columns (logits
+local x global, memory linear in the global batch) with the positives at
 `arange(B_local) + B_local * rank`. DDP's gradient average then equals the gradient of
 the one-process loss on the global batch.
 """
@@ -58,6 +59,24 @@ def _hard_negative_hinge(
     return F.relu(margin - positives[:, None] + hardest).mean()
 
 
+def _sigmoid(
+    image_emb: torch.Tensor,
+    all_text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    label_offset: int,
+) -> torch.Tensor:
+    """SigLIP over the local image rows: `-sum_j log sigmoid(z_ij (logit_ij + bias))` per
+    row, z = +1 for the matching caption and -1 for every other, summed and divided by
+    the local rows (as OpenCLIP's `SigLipLoss`)."""
+    with torch.autocast(image_emb.device.type, enabled=False):
+        logits = _logits(image_emb, all_text_emb, logit_scale) + logit_bias.float()
+        signs = torch.full_like(logits, -1.0)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        signs[rows, rows + label_offset] = 1.0
+        return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
+
+
 def clip_loss(
     image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor
 ) -> torch.Tensor:
@@ -66,6 +85,18 @@ def clip_loss(
     `logit_scale` is the LOG scale, as `CLIP.forward` returns it.
     """
     return _info_nce(image_emb, text_emb, image_emb, text_emb, logit_scale, label_offset=0)
+
+
+def sigmoid_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+) -> torch.Tensor:
+    """SigLIP's loss over `logit_scale.exp() * image_emb @ text_emb.T + logit_bias`; pair i
+    matches i. `logit_scale` is the LOG scale, `logit_bias` the bias as `CLIP.forward`
+    returns them."""
+    return _sigmoid(image_emb, text_emb, logit_scale, logit_bias, label_offset=0)
 
 
 class ClipLoss(nn.Module):
@@ -117,3 +148,36 @@ class ClipLoss(nn.Module):
             ) / 2
             loss = loss + self.hard_negative_weight * hinge
         return loss
+
+
+class SigLipLoss(nn.Module):
+    """SigLIP (Zhai et al., 2023): an independent sigmoid per image-caption pair, with the
+    model's learnable scale and bias, instead of a softmax over the batch.
+
+    Under torchrun only the text features are gathered (each pair is scored once, by the
+    rank that holds its image); OpenCLIP passes them from neighbour to neighbour instead,
+    with the same result.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.rank = distributed.current().rank
+
+    def gather(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """Caption features of the whole global batch, this rank's rows at
+        `rank * local_batch`: the identity on one process, else an all-gather with gradient."""
+        if not distributed.current().enabled:
+            return text_emb
+        return distributed.all_gather_with_grad(text_emb.float())
+
+    def forward(
+        self,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scalar loss for L2-normalised embeddings and the log-scale and bias from
+        `CLIP.forward`."""
+        offset = self.rank * image_emb.shape[0]
+        return _sigmoid(image_emb, self.gather(text_emb), logit_scale, logit_bias, offset)

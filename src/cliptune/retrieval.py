@@ -1,8 +1,10 @@
 """Queries against a trained model: captions for an image, images for a text, and
 zero-shot classification from class names.
 
-Scores are cosine similarities; probabilities are the softmax over all candidates of
-the similarities times the model's logit scale (what the model was trained with).
+Scores are cosine similarities; probabilities are what the model was trained with: the
+softmax over all candidates of the similarities times the model's logit scale, or for a
+SigLIP model the sigmoid of each scaled similarity plus its logit bias (one independent
+match probability per candidate, so they need not sum to 1).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class Match:
 
     label: str
     score: float  # cosine similarity
-    probability: float  # softmax over all candidates at the model's logit scale
+    probability: float  # softmax over all candidates at the model's logit scale (SigLIP: sigmoid)
 
 
 def load_image(path: str | Path, image_size: int) -> Tensor:
@@ -174,7 +176,11 @@ def _rank(
     if topk < 1:
         raise CliptuneError(f"--topk must be at least 1, got {topk}")
     scores = candidates @ query
-    probabilities = torch.softmax(loaded.model.logit_scale.exp().float() * scores, dim=0)
+    logits = loaded.model.logit_scale.exp().float() * scores
+    if loaded.model.logit_bias is None:
+        probabilities = torch.softmax(logits, dim=0)
+    else:
+        probabilities = torch.sigmoid(logits + loaded.model.logit_bias.float())
     order = torch.sort(scores, descending=True, stable=True).indices[:topk]
     return [
         Match(labels[i], scores[i].item(), probabilities[i].item()) for i in order.tolist()

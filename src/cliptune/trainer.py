@@ -34,13 +34,13 @@ from cliptune.checkpoint import (
     start_run,
     weights_checkpoint,
 )
-from cliptune.config import RunConfig
+from cliptune.config import RunConfig, model_config_for
 from cliptune.data import PreparedData, Split, TrainLoader, device_batches, prepare_data
 from cliptune.data.shards import ShardLoader, ShardSplit, resolve_decode_device
 from cliptune.data.sources import check_paths
 from cliptune.errors import ConfigError, DataError
 from cliptune.evaluation import evaluate_split
-from cliptune.loss import ClipLoss
+from cliptune.loss import ClipLoss, SigLipLoss
 from cliptune.model import CLIP
 from cliptune.runtime import (
     configure_matmul,
@@ -88,7 +88,7 @@ class Trainer:
         self.best_metric = name if name.startswith("val_") else f"val_{name}"
         self.state: TrainState | None = None  # holds the one model
         self.train_model: torch.nn.Module | None = None  # DDP and/or compiled view of `model`
-        self.loss_fn: ClipLoss | None = None
+        self.loss_fn: ClipLoss | SigLipLoss | None = None
         self._resume_state: dict | None = None
         self._batch_size = self.config.train.batch_size
         self._loader: TrainLoader | None = None
@@ -190,12 +190,15 @@ class Trainer:
         if self.data is None:
             self.prepare_data()
         seed_everything(cfg.seed)
-        model = CLIP(cfg.model).to(self.device)
-        self.loss_fn = ClipLoss(
-            hard_negative_weight=cfg.train.hard_negative_weight,
-            hard_negative_k=cfg.train.hard_negative_k,
-            hard_negative_margin=cfg.train.hard_negative_margin,
-        )
+        model = CLIP(model_config_for(cfg)).to(self.device)
+        if cfg.train.loss == "siglip":
+            self.loss_fn = SigLipLoss()
+        else:
+            self.loss_fn = ClipLoss(
+                hard_negative_weight=cfg.train.hard_negative_weight,
+                hard_negative_k=cfg.train.hard_negative_k,
+                hard_negative_margin=cfg.train.hard_negative_margin,
+            )
         self._batch_size = distributed.global_batch_size(cfg.train.batch_size, len(self.data.train))
         if self._batch_size < cfg.train.batch_size:
             self._print(f"notice: the train split has {len(self.data.train)} images, fewer than "
@@ -388,6 +391,8 @@ class Trainer:
                 **{f"val_{key}": value for key, value in val.items()},
                 "lr": state.scheduler.get_last_lr()[0],
                 "temperature": float(1 / self.model.logit_scale.detach().exp()),
+                **({} if self.model.logit_bias is None  # SigLIP's learned bias
+                   else {"logit_bias": self.model.logit_bias.item()}),
                 "epoch_time": time.perf_counter() - epoch_start,
                 "train_time": train_time,  # the training part of epoch_time (no validation)
                 "samples_per_s": stats.samples_per_s,

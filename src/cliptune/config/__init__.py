@@ -26,6 +26,7 @@ from cliptune.config.sections import (
     ModelConfig,
     RunConfig,
     TrainConfig,
+    model_config_for,
     model_preset,
     validate,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "config_to_dict",
     "dump_config",
     "load_config",
+    "model_config_for",
     "model_preset",
     "read_yaml",
     "save_config",

@@ -64,6 +64,9 @@ class ModelConfig:
     dropout: float = 0.0
     init_temperature: float = 0.07
     learnable_temperature: bool = True
+    # SigLIP's learnable logit bias (OpenCLIP's `init_logit_bias`): its initial value, None
+    # for OpenCLIP's -10 under train.loss=siglip. The softmax loss has no bias.
+    init_logit_bias: float | None = None
     grad_checkpointing: bool = False
 
 
@@ -86,6 +89,7 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     all_captions: bool = False  # every caption each epoch instead of one random per image
+    loss: str = "clip"  # clip (softmax InfoNCE) | siglip (pairwise sigmoid + learnable bias)
     hard_negative_weight: float = 0.0
     hard_negative_k: int = 5
     hard_negative_margin: float = 0.2
@@ -155,7 +159,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("auto", "kaggle", "captions_txt", "tsv", "coco"),
     "model.activation": ("gelu", "quick_gelu"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "train.loss": ("clip", "siglip"),
 }
+
+SIGLIP_INIT_LOGIT_BIAS = -10.0  # OpenCLIP's `--siglip` and the paper's initial bias
 
 
 def model_preset(name: str) -> ModelConfig:
@@ -163,6 +170,18 @@ def model_preset(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return replace(PRESETS[name])
+
+
+def model_config_for(config: RunConfig) -> ModelConfig:
+    """The architecture a run's CLIP is built from: `config.model`, with SigLIP's logit bias
+    (`model.init_logit_bias`, default -10) when `train.loss` is siglip.
+
+    Derived rather than stored so one saved config rebuilds the model, whichever loss a
+    search space picks for a trial.
+    """
+    if config.train.loss != "siglip" or config.model.init_logit_bias is not None:
+        return config.model
+    return replace(config.model, init_logit_bias=SIGLIP_INIT_LOGIT_BIAS)
 
 
 def validate(config: RunConfig) -> None:
@@ -216,3 +235,17 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"data.shuffle_buffer must be at least 1, got {d.shuffle_buffer}")
     if t.checkpoint_every_steps < 0:
         raise ConfigError("train.checkpoint_every_steps must be >= 0 (0: only at epoch ends)")
+    if m.init_logit_bias is not None:
+        if not math.isfinite(m.init_logit_bias):
+            raise ConfigError(f"model.init_logit_bias must be finite, got {m.init_logit_bias}")
+        if t.loss != "siglip":
+            raise ConfigError(
+                "model.init_logit_bias is the logit bias of train.loss=siglip; the softmax "
+                "loss (train.loss=clip) cancels any bias: remove the key or set train.loss=siglip"
+            )
+    if t.loss == "siglip" and t.hard_negative_weight > 0:
+        raise ConfigError(
+            "train.hard_negative_weight works with train.loss=clip only: SigLIP's sigmoid already "
+            "weighs each negative pair by how close it scores; set train.hard_negative_weight=0 "
+            "or train.loss=clip"
+        )

@@ -54,9 +54,12 @@ def open_clip_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def open_clip_model_config(config: ModelConfig) -> dict:
-    """OpenCLIP's `model_cfg` for our architecture (what `open_clip.CLIP(**cfg)` takes)."""
+    """OpenCLIP's `model_cfg` for our architecture (what `open_clip.CLIP(**cfg)` takes); a
+    SigLIP model's `init_logit_bias` gives OpenCLIP's CLIP its `logit_bias` parameter."""
+    bias = {} if config.init_logit_bias is None else {"init_logit_bias": config.init_logit_bias}
     return {
         "embed_dim": config.embed_dim,
+        **bias,
         "quick_gelu": config.activation == "quick_gelu",
         "vision_cfg": {
             "image_size": config.image_size,
@@ -100,7 +103,7 @@ def write_open_clip(loaded: LoadedModel, out_dir: Path) -> list[str]:
     model_config = loaded.config.model
     save_file(open_clip_state_dict(loaded.model.state_dict()),
               out_dir / "open_clip_model.safetensors", metadata={"format": "pt"})
-    payload = {"model_cfg": open_clip_model_config(model_config),
+    payload = {"model_cfg": open_clip_model_config(loaded.model.config),  # SigLIP: the bias
                "preprocess_cfg": preprocess_config(model_config)}
     (out_dir / "open_clip_config.json").write_text(json.dumps(payload, indent=2) + "\n",
                                                     encoding="utf-8")

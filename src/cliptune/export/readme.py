@@ -27,7 +27,7 @@ with torch.no_grad():
                                        attention_mask=inputs["attention_mask"]).pooler_output
 image_emb = image_emb / image_emb.norm(dim=-1, keepdim=True)
 text_emb = text_emb / text_emb.norm(dim=-1, keepdim=True)
-probs = (model.logit_scale.exp() * image_emb @ text_emb.T).softmax(dim=-1)
+{probs}
 print(dict(zip(captions, probs[0].tolist())))
 '''
 
@@ -42,9 +42,17 @@ captions = ["a dog on the grass", "a red car"]
 with torch.no_grad():
     image_emb = model.encode_image(preprocess(Image.open("dog.jpg")).unsqueeze(0), normalize=True)
     text_emb = model.encode_text(tokenizer(captions), normalize=True)
-probs = (model.logit_scale.exp() * image_emb @ text_emb.T).softmax(dim=-1)
+{probs}
 print(dict(zip(captions, probs[0].tolist())))
 '''
+SOFTMAX = "probs = (model.logit_scale.exp() * image_emb @ text_emb.T).softmax(dim=-1)"
+# SigLIP: one sigmoid per pair; transformers' CLIPModel has no bias, so its value is written out
+SIGMOID = {
+    "hf": "logit_bias = {bias!r}  # SigLIP's learned bias: CLIPModel has none (see Notes)\n"
+          "probs = torch.sigmoid(model.logit_scale.exp() * image_emb @ text_emb.T + logit_bias)",
+    "open_clip": "probs = torch.sigmoid(model.logit_scale.exp() * image_emb @ text_emb.T "
+                 "+ model.logit_bias)",
+}
 
 NOTES = {
     "hf": [
@@ -69,6 +77,16 @@ NOTES = {
         "(`pool_type: eos`). OpenCLIP's tokenizer wrapper first runs `ftfy` and HTML "
         "unescaping, which changes only unusual text (entities such as `&amp;`).",
     ],
+}
+SIGLIP_NOTES = {
+    "hf": "Trained with SigLIP's sigmoid loss, whose learned logit bias ({bias:.4f}) "
+          "transformers' `CLIPModel` has no place for: embeddings, similarities and rankings "
+          "are exactly the model's, but `logits_per_image` lack the bias and their softmax is "
+          "not what the model learned. A pair's match probability is "
+          "`sigmoid(logit_scale.exp() * cosine + {bias:.4f})`, as the snippet computes.",
+    "open_clip": "Trained with SigLIP's sigmoid loss: `model.logit_bias` holds its learned "
+                 "bias, and a pair's match probability is the sigmoid of its logit (one per "
+                 "pair, not a softmax over the captions), as the snippet computes.",
 }
 PREPROCESSING_NOTE = (
     "Images: shorter side to {size} px (bicubic), centre crop, CLIP mean/std: the "
@@ -96,9 +114,9 @@ def _training(loaded: LoadedModel, checkpoint: Path) -> list[str]:
     best = state.get("best") or {}
     lines = [
         f"- run `{config.name}`, seed {config.seed}, data: {data}",
-        f"- {config.train.epochs} epochs planned, batch {config.train.batch_size}, peak lr "
-        f"{config.train.lr:g}, weight decay {config.train.weight_decay:g}, precision "
-        f"{config.train.precision}",
+        f"- {config.train.epochs} epochs planned, {config.train.loss} loss, batch "
+        f"{config.train.batch_size}, peak lr {config.train.lr:g}, weight decay "
+        f"{config.train.weight_decay:g}, precision {config.train.precision}",
         f"- exported from `{checkpoint}` (epoch {state.get('epoch', '?')}; best "
         f"{config.train.best_metric} {best.get('value', float('nan')):.4g} at epoch "
         f"{int(best.get('epoch', 0)) or '?'})",
@@ -132,8 +150,12 @@ def readme_text(loaded: LoadedModel, checkpoint: Path, fmt: str, path: str) -> s
     """The README of an export in format `fmt` (`hf` or `open_clip`) that users will
     load from `path`."""
     library = {"hf": "Hugging Face transformers", "open_clip": "OpenCLIP"}[fmt]
-    snippet = (HF_SNIPPET if fmt == "hf" else OPEN_CLIP_SNIPPET).format(path=path)
+    bias = None if loaded.model.logit_bias is None else loaded.model.logit_bias.item()
+    probs = SOFTMAX if bias is None else SIGMOID[fmt].format(bias=bias)
+    snippet = (HF_SNIPPET if fmt == "hf" else OPEN_CLIP_SNIPPET).format(path=path, probs=probs)
     notes = [*NOTES[fmt], PREPROCESSING_NOTE.format(size=loaded.config.model.image_size)]
+    if bias is not None:
+        notes.append(SIGLIP_NOTES[fmt].format(bias=bias))
     out = [
         f"# {loaded.config.name}: a CLIP trained with cliptune ({library} format)",
         "",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cliptune.config import RunConfig, config_to_dict, set_value
+from cliptune.config import RunConfig, config_to_dict, model_preset, set_value
 from cliptune.errors import ConfigError
 from cliptune.hpo.fidelity import Fidelity, StudyPlan
 from cliptune.hpo.search_space import SearchSpace, describe
@@ -61,11 +61,21 @@ def study_fingerprint(metric: str, search_space: list[str], target: RunConfig,
 
 def normalize(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
     """A recorded fingerprint in today's form: studies created before the sampler seed
-    became a driver setting kept the target's seed as a separate `seed` part."""
-    if recorded is None or "seed" not in recorded:
+    became a driver setting kept the target's seed as a separate `seed` part, and a
+    config key added since the study was recorded had its default value (a new key's
+    default keeps the behaviour from before it existed)."""
+    if recorded is None:
         return recorded
     recorded = copy.deepcopy(recorded)
-    recorded["target"]["seed"] = recorded.pop("seed")
+    if "seed" in recorded:
+        recorded["target"]["seed"] = recorded.pop("seed")
+    if "target" in recorded:
+        defaults = RunConfig()
+        if recorded["target"].get("model.preset"):
+            defaults.model = model_preset(recorded["target"]["model.preset"])
+        for key, value in _flatten(config_to_dict(defaults)).items():
+            if key not in MACHINE_KEYS:
+                recorded["target"].setdefault(key, value)
     return recorded
 
 

@@ -253,10 +253,12 @@ class TextTransformer(nn.Module):
 
 
 class CLIP(nn.Module):
-    """Contrastive image-text model with a learnable log-temperature `logit_scale`.
+    """Contrastive image-text model with a learnable log-temperature `logit_scale`, and
+    for SigLIP (`config.init_logit_bias` set) a learnable `logit_bias`, as in OpenCLIP.
 
     `forward(images, tokens)` returns `(image_emb, text_emb, logit_scale)`: L2-normalised
-    float32 embeddings and the log-scale as a 0-d tensor (the caller exponentiates it).
+    float32 embeddings and the log-scale as a 0-d tensor (the caller exponentiates it),
+    followed by `logit_bias` when the model has one.
     """
 
     def __init__(self, config: ModelConfig):
@@ -269,6 +271,10 @@ class CLIP(nn.Module):
             self.logit_scale = nn.Parameter(initial)
         else:
             self.register_buffer("logit_scale", initial)
+        if config.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+        else:
+            self.logit_bias = None
         self.set_grad_checkpointing(config.grad_checkpointing)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -279,10 +285,9 @@ class CLIP(nn.Module):
         """(M, L) padded token ids -> (M, embed_dim) unit-norm float32 embeddings."""
         return F.normalize(self.text(tokens).float(), dim=-1)
 
-    def forward(
-        self, images: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.encode_image(images), self.encode_text(tokens), self.logit_scale
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = (self.encode_image(images), self.encode_text(tokens), self.logit_scale)
+        return outputs if self.logit_bias is None else (*outputs, self.logit_bias)
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
@@ -295,7 +300,7 @@ class CLIP(nn.Module):
         self.text.transformer.grad_checkpointing = enabled
 
     def num_parameters(self) -> int:
-        """Number of parameters (the temperature counts when it is learnable)."""
+        """Number of parameters (the temperature counts when it is learnable, and the bias)."""
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_sample(self) -> float:

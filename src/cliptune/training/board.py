@@ -37,7 +37,8 @@ class RunBoard:
                             epoch, prefix="val/")
         self.logger.scalars(
             {"train_loss": metrics["train_loss"], "samples_per_s": metrics["samples_per_s"],
-             "time": metrics["epoch_time"], "temperature": metrics["temperature"]},
+             "time": metrics["epoch_time"], "temperature": metrics["temperature"],
+             **({"logit_bias": metrics["logit_bias"]} if "logit_bias" in metrics else {})},
             epoch, prefix="epoch/",
         )
         if self.figure_images > 0 and val is not None:

@@ -104,8 +104,7 @@ def train_one_epoch(
             sync = model.no_sync()  # all-reduce the gradients once per window
         with sync:
             with autocast(device, precision):
-                image_emb, text_emb, logit_scale = model(images, tokens)
-                loss = loss_fn(image_emb, text_emb, logit_scale)
+                loss = loss_fn(*model(images, tokens))  # (embeddings, scale[, bias])
             scaled = loss / sizes[index]
             (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
         loss_total += loss.detach()
