@@ -61,11 +61,17 @@ def study_fingerprint(metric: str, search_space: list[str], target: RunConfig,
 
 def normalize(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
     """A recorded fingerprint in today's form: studies created before the sampler seed
-    became a driver setting kept the target's seed as a separate `seed` part."""
-    if recorded is None or "seed" not in recorded:
+    became a driver setting kept the target's seed as a separate `seed` part; a target
+    recorded before a config key existed trained as that key's default does."""
+    if recorded is None or "target" not in recorded:
         return recorded
     recorded = copy.deepcopy(recorded)
-    recorded["target"]["seed"] = recorded.pop("seed")
+    if "seed" in recorded:
+        recorded["target"]["seed"] = recorded.pop("seed")
+    defaults = _flatten(config_to_dict(RunConfig()))
+    for key, value in defaults.items():
+        if key not in MACHINE_KEYS:
+            recorded["target"].setdefault(key, value)
     return recorded
 
 
