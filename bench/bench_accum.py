@@ -14,7 +14,8 @@ Each variant runs in a process of its own, since peak memory is a per-process hi
 mark: `ru_maxrss` on the CPU (the process's resident peak; `tracemalloc` does not see
 torch), `torch.cuda.max_memory_allocated` on a GPU; both also given above the memory
 after building the model and optimizer. `--rounds` interleaves the processes; time per
-sample is the median over every timed repeat.
+sample (wall clock, and the process's CPU time, which a loaded machine disturbs less) is
+the median over every timed repeat.
 
     python bench/bench_accum.py                                 # 64 x 4, CPU
     python bench/bench_accum.py --device cuda --config experiments/gpu-flickr30k.yaml \\
@@ -81,19 +82,21 @@ def child(args, variant: str) -> dict:
                 torch.randint(1, model_config.vocab_size, (batch, context), generator=g).to(device))
                for _ in range(accum)]  # the k different batches a window holds
 
-    def seconds(steps: int) -> float:
+    def seconds(steps: int) -> tuple[float, float]:
+        """Wall-clock and CPU seconds (this process, all threads) of `steps` steps."""
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         train_one_epoch(state, state.model, ClipLoss(), batches * steps, accum * steps,
                         config=train, device=device, precision=precision)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start
 
     seconds(1)  # warm-up: allocator, optimizer state
     times = [seconds(args.steps) for _ in range(args.repeats)]
-    return {"seconds": times, "samples": batch * accum * args.steps, "precision": precision,
+    return {"seconds": [t[0] for t in times], "cpu_seconds": [t[1] for t in times],
+            "samples": batch * accum * args.steps, "precision": precision,
             "peak_mb": memory_mb(device, peak=True), "base_mb": base}
 
 
@@ -126,15 +129,17 @@ def main() -> None:
     print(f"model of {Path(args.config).name} on {args.device} ({first['precision']}, "
           f"{args.threads} threads), B={b}, k={k}; {args.rounds} round(s) x {args.repeats} "
           f"repeats x {args.steps} steps; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'variant':16s} {'negatives':>9s} {'ms/sample':>10s} {'peak MB':>9s} "
-          f"{'above base':>10s}")
+    print(f"{'variant':16s} {'negatives':>9s} {'ms/sample':>10s} {'CPU ms/sample':>13s} "
+          f"{'peak MB':>9s} {'above base':>10s}")
     for variant, runs in results.items():
         per_sample = statistics.median(s / r["samples"] for r in runs for s in r["seconds"])
+        cpu = statistics.median(s / r["samples"] for r in runs for s in r["cpu_seconds"])
         peak = statistics.median(r["peak_mb"] for r in runs)
         above = statistics.median(r["peak_mb"] - r["base_mb"] for r in runs)
         negatives = b * k if variant in ("B x k features", "B*k") else b
         name = f"{b * k}" if variant == "B*k" else variant.replace("B x k", f"{b} x {k}")
-        print(f"{name:16s} {negatives:9d} {1000 * per_sample:10.3f} {peak:9.0f} {above:10.0f}")
+        print(f"{name:16s} {negatives:9d} {1000 * per_sample:10.3f} {1000 * cpu:13.3f} "
+              f"{peak:9.0f} {above:10.0f}")
 
 
 if __name__ == "__main__":
