@@ -1,5 +1,6 @@
-"""Data-parallel training on the CPU: 2 gloo processes against 1 on the same global batch,
-the data decision of rank 0, per-rank dropout and the start-up lines."""
+"""Data-parallel training on the CPU: 2 gloo processes against 1 on the same global batch
+(contrastive accumulation included), the data decision of rank 0, per-rank dropout and the
+start-up lines."""
 
 from __future__ import annotations
 
@@ -115,6 +116,35 @@ def test_rank_zero_prints_world_size_backend_and_batches_first(trained):
                         "rank on the CPU; rank 0 prints, logs and saves")
     assert "batch: 8 global = 4 per rank x 2 ranks" in lines[:6]
     assert "distributed:" not in (out / "stdout_1.txt").read_text()  # only rank 0 prints
+
+
+@pytest.fixture(scope="module")
+def accumulated(tmp_path_factory):
+    """One optimizer step over the 40 training images: 2 ranks with batches of 8 x 5 as one
+    contrastive batch (train.accum_features), and one process with one batch of 40."""
+    out = tmp_path_factory.mktemp("accum")
+    overrides = SHAPES + [f"data.cache_dir={out / 'cache'}", "train.epochs=1",
+                          "data.augment=false", "model.dropout=0"]
+    accum = ["train.grad_accum_steps=5", "train.accum_features=true"]
+    spawn(trainer_worker, str(out), json.dumps(overrides + accum))
+    single = apply_overrides(RunConfig(name="run"), overrides + ["train.batch_size=40"])
+    single.runs_dir, single.checkpoints_dir = str(out / "one" / "runs"), str(out / "one" / "ckpt")
+    trainer = Trainer(single, show_progress=False)
+    trainer.fit()
+    assert len(trainer.data.train) == 40 and trainer.step == 1
+    return out, [torch.load(out / f"trained_{r}.pt", weights_only=True) for r in (0, 1)], trainer
+
+
+def test_accumulated_features_on_two_processes_equal_one_batch_of_b_times_k(accumulated):
+    out, ranks, trainer = accumulated
+    for rank in ranks:
+        for key, value in trainer.model.state_dict().items():
+            torch.testing.assert_close(rank["weights"][key], value, rtol=0, atol=1e-5, msg=key)
+        assert rank["history"][0]["train_loss"] == pytest.approx(
+            trainer.history[0]["train_loss"], rel=1e-5)
+    lines = (out / "stdout_0.txt").read_text().splitlines()
+    assert ("batch: 8 global = 4 per rank x 2 ranks, 5 accumulated per optimizer step "
+            "(40 samples, one contrastive batch)") in lines[:6]
 
 
 @pytest.fixture(scope="module")

@@ -361,8 +361,10 @@ class Trainer:
         line = (f"batch: {self._batch_size} global = {self._batch_size // world} per rank x "
                 f"{world} ranks")
         if accum > 1:
+            negatives = ("one contrastive batch" if self.config.train.accum_features
+                         else f"negatives from each batch of {self._batch_size}")
             line += (f", {accum} accumulated per optimizer step "
-                     f"({self._batch_size * accum} samples)")
+                     f"({self._batch_size * accum} samples, {negatives})")
         return line
 
     def _checkpointer(self) -> Checkpointer:

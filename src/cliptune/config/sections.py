@@ -84,7 +84,10 @@ class TrainConfig:
     warmup_fraction: float = 0.05  # of all optimizer steps
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 1  # batches per optimizer step
+    # true: the grad_accum_steps batches of a step are ONE contrastive batch (GradCache: every
+    # pair sees the others' negatives); false: the mean of each batch's own loss
+    accum_features: bool = False
     precision: str = "auto"  # auto (bf16 where supported, else fp16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -4,6 +4,10 @@ The same function trains on one process and under DistributedDataParallel: `mode
 then the DDP wrapper, whose gradient all-reduce runs only on the last micro-batch of
 each accumulation window (`no_sync` before). Logged losses are means over the ranks,
 so every rank sees the same numbers and stops together on a diverged loss.
+
+Two kinds of accumulation window: plain (each batch its own contrastive loss, the
+gradients averaged) and, with `train.accum_features`, contrastive (GradCache, OpenCLIP's
+`--accum-freq`): the window's batches are one contrastive batch, see `_contrastive_window`.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ def train_one_epoch(
     """
     ctx = distributed.current()
     sizes = window_sizes(n_batches, config.grad_accum_steps)
+    contrastive = config.accum_features and config.grad_accum_steps > 1
     state.model.train()
     position = position or {}
     start = int(position.get("batches", 0))
@@ -96,19 +101,28 @@ def train_one_epoch(
     bar = tqdm(total=n_batches, initial=start, desc=f"epoch {state.epoch + 1}/{config.epochs}", unit="batch",
                leave=False, disable=not progress, dynamic_ncols=True)
     postfix: dict[str, str] = {}
+    window: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     for index, (images, tokens) in enumerate(batches, start=start):
-        seed_batch(seed, state.epoch + 1, index, ctx.rank)  # dropout: per rank and batch
         window_end = (index + 1) % config.grad_accum_steps == 0 or index + 1 == n_batches
-        sync = contextlib.nullcontext()
-        if ctx.enabled and not window_end:
-            sync = model.no_sync()  # all-reduce the gradients once per window
-        with sync:
-            with autocast(device, precision):
-                loss = loss_fn(*model(images, tokens))  # (embeddings, scale[, bias])
-            scaled = loss / sizes[index]
-            (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
-        loss_total += loss.detach()
-        window_loss += loss.detach()
+        if contrastive:
+            window.append((index, images, tokens))
+            if window_end:
+                # the window's one loss counts once per batch, as the plain losses do
+                loss = _contrastive_window(window, state, model, loss_fn, seed=seed,
+                                           device=device, precision=precision) * len(window)
+                window.clear()
+        else:
+            seed_batch(seed, state.epoch + 1, index, ctx.rank)  # dropout: per rank and batch
+            sync = contextlib.nullcontext()
+            if ctx.enabled and not window_end:
+                sync = model.no_sync()  # all-reduce the gradients once per window
+            with sync:
+                with autocast(device, precision):
+                    loss = loss_fn(*model(images, tokens))
+                _backward(state, loss / sizes[index])
+        if not contrastive or window_end:
+            loss_total += loss.detach()
+            window_loss += loss.detach()
         window_batches += 1
         batch_samples = images.shape[0] * ctx.world_size
         window_samples += batch_samples
@@ -147,3 +161,52 @@ def train_one_epoch(
     if not math.isfinite(mean):
         raise diverged(mean, state, config, checkpoint_hint)
     return EpochStats(mean, samples / (time.perf_counter() - epoch_start))
+
+
+def _backward(state: TrainState, loss: torch.Tensor) -> None:
+    (state.scaler.scale(loss) if state.scaler is not None else loss).backward()
+
+
+def _contrastive_window(
+    window: list[tuple[int, torch.Tensor, torch.Tensor]],
+    state: TrainState,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    *,
+    seed: int,
+    device: torch.device,
+    precision: str,
+) -> torch.Tensor:
+    """Backward of ONE contrastive loss over all the window's batches (GradCache, Gao et
+    al. 2021; OpenCLIP's `--accum-freq`); returns that loss.
+
+    Pass 1 embeds every batch without gradient and caches the features. Pass 2 embeds each
+    batch again with gradient, puts its features in place of its cached rows, and
+    backpropagates the loss over the whole window: its rows get their exact share of the
+    big batch's gradient, with one batch's activations in memory. Each batch is seeded the
+    same in both passes (`seed_batch`), so dropout draws the same masks and the cached
+    features are the ones pass 2 computes. The model's other outputs (the log-scale, and
+    any other per-model scalars the loss takes) keep their gradient in the last batch
+    only, so it counts once, not once per batch; that is also the backward where DDP
+    all-reduces (`no_sync` before)."""
+    ctx = distributed.current()
+    cached_images, cached_texts = [], []
+    with torch.no_grad():
+        for index, images, tokens in window:
+            seed_batch(seed, state.epoch + 1, index, ctx.rank)
+            with autocast(device, precision):
+                image_emb, text_emb, *_ = model(images, tokens)
+            cached_images.append(image_emb)
+            cached_texts.append(text_emb)
+    for j, (index, images, tokens) in enumerate(window):
+        seed_batch(seed, state.epoch + 1, index, ctx.rank)
+        last = j == len(window) - 1
+        sync = model.no_sync() if ctx.enabled and not last else contextlib.nullcontext()
+        with sync:
+            with autocast(device, precision):
+                image_emb, text_emb, *scalars = model(images, tokens)
+                features = [torch.cat([*column[:j], live, *column[j + 1:]])
+                            for column, live in ((cached_images, image_emb), (cached_texts, text_emb))]
+                loss = loss_fn(*features, *(s if last else s.detach() for s in scalars))
+            _backward(state, loss)
+    return loss.detach()
