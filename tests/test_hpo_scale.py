@@ -130,7 +130,7 @@ def test_two_workers_on_a_fresh_cache_build_it_once(tmp_path, monkeypatch):
     path, inode, mtime = builds[0]
     assert (path.stat().st_ino, path.stat().st_mtime_ns) == (inode, mtime)  # only read since
     assert [p.name for p in path.parent.iterdir() if p.suffix == ".npy"] == [path.name]
-    assert not list(cache.rglob("*.partial*"))
+    assert not list(cache.rglob("*.partial*")) and not list(cache.rglob("*.tmp*"))
     recorded = study.user_attrs["fingerprint"]["data"]
     assert all(t.user_attrs["data"] == recorded for t in study.trials)  # the workers' data
 

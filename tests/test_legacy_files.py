@@ -83,6 +83,9 @@ def test_legacy_study_reports_the_same_files(tmp_path):
             assert (config_from_dict(yaml.safe_load(written))
                     == config_from_dict(yaml.safe_load(legacy)))
         else:
+            if name == "report.md":  # since then the dashboard command names the artifacts
+                written = written.replace(f" --artifact-dir {STUDY_ROOT}/results/legacy/"
+                                          "artifacts", "")
             assert written == legacy, name
 
 
