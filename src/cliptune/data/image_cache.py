@@ -44,6 +44,7 @@ from filelock import FileLock, Timeout
 
 from cliptune.data.preprocess import DECODE_ERRORS, RESIZE_METHOD, decode_error, decode_image
 from cliptune.errors import DataError, warn_skipped
+from cliptune.files import atomic_path, write_atomic
 from cliptune.runtime import usable_cores
 
 CACHE_FORMAT = 2  # 2: full-size decode (no JPEG draft mode), the recipe of data/preprocess.py
@@ -121,25 +122,14 @@ def cache_key(names: list[str], digests: list[str], size: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _replace_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")  # one writer: the lock holder
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 def _build(path: Path, paths: list[Path], size: int, workers: int) -> dict[int, str]:
-    partial = path.with_name(f".{path.stem}.partial.npy")  # one writer: the lock holder
-    images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
-                                       shape=(len(paths), size, size, 3))
-    del images  # workers open it themselves; the file is already full size
-    try:
-        errors = _decode_all(partial, paths, size, workers)
-        with open(partial, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return errors
+    for leftover in path.parent.glob(f".{path.stem}.*"):  # a killed build's (we hold the lock)
+        leftover.unlink(missing_ok=True)
+    with atomic_path(path, durable=True) as partial:
+        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
+                                           shape=(len(paths), size, size, 3))
+        del images  # workers open it themselves; the file is already full size
+        return _decode_all(partial, paths, size, workers)
 
 
 @contextlib.contextmanager
@@ -177,7 +167,7 @@ def load_or_build(root: Path, names: list[str], size: int, cache_dir: Path, *, s
             if not reused:
                 errors = _build(path, paths, size, workers)
                 bad = {names[row]: reason for row, reason in sorted(errors.items())}
-                _replace_atomically(meta_path, json.dumps({"names": names, "bad": bad}))
+                write_atomic(meta_path, json.dumps({"names": names, "bad": bad}))
                 for stale in folder.glob(f"{size}px-*"):
                     if stale.stem != stem and stale.suffix != ".lock":  # held by a live builder
                         stale.unlink(missing_ok=True)

@@ -47,14 +47,19 @@ from cliptune.config import DataConfig
 from cliptune.data.augment import CROP_SCALE, draw_augmentation
 from cliptune.data.catalog import Catalog
 from cliptune.data.loader import HostBatch
-from cliptune.data.preprocess import DECODE_ERRORS, decode_image, decode_jpegs_cuda
+from cliptune.data.preprocess import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    decode_image,
+    decode_jpegs_cuda,
+)
 from cliptune.errors import ConfigError, DataError, warn_skipped
+from cliptune.files import write_atomic
 from cliptune.runtime import usable_cores
 from cliptune.tokenizer import Tokenizer
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "cliptune-shards"
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TOKENIZER_CAPTIONS = 100_000  # training captions the tokenizer is trained on (shard order)
 MAX_AUTO_WORKERS = 16
 
@@ -331,10 +336,7 @@ def eval_catalog(plan: ShardPlan, cache_dir: Path) -> Catalog:
                 name = f"{name}.{image[0]}"
                 path = folder / name
                 if not (path.is_file() and path.read_bytes() == image[1]):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_name(path.name + ".tmp")
-                    tmp.write_bytes(image[1])
-                    os.replace(tmp, path)
+                    write_atomic(path, image[1])
                 pairs += [(name, caption) for caption in captions]
             warn_skipped(len(skipped), total, "samples without an image or a caption",
                          f"the {split} shards", skipped)
