@@ -1,5 +1,5 @@
 """Datasets (Shapes, Flickr30k, local folders, webdataset shards), image-level splits, the
-image cache, loaders (`shards.ShardLoader` streams training epochs from shards; both
+image cache, loaders (`shard_loader.ShardLoader` streams training epochs from shards; both
 training loaders are `EpochLoader`s, built by `PreparedData.train_loader`).
 
 Most code needs only `prepare_data`, the `Split`/`PreparedData` it returns (splits are

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cliptune.data.augment import CROP_SCALE, augment_images, draw_augmentation
-from cliptune.data.image_rows import empty_batch, read_images
+from cliptune.data.image_cache import empty_batch, read_images
 from cliptune.data.preprocess import normalize_images
 from cliptune.data.splits import Split
 from cliptune.errors import DataError
@@ -81,7 +81,7 @@ class HostBatch(NamedTuple):
 
 class EpochLoader(Protocol):
     """A training epoch's batches as the Trainer uses them, whichever the source:
-    `TrainLoader` (the image cache) or `shards.ShardLoader` (webdataset shards)."""
+    `TrainLoader` (the image cache) or `shard_loader.ShardLoader` (webdataset shards)."""
 
     def __len__(self) -> int: ...  # batches in the whole epoch
 

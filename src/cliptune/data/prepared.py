@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from cliptune.config import DataConfig, RunConfig
-from cliptune.data import shards
+from cliptune.data import shard_samples, shards
 from cliptune.data.augment import CROP_SCALE
 from cliptune.data.catalog import Catalog
-from cliptune.data.image_cache import default_cache_dir, load_or_build
-from cliptune.data.image_rows import ImageRows
+from cliptune.data.image_cache import ImageRows, default_cache_dir, load_or_build
 from cliptune.data.loader import EpochLoader, TrainLoader
-from cliptune.data.shards import ShardLoader, ShardSplit
+from cliptune.data.shard_loader import ShardLoader, resolve_decode_device
+from cliptune.data.shards import ShardSplit
 from cliptune.data.sources import load_catalog
 from cliptune.data.splits import SPLIT_NAMES, Split, cap_and_sort, uncapped_splits
 from cliptune.errors import ConfigError, DataError
@@ -33,7 +33,7 @@ class PreparedData:
     source: str  # "shapes" | "flickr30k" | "folder" | "webdataset": the dataset actually used
     root: str  # folder the images came from (webdataset: the training shard pattern)
     flip_safe: bool  # False when captions speak of left and right (Shapes)
-    train: Split | ShardSplit  # ShardSplit: streamed from shards (data/shards.py)
+    train: Split | ShardSplit  # ShardSplit: streamed from shards (data/shard_loader.py)
     val: Split
     test: Split
     tokenizer: Tokenizer
@@ -92,7 +92,7 @@ class PreparedData:
                 flip=self.flip_safe, crop_scale=self.crop_scale,
                 shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
                 num_workers=workers, pin_memory=device.type == "cuda",
-                decode_device=shards.resolve_decode_device(data.decode_device, device),
+                decode_device=resolve_decode_device(data.decode_device, device),
                 device=device, rank=rank, world_size=world_size, start=start,
                 start_counters=counters,
             )
@@ -176,14 +176,14 @@ def _prepare_shards(config: DataConfig, cache_dir, image_size: int, vocab_size: 
     `ShardSplit`); validation and test are written out and decoded into the image cache,
     then split like any dataset; the tokenizer learns from the first training captions."""
     plan = shards.resolve(config)
-    catalog = shards.eval_catalog(plan, cache_dir)
+    catalog = shard_samples.eval_catalog(plan, cache_dir)
     cache = load_or_build(catalog.root, catalog.image_names, image_size, cache_dir,
                           slot="webdataset")
     cache_rows = np.flatnonzero(cache.valid)
     if len(cache_rows) < len(catalog):
         catalog = catalog.subset(cache_rows)
     if tokenizer is None:
-        tokenizer = Tokenizer.train(shards.train_captions(plan.train), vocab_size, context_length)
+        tokenizer = Tokenizer.train(shard_samples.train_captions(plan.train), vocab_size, context_length)
     images = ImageRows(cache.path)
     splits = {}
     for name in ("val", "test"):
