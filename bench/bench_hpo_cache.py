@@ -15,7 +15,7 @@ image cache. Modes (each on its own fresh cache):
 
 The trials themselves are tiny (tiny preset at patch 32, 1 epoch on 64 images, 32 val
 images): the figures are about the data. A thread polls the cache folder every 20 ms
-and prints per mode: the number of builds (distinct temporary `.partial.npy` files seen;
+and prints per mode: the number of builds (distinct temporary `.*.tmp.npy` files seen;
 the drivers' "image cache built" / "waiting for another process" lines must agree), the
 build time (first temporary file to the finished cache), the peak temporary disk (bytes
 allocated on disk to temporary files at once) against the finished cache's size, and
@@ -69,7 +69,7 @@ class CacheWatch(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             temporary = 0
-            for path in self.folder.glob("images/*/.*partial*"):
+            for path in self.folder.glob("images/*/.*.tmp.npy"):  # atomic_path temporaries
                 try:
                     stat = path.stat()
                 except FileNotFoundError:

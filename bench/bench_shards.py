@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_data import photo_like_jpegs  # noqa: E402
 
 from cliptune.data import Split, TrainLoader, device_batches  # noqa: E402
-from cliptune.data.image_cache import load_or_build  # noqa: E402
-from cliptune.data.image_rows import ImageRows  # noqa: E402
-from cliptune.data.shards import ShardLoader, ShardSplit  # noqa: E402
+from cliptune.data.image_cache import ImageRows, load_or_build  # noqa: E402
+from cliptune.data.shard_loader import ShardLoader  # noqa: E402
+from cliptune.data.shards import ShardSplit  # noqa: E402
 from cliptune.tokenizer import Tokenizer  # noqa: E402
 
 SIZE = 224

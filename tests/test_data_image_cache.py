@@ -101,6 +101,19 @@ def test_interrupted_build_is_never_reused(tmp_path, monkeypatch):
     assert not rebuilt.reused and rebuilt.valid.all()
 
 
+def test_a_killed_builds_temporary_file_is_removed_by_the_next_build(tmp_path):
+    names = _dataset(tmp_path / "data")
+    built = load_or_build(tmp_path / "data", names, 8, tmp_path / "cache", slot="t")
+    leftover = built.path.with_name(f".{built.path.stem}.k1ll3d.tmp.npy")  # SIGKILL mid-build
+    leftover.write_bytes(b"\0" * 64)
+    built.path.unlink()
+    rebuilt = load_or_build(tmp_path / "data", names, 8, tmp_path / "cache", slot="t")
+    assert not rebuilt.reused and not leftover.exists()
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert rebuilt.path.stat().st_mode == plain.stat().st_mode  # readable as a plain write
+
+
 def test_corrupt_truncated_and_oversized_images_are_skipped_with_a_count(tmp_path):
     folder = tmp_path / "data"
     names = _dataset(folder, 3)

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from cliptune.data.image_rows import ImageRows, read_images
+from cliptune.data.image_cache import ImageRows, read_images
 from cliptune.errors import DataError
 
 

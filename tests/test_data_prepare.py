@@ -12,7 +12,7 @@ from conftest import FLICKR_HANDLE, SHAPES_SMALL, write_jpeg
 
 from cliptune.config import DataConfig
 from cliptune.data import DataWarning, prepare_data
-from cliptune.data.image_rows import ImageRows
+from cliptune.data.image_cache import ImageRows
 from cliptune.data.preprocess import decode_image
 from cliptune.errors import ConfigError, DataError
 from cliptune.tokenizer import Tokenizer

@@ -31,7 +31,8 @@ from cliptune.cli import make_shards
 from cliptune.config import DataConfig, RunConfig, apply_overrides
 from cliptune.data import prepare_data, shapes
 from cliptune.data.preprocess import decode_image, decode_jpegs_cuda
-from cliptune.data.shards import ShardLoader, resolve
+from cliptune.data.shard_loader import ShardLoader
+from cliptune.data.shards import resolve
 from cliptune.data.splits import split_images
 from cliptune.errors import ConfigError, DataError
 from cliptune.evaluation import embed_split, embedding_metrics
@@ -441,7 +442,7 @@ def test_cuda_batch_decode_matches_the_cpu_recipe(shard_dir, data, cache_dir):
 
 def test_tokenizer_learns_from_the_training_shards(cache_dir, shard_dir):
     plan = resolve(shard_data_config(cache_dir, shard_dir))
-    from cliptune.data.shards import train_captions
+    from cliptune.data.shard_samples import train_captions
     captions = train_captions(plan.train)
     assert len(captions) == 240  # 48 images x 5 captions (json "captions")
     assert train_captions(plan.train, limit=7) == captions[:7]
@@ -520,7 +521,7 @@ def test_torchrun_resume_mid_epoch_equals_uninterrupted(tmp_path, shard_dir):
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 def test_caption_field_and_resampled_shards(cache_dir, shard_dir, data):
     plan = resolve(shard_data_config(cache_dir, shard_dir, caption_field="txt"))
-    from cliptune.data.shards import train_captions
+    from cliptune.data.shard_samples import train_captions
     assert len(train_captions(plan.train)) == 48  # one txt per sample
     names = train_captions(resolve(shard_data_config(cache_dir, shard_dir,
                                                      caption_field="image")).train)

@@ -24,3 +24,10 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         raise RuntimeError("disk full")
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trials.csv"]
+
+
+def test_the_file_gets_the_permissions_a_plain_write_gives(tmp_path):
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    write_atomic(tmp_path / "atomic.json", "{}")
+    assert (tmp_path / "atomic.json").stat().st_mode == plain.stat().st_mode

@@ -18,9 +18,7 @@ here too. Under torchrun only rank 0 writes; every rank reads the same file.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from cliptune.config import (
     model_config_for,
 )
 from cliptune.errors import CheckpointError, CliptuneError, ConfigError
+from cliptune.files import atomic_path, write_atomic
 from cliptune.model import CLIP
 from cliptune.runtime import resolve_device
 from cliptune.tokenizer import Tokenizer
@@ -56,23 +55,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """
     path = Path(path)
     payload = {**state, "format": FORMAT, "version": VERSION}
-    temp_name = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as temp:
-            temp_name = temp.name
-            torch.save(payload, temp)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException as err:
-        if temp_name is not None and os.path.exists(temp_name):
-            os.remove(temp_name)
-        if isinstance(err, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {err}") from err
-        raise
+        with atomic_path(path, durable=True) as temp, open(temp, "wb") as file:
+            torch.save(payload, file)
+    except OSError as err:
+        raise CheckpointError(f"could not write checkpoint {path}: {err}") from err
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -303,10 +290,7 @@ class Checkpointer:
         if not self.writer:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / "metrics.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(self.directory / "metrics.json", json.dumps(payload, indent=2))
 
 
 def start_run(

@@ -9,6 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file (mkstemp's is private)
+
 
 @contextmanager
 def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
@@ -24,6 +28,7 @@ def atomic_path(path: str | Path, *, durable: bool = False) -> Iterator[Path]:
     os.close(handle)
     temp = Path(name)
     try:
+        temp.chmod(FILE_MODE)  # caches and shards are read by other users too
         yield temp
         if durable:
             with open(temp, "rb+") as file:

@@ -18,10 +18,14 @@ import torch
 from torch import Tensor
 
 from cliptune.checkpoint import LoadedModel
-from cliptune.data.preprocess import DECODE_ERRORS, decode_image, normalize_images
+from cliptune.data.preprocess import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    decode_image,
+    normalize_images,
+)
 from cliptune.errors import CliptuneError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 BATCH_SIZE = 256  # images or texts encoded at once: bounds the memory for any number
 DEFAULT_TEMPLATES = (
     "a photo of a {}.",
@@ -83,11 +87,12 @@ def find_images(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         raise CliptuneError(f"image folder not found: {directory}")
     paths = sorted(
-        p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        p for p in directory.iterdir() if p.is_file() and p.suffix.lower()[1:] in IMAGE_EXTENSIONS
     )
     if not paths:
         raise CliptuneError(
-            f"no images in {directory} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+            f"no images in {directory} (looked for "
+            f"{', '.join('.' + ext for ext in IMAGE_EXTENSIONS)})"
         )
     return paths
 

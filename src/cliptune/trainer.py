@@ -35,8 +35,7 @@ from cliptune.checkpoint import (
     weights_checkpoint,
 )
 from cliptune.config import RunConfig, model_config_for
-from cliptune.data import PreparedData, Split, TrainLoader, device_batches, prepare_data
-from cliptune.data.shards import ShardLoader, ShardSplit, resolve_decode_device
+from cliptune.data import EpochLoader, PreparedData, Split, device_batches, prepare_data
 from cliptune.data.sources import check_paths
 from cliptune.errors import ConfigError, DataError
 from cliptune.evaluation import evaluate_split
@@ -91,7 +90,7 @@ class Trainer:
         self.loss_fn: ClipLoss | SigLipLoss | None = None
         self._resume_state: dict | None = None
         self._batch_size = self.config.train.batch_size
-        self._loader: TrainLoader | None = None
+        self._loader: EpochLoader | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -219,53 +218,18 @@ class Trainer:
         self.train_model = torch.compile(wrapped) if cfg.train.compile else wrapped
         return model
 
-    def _train_loader(self, epoch: int, position: dict | None = None) -> TrainLoader | ShardLoader:
-        """The batches of epoch `epoch`, from `position` on when resuming mid-epoch. From
-        the image cache: the run's one TrainLoader, moved on with `set_epoch` (its reader
-        processes persist across epochs); from shards: a new stream per epoch."""
-        cfg = self.config
-        start = position["batches"] if position else 0
-        if isinstance(self.data.train, ShardSplit):
-            workers, counters = cfg.data.num_workers, None
-            if position and position.get("shards") is not None:
-                saved = position["shards"]
-                if len(saved) != self.dist.world_size:
-                    raise ConfigError(
-                        f"cannot resume run {cfg.name!r} mid-epoch on {self.dist.world_size} "
-                        f"process(es): its epoch position was written by {len(saved)}; "
-                        f"resume with torchrun --nproc_per_node {len(saved)}")
-                counters = saved[self.dist.rank]
-                if workers == "auto":  # the worker count the position was written with
-                    workers = len(counters)
-            return ShardLoader(
-                self.data.train, tokenizer=self.data.tokenizer, image_size=self.data.image_size,
-                batch_size=self._batch_size, seed=cfg.seed, epoch=epoch,
-                augment=cfg.data.augment, flip=self.data.flip_safe,
-                crop_scale=self.data.crop_scale, shuffle_buffer=cfg.data.shuffle_buffer,
-                resampled=cfg.data.resampled, num_workers=workers,
-                pin_memory=self.device.type == "cuda",
-                decode_device=resolve_decode_device(cfg.data.decode_device, self.device),
-                device=self.device, rank=self.dist.rank, world_size=self.dist.world_size,
-                start=start, start_counters=counters,
-            )
-        if self._loader is not None:
-            self._loader.set_epoch(epoch, start)
-            return self._loader
-        return TrainLoader(
-            self.data.train, batch_size=self._batch_size, seed=cfg.seed, epoch=epoch,
-            augment=cfg.data.augment, flip=self.data.flip_safe,
-            all_captions=cfg.train.all_captions, num_workers=cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda", crop_scale=self.data.crop_scale,
-            rank=self.dist.rank, world_size=self.dist.world_size, start=start,
-        )
+    def _train_loader(self, epoch: int, position: dict | None = None) -> EpochLoader:
+        return self.data.train_loader(
+            self.config, epoch=epoch, batch_size=self._batch_size, device=self.device,
+            rank=self.dist.rank, world_size=self.dist.world_size, position=position,
+            loader=self._loader)
 
-    def _position_saver(self, checkpointer: Checkpointer, loader: TrainLoader | ShardLoader,
-                        epoch: int):
+    def _position_saver(self, checkpointer: Checkpointer, loader: EpochLoader, epoch: int):
         """`on_step` for train_one_epoch: last.pt with the epoch's position every
         `train.checkpoint_every_steps` optimizer steps (every rank joins the collectives)."""
         def save(position: dict[str, float]) -> None:
             batches_done = int(position["batches"])
-            shards = loader.position(batches_done) if isinstance(loader, ShardLoader) else None
+            shards = loader.position(batches_done)
             self.state.position = {
                 "epoch": epoch, **position,
                 "shards": distributed.all_gather_object(shards) if shards is not None else None,
@@ -414,12 +378,13 @@ class Trainer:
                 return True
         return False
 
-    def _skipped(self, loader: TrainLoader | ShardLoader, epoch: int) -> dict[str, float]:
-        """Broken training samples the shard stream passed over this epoch (all ranks), as
-        `train_skipped` for the metrics, with a line when there were any."""
-        if not isinstance(loader, ShardLoader):
+    def _skipped(self, loader: EpochLoader, epoch: int) -> dict[str, float]:
+        """Broken training samples the loader (a shard stream) passed over this epoch (all
+        ranks), as `train_skipped` for the metrics, with a line when there were any."""
+        skipped = loader.skipped()
+        if skipped is None:
             return {}
-        counts = torch.tensor(loader.skipped(), dtype=torch.float64, device=self.device)
+        counts = torch.tensor(skipped, dtype=torch.float64, device=self.device)
         image, caption = (distributed.all_reduce_mean(counts) * self.dist.world_size).cpu().tolist()
         if image or caption:
             self._print(f"epoch {epoch}: skipped {int(image + caption)} broken training "

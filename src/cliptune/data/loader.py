@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cliptune.data.augment import CROP_SCALE, augment_images, draw_augmentation
-from cliptune.data.image_rows import empty_batch, read_images
+from cliptune.data.image_cache import empty_batch, read_images
 from cliptune.data.preprocess import normalize_images
 from cliptune.data.splits import Split
 from cliptune.errors import DataError
@@ -77,6 +77,26 @@ class HostBatch(NamedTuple):
         """The same batch on `device`."""
         return HostBatch(*(None if t is None else t.to(device, non_blocking=non_blocking)
                            for t in self))
+
+
+class EpochLoader(Protocol):
+    """A training epoch's batches as the Trainer uses them, whichever the source:
+    `TrainLoader` (the image cache) or `shard_loader.ShardLoader` (webdataset shards)."""
+
+    def __len__(self) -> int: ...  # batches in the whole epoch
+
+    def __iter__(self) -> Iterator[HostBatch]: ...
+
+    def position(self, batches_done: int) -> list[list[int]] | None:
+        """What a run resumed after `batches_done` batches needs beyond that count (None:
+        nothing, the epoch is a function of seed and epoch)."""
+
+    def skipped(self) -> tuple[int, int] | None:
+        """(samples skipped for a broken image, for a missing caption) this epoch so far;
+        None when the loader never skips a sample."""
+
+    def close(self) -> None:
+        """End the loader's reader processes."""
 
 
 def _one_caption_per_image(split: Split, rng: np.random.Generator, batch_size: int) -> list[np.ndarray]:
@@ -186,6 +206,12 @@ class TrainLoader:
     def close(self) -> None:
         """End the reader processes (a later iteration starts new ones)."""
         self._readers = None  # the DataLoader's iterator shuts its workers down when freed
+
+    def position(self, batches_done: int) -> None:
+        """Nothing beyond `batches_done`: the epoch's batches follow from (seed, epoch)."""
+
+    def skipped(self) -> None:
+        """None: every cached image was checked when the cache was built."""
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_readers": None}  # what a reader process gets
@@ -300,7 +326,7 @@ def _cuda_prefetched(batches: Iterator[HostBatch], device: torch.device) -> Iter
         yield current
 
 
-def device_batches(loader: TrainLoader, device: torch.device | str
+def device_batches(loader: EpochLoader, device: torch.device | str
                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches on `device`: `(images float32 normalised (B, 3, H, W), tokens int64
     (B, L))`, augmented as the loader was configured (identically on every device)."""

@@ -22,11 +22,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from cliptune.data.preprocess import IMAGE_EXTENSIONS
 from cliptune.errors import DataError, warn_skipped
 
 Pairs = list[tuple[str, str]]
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff")
 _EXT = "|".join(IMAGE_EXTENSIONS)
 _CAPTIONS_TXT_LINE = re.compile(rf"^([^\t]+?\.(?:{_EXT})),(.*)$", re.IGNORECASE)
 _KAGGLE_FUSED_FIELD = re.compile(r"^\s*\d+\s+(.*)$")  # " 4   A dog runs ..." (no second "|")

@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import torch
 
-from cliptune.config import DataConfig
-from cliptune.data import shards
+from cliptune.config import DataConfig, RunConfig
+from cliptune.data import shard_samples, shards
 from cliptune.data.augment import CROP_SCALE
 from cliptune.data.catalog import Catalog
-from cliptune.data.image_cache import default_cache_dir, load_or_build
-from cliptune.data.image_rows import ImageRows
+from cliptune.data.image_cache import ImageRows, default_cache_dir, load_or_build
+from cliptune.data.loader import EpochLoader, TrainLoader
+from cliptune.data.shard_loader import ShardLoader, resolve_decode_device
 from cliptune.data.shards import ShardSplit
 from cliptune.data.sources import load_catalog
 from cliptune.data.splits import SPLIT_NAMES, Split, cap_and_sort, uncapped_splits
@@ -31,7 +33,7 @@ class PreparedData:
     source: str  # "shapes" | "flickr30k" | "folder" | "webdataset": the dataset actually used
     root: str  # folder the images came from (webdataset: the training shard pattern)
     flip_safe: bool  # False when captions speak of left and right (Shapes)
-    train: Split | ShardSplit  # ShardSplit: streamed from shards (data/shards.py)
+    train: Split | ShardSplit  # ShardSplit: streamed from shards (data/shard_loader.py)
     val: Split
     test: Split
     tokenizer: Tokenizer
@@ -60,6 +62,49 @@ class PreparedData:
             if isinstance(split.images, ImageRows):
                 digest.update(split.images.path.name.encode())
         return digest.hexdigest()[:16]
+
+    def train_loader(self, config: RunConfig, *, epoch: int, batch_size: int,
+                     device: torch.device, rank: int = 0, world_size: int = 1,
+                     position: dict | None = None,
+                     loader: EpochLoader | None = None) -> EpochLoader:
+        """The training batches of epoch `epoch` (`batch_size` global, this rank's rows),
+        from `position` (a checkpoint's `state.position`) on when resuming mid-epoch. From
+        the image cache: `loader`, the run's one TrainLoader, moved on with `set_epoch`
+        (its reader processes persist across epochs), or a new one; from shards: a new
+        stream per epoch."""
+        start = position["batches"] if position else 0
+        data = config.data
+        if isinstance(self.train, ShardSplit):
+            workers, counters = data.num_workers, None
+            if position and position.get("shards") is not None:
+                saved = position["shards"]
+                if len(saved) != world_size:
+                    raise ConfigError(
+                        f"cannot resume run {config.name!r} mid-epoch on {world_size} "
+                        f"process(es): its epoch position was written by {len(saved)}; "
+                        f"resume with torchrun --nproc_per_node {len(saved)}")
+                counters = saved[rank]
+                if workers == "auto":  # the worker count the position was written with
+                    workers = len(counters)
+            return ShardLoader(
+                self.train, tokenizer=self.tokenizer, image_size=self.image_size,
+                batch_size=batch_size, seed=config.seed, epoch=epoch, augment=data.augment,
+                flip=self.flip_safe, crop_scale=self.crop_scale,
+                shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
+                num_workers=workers, pin_memory=device.type == "cuda",
+                decode_device=resolve_decode_device(data.decode_device, device),
+                device=device, rank=rank, world_size=world_size, start=start,
+                start_counters=counters,
+            )
+        if loader is not None:
+            loader.set_epoch(epoch, start)
+            return loader
+        return TrainLoader(
+            self.train, batch_size=batch_size, seed=config.seed, epoch=epoch,
+            augment=data.augment, flip=self.flip_safe, all_captions=config.train.all_captions,
+            num_workers=data.num_workers, pin_memory=device.type == "cuda",
+            crop_scale=self.crop_scale, rank=rank, world_size=world_size, start=start,
+        )
 
     def split(self, name: str) -> Split | ShardSplit:
         """The split called `name` (train, val or test)."""
@@ -131,14 +176,14 @@ def _prepare_shards(config: DataConfig, cache_dir, image_size: int, vocab_size: 
     `ShardSplit`); validation and test are written out and decoded into the image cache,
     then split like any dataset; the tokenizer learns from the first training captions."""
     plan = shards.resolve(config)
-    catalog = shards.eval_catalog(plan, cache_dir)
+    catalog = shard_samples.eval_catalog(plan, cache_dir)
     cache = load_or_build(catalog.root, catalog.image_names, image_size, cache_dir,
                           slot="webdataset")
     cache_rows = np.flatnonzero(cache.valid)
     if len(cache_rows) < len(catalog):
         catalog = catalog.subset(cache_rows)
     if tokenizer is None:
-        tokenizer = Tokenizer.train(shards.train_captions(plan.train), vocab_size, context_length)
+        tokenizer = Tokenizer.train(shard_samples.train_captions(plan.train), vocab_size, context_length)
     images = ImageRows(cache.path)
     splits = {}
     for name in ("val", "test"):

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+# what PIL decodes, as file suffixes and webdataset keys: caption files, shards, retrieve.py
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 INTERPOLATION = "bicubic"

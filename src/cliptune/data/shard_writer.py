@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from cliptune.data.shards import MANIFEST, MANIFEST_FORMAT
 from cliptune.data.sources import load_catalog
 from cliptune.data.splits import SPLIT_NAMES, split_images
 from cliptune.errors import DataError, warn_skipped
+from cliptune.files import write_atomic
 
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -131,9 +131,7 @@ def write_shards(config: DataConfig, out_dir: str | Path, *, shard_size: int = 1
         "split_file": config.split_file, "flip_safe": catalog.flip_safe,
         "crop_scale": list(catalog.crop_scale), "splits": splits,
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cliptune.config import DataConfig
-from cliptune.data.image_rows import ImageRows
+from cliptune.data.image_cache import ImageRows
 from cliptune.errors import DataError, warn_skipped
 
 SPLIT_NAMES = ("train", "val", "test")
