@@ -237,7 +237,8 @@ class Trainer:
                 self.data.train, tokenizer=self.data.tokenizer, image_size=self.data.image_size,
                 batch_size=self._batch_size, seed=cfg.seed, epoch=epoch,
                 augment=cfg.data.augment, flip=self.data.flip_safe,
-                crop_scale=self.data.crop_scale, shuffle_buffer=cfg.data.shuffle_buffer,
+                crop_scale=self._crop_scale, crop_ratio=cfg.data.crop_ratio,
+                shuffle_buffer=cfg.data.shuffle_buffer,
                 resampled=cfg.data.resampled, num_workers=workers,
                 pin_memory=self.device.type == "cuda",
                 decode_device=resolve_decode_device(cfg.data.decode_device, self.device),
@@ -251,9 +252,15 @@ class Trainer:
             self.data.train, batch_size=self._batch_size, seed=cfg.seed, epoch=epoch,
             augment=cfg.data.augment, flip=self.data.flip_safe,
             all_captions=cfg.train.all_captions, num_workers=cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda", crop_scale=self.data.crop_scale,
+            pin_memory=self.device.type == "cuda", crop_scale=self._crop_scale,
+            crop_ratio=cfg.data.crop_ratio,
             rank=self.dist.rank, world_size=self.dist.world_size, start=start,
         )
+
+    @property
+    def _crop_scale(self) -> tuple[float, float]:
+        """`data.crop_scale`, or the dataset's own when it is not set."""
+        return self.config.data.crop_scale or self.data.crop_scale
 
     def _position_saver(self, checkpointer: Checkpointer, loader: TrainLoader | ShardLoader,
                         epoch: int):
@@ -368,6 +375,7 @@ class Trainer:
             epoch, epoch_start = state.epoch + 1, time.perf_counter()
             position = state.position if (state.position or {}).get("epoch") == epoch else None
             loader = self._loader = self._train_loader(epoch, position)
+            self.model.set_patch_dropout(cfg.masks_patches(epoch))
             stats = train_one_epoch(
                 state, self.train_model, self.loss_fn, device_batches(loader, self.device),
                 len(loader), config=cfg, device=self.device, precision=self.precision,
