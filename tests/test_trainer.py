@@ -9,6 +9,7 @@ from cliptune import checkpoint as checkpointer_module
 from cliptune import trainer as trainer_module
 from cliptune.checkpoint import load_checkpoint
 from cliptune.errors import CheckpointError, TrainingDiverged
+from cliptune.model.clip import PatchDropout
 from cliptune.trainer import Trainer
 
 
@@ -90,6 +91,26 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, cache_dir, data, monke
     with pytest.raises(CheckpointError, match="No space left"):
         trainer.fit()
     assert load_checkpoint(trainer.checkpoint_dir / "last.pt")["epoch"] == 1
+
+
+def test_unmasked_epochs_train_the_last_epochs_on_every_patch(tmp_path, cache_dir, data,
+                                                              monkeypatch):
+    tokens: dict[int, set[int]] = {}
+    config = tiny_config(tmp_path, cache_dir, "model.patch_dropout=0.5", "train.unmasked_epochs=1",
+                         "train.save_checkpoints=false", "train.figure_images=0")
+    trainer = Trainer(config, data=data, show_progress=False)
+    forward = PatchDropout.forward
+
+    def counting(self, x):
+        out = forward(self, x)
+        if self.training:  # what the blocks see in a training step
+            tokens.setdefault(trainer.epoch + 1, set()).add(out.shape[1])
+        return out
+
+    monkeypatch.setattr(PatchDropout, "forward", counting)
+    trainer.fit()
+    # 4 x 4 patches: 8 kept + the class token in the first epoch, all 16 + 1 in the last
+    assert tokens == {1: {9}, 2: {17}}
 
 
 def test_early_stopping_and_callbacks(tmp_path, cache_dir, data):
