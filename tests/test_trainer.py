@@ -2,12 +2,14 @@ import json
 import math
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_helpers import tiny_config
 
 from cliptune import checkpoint as checkpointer_module
 from cliptune import trainer as trainer_module
 from cliptune.checkpoint import load_checkpoint
+from cliptune.data import device_batches
 from cliptune.errors import CheckpointError, TrainingDiverged
 from cliptune.model.clip import PatchDropout
 from cliptune.trainer import Trainer
@@ -111,6 +113,23 @@ def test_unmasked_epochs_train_the_last_epochs_on_every_patch(tmp_path, cache_di
     trainer.fit()
     # 4 x 4 patches: 8 kept + the class token in the first epoch, all 16 + 1 in the last
     assert tokens == {1: {9}, 2: {17}}
+
+
+def test_data_crop_keys_replace_the_datasets_crops(tmp_path, cache_dir, data):
+    def loader(*extra):
+        trainer = Trainer(tiny_config(tmp_path, cache_dir, *extra), data=data, show_progress=False)
+        return trainer._train_loader(epoch=1)
+
+    default = loader()  # Shapes' own gentle crops (captions state sizes and positions)
+    assert default.crop_scale == data.crop_scale == (0.9, 1.0)
+    assert default.crop_ratio == pytest.approx((3 / 4, 4 / 3))
+    small = loader("data.crop_scale=[0.3, 0.3]", "data.crop_ratio=[1, 1]")
+    boxes = small.batch(0).boxes
+    area = boxes[:, 2] * boxes[:, 3] / 32**2
+    assert area.min() > 0.25 and area.max() < 0.35
+    assert (boxes[:, 2] - boxes[:, 3]).abs().max() <= 1
+    first = [next(device_batches(x, "cpu"))[0] for x in (default, small)]
+    assert not torch.allclose(*first, atol=0.1)
 
 
 def test_early_stopping_and_callbacks(tmp_path, cache_dir, data):
