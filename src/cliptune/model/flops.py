@@ -9,7 +9,7 @@ tower's blocks see only the tokens an image keeps: the count is of the tokens pr
 
 from __future__ import annotations
 
-from cliptune.config import ModelConfig
+from cliptune.config import ModelConfig, TrainConfig
 
 
 def transformer_flops(width: int, layers: int, length: int, mlp_ratio: float) -> float:
@@ -57,3 +57,10 @@ def training_flops_per_sample(config: ModelConfig, masked: bool = True) -> float
     epochs that train unmasked (`train.unmasked_epochs`).
     """
     return 3.0 * (vision_flops(config, masked) + text_flops(config))
+
+
+def epochs_flops_per_sample(model: ModelConfig, train: TrainConfig, epochs: int) -> float:
+    """Training FLOPs per image-text pair summed over epochs 1 to `epochs` of a run: the
+    masked epochs and the unmasked last ones (`train.unmasked_epochs`) each at their count."""
+    return sum(training_flops_per_sample(model, masked=train.masks_patches(epoch))
+               for epoch in range(1, epochs + 1))
