@@ -11,9 +11,10 @@ trial's parameters would train at the target's full fidelity on this machine,
 from that first epoch: the training part of an epoch scales with the images it trains
 on, validation with the images it embeds; under patch dropout the training part of each
 target epoch also scales with its training FLOPs over those of the measured epoch (the
-unmasked last epochs, `train.unmasked_epochs`, cost more than a masked first one); the target trains on its whole splits (capped
-only by its own max_samples / max_eval_samples) of the trials' dataset (a fidelity's
-`set` keys are cost-only settings, so the dataset is the same). With a limit (`max_train_seconds`)
+unmasked last epochs, `train.unmasked_epochs`, cost more than a masked first one). The
+target trains on its whole splits (capped only by its own max_samples /
+max_eval_samples) of the trials' dataset (a fidelity's `set` keys are cost-only
+settings, so the dataset is the same). With a limit (`max_train_seconds`)
 the trial also gets the Optuna constraint `train_seconds` = projected - limit through
 `trial.set_constraint` (feasible when <= 0): TPESampler and GPSampler then sample away
 from settings that are too slow. The study's best trial (`best_trial`) is the best

@@ -163,7 +163,8 @@ class PatchDropout(nn.Module):
 
     The tokens kept are drawn from torch's default generator, which the training loop
     seeds per batch (`runtime.seed_batch`): a resumed run draws what the uninterrupted
-    one drew. Order does not matter past this point: the blocks attend without positions.
+    one drew. The kept tokens' order does not matter: they already hold their positional
+    embedding, the blocks treat tokens alike and the class token is what is pooled.
     """
 
     def __init__(self, p: float):
