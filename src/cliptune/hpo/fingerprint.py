@@ -61,11 +61,17 @@ def study_fingerprint(metric: str, search_space: list[str], target: RunConfig,
 
 def normalize(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
     """A recorded fingerprint in today's form: studies created before the sampler seed
-    became a driver setting kept the target's seed as a separate `seed` part."""
-    if recorded is None or "seed" not in recorded:
+    became a driver setting kept the target's seed as a separate `seed` part, and a
+    target key added since the study was created counts as its default (a new key's
+    default is the behaviour from before it)."""
+    if recorded is None:
         return recorded
     recorded = copy.deepcopy(recorded)
-    recorded["target"]["seed"] = recorded.pop("seed")
+    if "seed" in recorded:
+        recorded["target"]["seed"] = recorded.pop("seed")
+    if "target" in recorded:
+        defaults = study_fingerprint("", [], RunConfig(), {})["target"]
+        recorded["target"] = {**defaults, **recorded["target"]}
     return recorded
 
 
