@@ -10,6 +10,8 @@ measured in the same run.
     python bench/bench_model.py --compile            # also torch.compile'd variants
     python bench/bench_model.py --ablation           # also cliptune minus each speed-up
     python bench/bench_model.py --profile cliptune   # top ops of one variant (torch.profiler)
+    python bench/bench_model.py --config experiments/default.yaml --patch-dropout 0.5
+                                                     # also both with patch dropout 0.5
     python bench/bench_model.py --device cuda --preset vit-b-32 --batch-size 256 --compile
     python bench/bench_model.py --device cuda ... --compile --compile-mode reduce-overhead
 
@@ -26,14 +28,14 @@ import sys
 import time
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cliptune.config import ModelConfig, model_preset  # noqa: E402
+from cliptune.config import ModelConfig, load_config, model_preset  # noqa: E402
 from cliptune.loss import ClipLoss  # noqa: E402
 from cliptune.model import CLIP  # noqa: E402
 from cliptune.model.clip import SelfAttention  # noqa: E402
@@ -46,6 +48,7 @@ class Variant:
     name: str
     step: Step
     rates: list[float]  # samples/s, one per repeat
+    flops_per_sample: float  # training FLOPs of one sample of this variant (for MFU)
 
 
 def openclip_model(config: ModelConfig) -> torch.nn.Module:
@@ -60,6 +63,7 @@ def openclip_model(config: ModelConfig) -> torch.nn.Module:
         mlp_ratio=config.mlp_ratio,
         patch_size=config.patch_size,
         image_size=config.image_size,
+        patch_dropout=config.patch_dropout,
     )
     text = CLIPTextCfg(
         context_length=config.context_length,
@@ -199,7 +203,9 @@ def time_steps(step: Step, steps: int, device: torch.device) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--config", help="the model of this experiment file instead of --preset "
+                        "(and its train.batch_size unless --batch-size)")
+    parser.add_argument("--batch-size", type=int, help="default: 128, or --config's")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
@@ -212,6 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also cliptune with the default (unfused) AdamW, and with bf16 attention",
     )
+    parser.add_argument("--patch-dropout", type=float, metavar="P",
+                        help="also both models with patch dropout P (model.patch_dropout)")
     parser.add_argument(
         "--profile",
         metavar="VARIANT",
@@ -220,12 +228,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def bench_model(args: argparse.Namespace) -> tuple[ModelConfig, int]:
+    """The model config and batch size `args` ask for (`--config` or `--preset`)."""
+    if args.config:
+        experiment = load_config(args.config)
+        return experiment.model, args.batch_size or experiment.train.batch_size
+    return model_preset(args.preset), args.batch_size or 128
+
+
+def flops_per_sample(config: ModelConfig) -> float:
+    """Training FLOPs per sample of `config` (under its patch dropout), for MFU."""
+    with torch.device("meta"):
+        return CLIP(config).flops_per_sample()
+
+
 def build_variants(args: argparse.Namespace, config: ModelConfig) -> list[Variant]:
     images, tokens = make_batch(config, args.batch_size, torch.device(args.device))
     steps = {
         "openclip": openclip_step(config, images, tokens),
         "cliptune": cliptune_step(config, images, tokens),
     }
+    flops = dict.fromkeys(steps, flops_per_sample(config))
+    if args.patch_dropout:
+        masked = replace(config, patch_dropout=args.patch_dropout)
+        name = f"patch-dropout-{args.patch_dropout:g}"
+        steps[f"openclip-{name}"] = openclip_step(masked, images, tokens)
+        steps[f"cliptune-{name}"] = cliptune_step(masked, images, tokens)
+        flops.update(dict.fromkeys(list(steps)[-2:], flops_per_sample(masked)))
     if args.ablation:
         steps["cliptune-default-adamw"] = cliptune_step(config, images, tokens, fused=False)
         steps["cliptune-bf16-attention"] = cliptune_step(
@@ -237,7 +266,8 @@ def build_variants(args: argparse.Namespace, config: ModelConfig) -> list[Varian
                                                    compile_mode=mode)
         steps["cliptune-compiled"] = cliptune_step(config, images, tokens, compiled=True,
                                                    compile_mode=mode)
-    return [Variant(name, step, []) for name, step in steps.items()]
+    return [Variant(name, step, [], flops.get(name, flops["cliptune"]))
+            for name, step in steps.items()]
 
 
 def profile_variant(variant: Variant, steps: int, device: torch.device) -> None:
@@ -260,7 +290,7 @@ class Measurement:
 
     variants: list[Variant]
     peak_flops: float
-    flops_per_sample: float
+    flops_per_sample: float  # of the model without patch dropout
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per variant: median samples/s, its ratio to the first variant's median (OpenCLIP
@@ -275,7 +305,7 @@ class Measurement:
                 "vs_openclip": rate / statistics.median(baseline),
                 "paired": statistics.median(
                     r / b for r, b in zip(variant.rates, baseline, strict=True)),
-                "mfu": rate * self.flops_per_sample / self.peak_flops,
+                "mfu": rate * variant.flops_per_sample / self.peak_flops,
             }
         return out
 
@@ -283,15 +313,14 @@ class Measurement:
 def measure(args: argparse.Namespace) -> Measurement | None:
     """Warm up and time the variants `args` asks for, interleaved, printing as it goes
     (`--profile`: print the profile instead and return None)."""
-    config = model_preset(args.preset)
+    config, args.batch_size = bench_model(args)
+    config = replace(config, patch_dropout=0.0)  # the base variants; --patch-dropout adds others
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
-    with torch.device("meta"):
-        flops_per_sample = CLIP(config).flops_per_sample()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"{torch.get_num_threads()} CPU threads")
     print(
-        f"torch {torch.__version__}, {where}, preset {args.preset}, "
+        f"torch {torch.__version__}, {where}, model {args.config or args.preset}, "
         f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
@@ -313,7 +342,7 @@ def measure(args: argparse.Namespace) -> Measurement | None:
             variant.rates.append(args.batch_size * args.steps / time_steps(variant.step, args.steps, device))
         row = "  ".join(f"{v.name} {v.rates[-1]:.0f}" for v in variants)
         print(f"  repeat {repeat + 1}: {row} samples/s", flush=True)
-    return Measurement(variants, peak, flops_per_sample)
+    return Measurement(variants, peak, flops_per_sample(config))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -323,7 +352,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     print(f"bf16 matmul peak (best of {args.repeats}): {result.peak_flops / 1e9:.0f} GFLOP/s")
-    print(f"training FLOPs per sample: {result.flops_per_sample / 1e9:.3f} GFLOP")
+    print(f"training FLOPs per sample: {result.flops_per_sample / 1e9:.3f} GFLOP"
+          + (f" ({result.variants[-1].flops_per_sample / 1e9:.3f} with patch dropout "
+             f"{args.patch_dropout:g})" if args.patch_dropout else ""))
     print(f"{'variant':<24}{'samples/s':>10}{'vs openclip':>13}{'paired':>9}{'MFU':>8}")
     for name, row in result.summary().items():
         print(f"{name:<24}{row['samples_per_s']:>10.0f}{row['vs_openclip']:>12.2f}x"

@@ -9,9 +9,9 @@ A design = sampler + pruner + fidelity (per-trial epoch budget, training subset)
 (design, seed) study runs in this process with in-memory storage through the package's
 own pieces (`make_sampler`, `make_pruner`, `Objective`, the search space file, the
 baseline trial first, as `optimize.py` does) and stops adding trials once its training
-compute reaches the budget. Compute is training FLOPs: `training_flops_per_sample` of the
-trial's model (forward x 3) times the image-text pairs it trained on (epochs run x
-pairs per epoch), pruned and failed trials included; wall time is recorded beside it.
+compute reaches the budget. Compute is training FLOPs: `epochs_flops_per_sample` of the
+trial's model over the epochs it ran (forward x 3, the tokens kept under patch dropout)
+times the image-text pairs per epoch, pruned and failed trials included; wall time is recorded beside it.
 The study seed s seeds the sampler and the trials' runs (init, data order,
 augmentation); the split stays the target's (`data.split_seed`).
 
@@ -66,7 +66,7 @@ from cliptune.hpo.search_space import SearchSpace  # noqa: E402
 from cliptune.hpo.search_space_file import load_search_space  # noqa: E402
 from cliptune.hpo.study import make_pruner, make_sampler, open_study  # noqa: E402
 from cliptune.hpo.workers import run_trials  # noqa: E402
-from cliptune.model.flops import training_flops_per_sample  # noqa: E402
+from cliptune.model.flops import epochs_flops_per_sample  # noqa: E402
 from cliptune.trainer import Trainer  # noqa: E402
 
 METRIC = "val_loss"  # the shipped objective (minimised)
@@ -189,8 +189,8 @@ def pairs_per_epoch(config: RunConfig, data) -> int:
 def baseline_trial_flops(bench: Bench, data) -> float:
     """Training FLOPs of the target's own config over a full-budget trial (the budget unit)."""
     config = bench.trial_base(DESIGNS["shipped"], bench.plan.target.seed)
-    return (training_flops_per_sample(config.model) * pairs_per_epoch(config, data)
-            * bench.epochs)
+    return (epochs_flops_per_sample(config.model, config.train, bench.epochs)
+            * pairs_per_epoch(config, data))
 
 
 # ---------------------------------------------------------------------------- one study
@@ -202,7 +202,7 @@ def trial_record(trial: optuna.trial.FrozenTrial, data) -> dict:
     if "config" in trial.user_attrs:  # absent when the config itself was impossible
         config = config_from_dict(trial.user_attrs["config"])
         pairs = epochs * pairs_per_epoch(config, data)
-        per_pair = training_flops_per_sample(config.model)
+        per_pair = epochs_flops_per_sample(config.model, config.train, epochs) / max(1, epochs)
     wall = ((trial.datetime_complete - trial.datetime_start).total_seconds()
             if trial.datetime_complete and trial.datetime_start else 0.0)
     return {
@@ -362,8 +362,8 @@ def retrain(bench: Bench, params: dict, seed: int, work: Path) -> dict:
     trainer = Trainer(config, show_progress=False, resume="auto")
     fit = trainer.fit()
     test = trainer.evaluate_best(("test",))["test"]
-    flops = (training_flops_per_sample(config.model) * pairs_per_epoch(config, trainer.data)
-             * fit.epochs_completed)
+    flops = (epochs_flops_per_sample(config.model, config.train, fit.epochs_completed)
+             * pairs_per_epoch(config, trainer.data))
     return {"params": params, "seed": seed, "epochs": config.train.epochs,
             "max_samples": config.data.max_samples, "best_epoch": fit.best_epoch,
             "wall_s": time.perf_counter() - start, "flops": flops,

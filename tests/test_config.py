@@ -53,6 +53,17 @@ def test_overrides_are_typed():
     assert isinstance(config.model.mlp_ratio, float)
 
 
+def test_recipe_lever_defaults_reproduce_the_old_behaviour_and_take_lists():
+    config = RunConfig()
+    assert config.model.patch_dropout == 0.0 and config.train.unmasked_epochs == 0
+    assert config.data.crop_scale is None  # the dataset's own (Shapes 0.9-1, others 0.5-1)
+    assert config.data.crop_ratio == pytest.approx((3 / 4, 4 / 3))
+    config = apply_overrides(RunConfig(), ["data.crop_scale=[0.5, 1]", "data.crop_ratio=[1, 1]",
+                                           "model.patch_dropout=0.75", "train.unmasked_epochs=2"])
+    assert config.data.crop_scale == (0.5, 1.0) and config.data.crop_ratio == (1.0, 1.0)
+    assert [config.train.masks_patches(e) for e in range(1, 11)] == [True] * 8 + [False] * 2
+
+
 @pytest.mark.parametrize(
     ("assignment", "fragment"),
     [
@@ -69,6 +80,14 @@ def test_overrides_are_typed():
         ("train.loss=sigmoid", "train.loss: expected one of clip, siglip, got 'sigmoid'"),
         ("model.init_logit_bias=-10", "model.init_logit_bias is the logit bias of "
                                       "train.loss=siglip"),
+        ("model.patch_dropout=1", "model.patch_dropout must be in [0, 1)"),
+        ("model.patch_dropout=-0.5", "model.patch_dropout must be in [0, 1)"),
+        ("train.unmasked_epochs=-1", "train.unmasked_epochs must be >= 0"),
+        ("data.crop_scale=[0.9, 0.5]", "data.crop_scale must be [min, max] with 0 < min <= max <= 1"),
+        ("data.crop_scale=[0, 1]", "data.crop_scale must be [min, max] with 0 < min"),
+        ("data.crop_scale=[0.5, 1.5]", "data.crop_scale must be [min, max]"),
+        ("data.crop_scale=0.5", "data.crop_scale: expected"),
+        ("data.crop_ratio=[1.5, 1.0]", "data.crop_ratio must be [min, max] with 0 < min <= max"),
     ],
 )
 def test_bad_overrides_name_the_key(assignment, fragment):

@@ -188,6 +188,13 @@ def test_loader_passes_its_crop_scale(shapes_data):
     assert (boxes[:, 2] * boxes[:, 3] >= 0.85 * 32 * 32).all()
 
 
+def test_loader_passes_its_crop_ratio(shapes_data):
+    square = _loader(shapes_data.train, crop_ratio=(1.0, 1.0)).batch(0).boxes
+    assert (square[:, 2] - square[:, 3]).abs().max() <= 1  # width / height 1, up to rounding
+    wide = _loader(shapes_data.train, crop_ratio=(2.0, 2.5), crop_scale=(0.25, 0.35)).batch(0).boxes
+    assert (wide[:, 3] >= 1.8 * wide[:, 2]).all()
+
+
 def test_eval_batches_in_order(shapes_data):
     split = shapes_data.val
     batches = list(eval_batches(split, 4))

@@ -11,6 +11,7 @@ import yaml
 
 from cliptune.config import RunConfig, model_config_for
 from cliptune.errors import ConfigError
+from cliptune.hpo.baseline import base_params
 from cliptune.hpo.fidelity import load_plan
 from cliptune.hpo.search_space_file import load_search_space, search_space_from_dict
 
@@ -69,6 +70,24 @@ def test_head_dim_sets_width_from_heads():
     config = s.apply(RunConfig(), {"heads": 4, "head_dim": 24})
     assert (config.model.vision_heads, config.model.vision_width) == (4, 96)
     assert config.model.text_width == RunConfig().model.text_width
+
+
+def test_crop_scale_min_sets_the_crop_range_and_patch_dropout_its_key():
+    s = space(
+        crop={"type": "float", "low": 0.3, "high": 1.0, "target": "data.crop_scale_min"},
+        mask={"type": "categorical", "choices": [0.0, 0.5, 0.75], "target": "model.patch_dropout"},
+    )
+    s.check_against(RunConfig())
+    config = s.apply(RunConfig(), {"crop": 0.5, "mask": 0.75})
+    assert config.data.crop_scale == (0.5, 1.0) and config.model.patch_dropout == 0.75
+    # the baseline: a target that states its crops is trial 0; the dataset's own is no value
+    target = s.apply(RunConfig(), {"crop": 0.9, "mask": 0.0})
+    assert base_params(s, target)[0] == {"crop": 0.9, "mask": 0.0}
+    params, why = base_params(s, RunConfig())
+    assert params is None and "crop = None is outside the search space" in why
+    with pytest.raises(ConfigError, match=r"entry 'crop' = 0.0: .*data.crop_scale must be"):
+        space(crop={"type": "float", "low": 0.0, "high": 1.0,
+                    "target": "data.crop_scale_min"}).check_against(RunConfig())
 
 
 def test_yaml_1_1_exponent_strings_are_numbers(tmp_path):

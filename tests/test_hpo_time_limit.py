@@ -10,7 +10,7 @@ import pytest
 from hpo_tiny import SPACE, load, read_json, tiny_plan, write_study_files
 
 from cliptune.cli import optimize
-from cliptune.config import RunConfig, config_to_dict
+from cliptune.config import RunConfig, apply_overrides, config_to_dict
 from cliptune.errors import ConfigError
 from cliptune.hpo.driver import run_study
 from cliptune.hpo.fidelity import load_plan
@@ -19,7 +19,14 @@ from cliptune.hpo.reports import ReportContext, StudyReporter
 from cliptune.hpo.search_space import describe
 from cliptune.hpo.search_space_file import search_space_from_dict
 from cliptune.hpo.settings import StudySettings
-from cliptune.hpo.time_limit import CONSTRAINT, beats, best_trial, project_train_seconds
+from cliptune.hpo.time_limit import (
+    CONSTRAINT,
+    beats,
+    best_trial,
+    measured_epochs,
+    project_train_seconds,
+)
+from cliptune.model.flops import training_flops_per_sample
 
 
 def run_tiny(tmp_path, cache_dir, name: str, limit: float | None) -> optuna.Study:
@@ -36,6 +43,23 @@ def test_projection_scales_training_by_images_and_validation_by_its_own():
     metrics = {"train_time": 2.0, "epoch_time": 3.0}  # 1 s of validation
     # the target: 3x the training images, 2x the validation images, 10 epochs
     assert project_train_seconds(metrics, (100, 50), (300, 100), 10) == pytest.approx(80.0)
+
+
+def test_projection_counts_unmasked_epochs_at_their_own_cost():
+    """Patch dropout: a trial's first epoch is masked, the target's last epochs are not."""
+    assert measured_epochs(RunConfig(), RunConfig()) == 10  # no patch dropout: epochs
+    full = apply_overrides(RunConfig(), ["model.patch_dropout=0.5", "train.epochs=10",
+                                         "train.unmasked_epochs=2"])
+    masked = training_flops_per_sample(full.model)
+    unmasked = training_flops_per_sample(full.model, masked=False)
+    assert unmasked > 1.3 * masked
+    assert measured_epochs(full, full) == pytest.approx(8 + 2 * unmasked / masked)
+    trial = apply_overrides(RunConfig(), ["model.patch_dropout=0.5", "train.epochs=2",
+                                          "train.unmasked_epochs=2"])  # trained unmasked
+    assert measured_epochs(full, trial) == pytest.approx(8 * masked / unmasked + 2)
+    metrics = {"train_time": 2.0, "epoch_time": 3.0}
+    assert project_train_seconds(metrics, (100, 50), (300, 100), 10, train_epochs=9.5) == \
+        pytest.approx(9.5 * 6 + 10 * 2)
 
 
 def test_trials_record_run_time_and_a_limit_all_keep_to(tmp_path, cache_dir):

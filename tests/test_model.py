@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cliptune.config import ModelConfig, model_preset
 from cliptune.model import CLIP
-from cliptune.model.clip import QuickGELU
+from cliptune.model.clip import PatchDropout, QuickGELU
+from cliptune.model.flops import kept_patches, training_flops_per_sample, vision_flops
 
 SMALL = ModelConfig(
     embed_dim=16,
@@ -188,6 +189,69 @@ def test_flops_match_torch_flop_counter():
         model.encode_image(images(1))
         model.encode_text(captions([12]))
     assert model.flops_per_sample() == pytest.approx(3 * counter.get_total_flops())
+
+
+# ----------------------------------------------------------------- patch dropout
+
+PATCHES_32 = dict(image_size=32)  # 16 patches of 8 px
+
+
+def images_32(n: int, seed: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(("p", "kept"), [(0.25, 12), (0.5, 8), (0.7, 5), (0.9, 2), (0.99, 1)])
+def test_patch_dropout_keeps_the_class_token_and_round_1_minus_p_of_the_patches(p, kept):
+    assert kept_patches(16, p) == kept
+    tokens = torch.arange(6 * 17, dtype=torch.float32).view(6, 17, 1).expand(6, 17, 4)
+    dropout = PatchDropout(p).train()
+    out = dropout(tokens)
+    assert out.shape == (6, 1 + kept, 4)
+    assert torch.equal(out[:, 0], tokens[:, 0])  # the class token, first
+    ids = out[:, 1:, 0].long()
+    for image in range(6):  # distinct patch tokens of the image itself
+        row = ids[image].tolist()
+        assert len(set(row)) == kept
+        assert all(image * 17 + 1 <= i < (image + 1) * 17 for i in row)
+    if kept < 16:  # each image draws its own subset
+        assert len({frozenset((ids[i] % 17).tolist()) for i in range(6)}) > 1
+    assert torch.equal(dropout.eval()(tokens), tokens)
+
+
+def test_patch_dropout_in_the_image_tower_only_in_training():
+    model = make_model(patch_dropout=0.5, **PATCHES_32)
+    plain = make_model(**PATCHES_32)  # the same weights, no patch dropout
+    lengths = []
+    model.visual.transformer.register_forward_pre_hook(
+        lambda _, args: lengths.append(args[0].shape[1]))
+    x = images_32(3)
+    torch.testing.assert_close(model.encode_image(x), plain.encode_image(x), rtol=0, atol=0)
+    model.train(), plain.train()
+    masked = model.encode_image(x)
+    assert not torch.allclose(masked, plain.encode_image(x))
+    model.set_patch_dropout(False)  # an unmasked epoch: every patch again
+    torch.testing.assert_close(model.encode_image(x), plain.encode_image(x), rtol=0, atol=0)
+    assert lengths == [17, 9, 17]
+
+
+def test_patch_dropout_flops_count_the_tokens_kept():
+    config = replace(SMALL, patch_dropout=0.5, **PATCHES_32)
+    # by hand: 16 patches, 8 kept + the class token = 9 tokens, width 32, MLP 128, 2 layers
+    qkv, attention, out, mlp = 2 * 9 * 32 * 96, 2 * 2 * 9 * 9 * 32, 2 * 9 * 32 * 32, 2 * 2 * 9 * 32 * 128
+    conv = 2 * 16 * (3 * 8 * 8) * 32  # the patch conv still sees all 16 patches
+    expected = conv + 2 * (qkv + attention + out + mlp) + 2 * 32 * 16
+    assert expected == 660_736 == vision_flops(config, masked=True)
+    assert vision_flops(config) == vision_flops(replace(config, patch_dropout=0.0), masked=True)
+
+    model = make_model(patch_dropout=0.5, **PATCHES_32).train()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model.encode_image(images_32(1))
+        model.encode_text(captions([12]))
+    assert model.flops_per_sample() == pytest.approx(3 * counter.get_total_flops())
+    assert model.flops_per_sample() == training_flops_per_sample(config)
+    model.set_patch_dropout(False)
+    assert model.flops_per_sample() == training_flops_per_sample(config, masked=False)
+    assert training_flops_per_sample(config, masked=False) > training_flops_per_sample(config)
 
 
 def test_grad_checkpointing_gives_same_gradients():

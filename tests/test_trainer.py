@@ -2,13 +2,16 @@ import json
 import math
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from trainer_helpers import tiny_config
 
 from cliptune import checkpoint as checkpointer_module
 from cliptune import trainer as trainer_module
 from cliptune.checkpoint import load_checkpoint
+from cliptune.data import device_batches
 from cliptune.errors import CheckpointError, TrainingDiverged
+from cliptune.model.clip import PatchDropout
 from cliptune.trainer import Trainer
 
 
@@ -90,6 +93,43 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, cache_dir, data, monke
     with pytest.raises(CheckpointError, match="No space left"):
         trainer.fit()
     assert load_checkpoint(trainer.checkpoint_dir / "last.pt")["epoch"] == 1
+
+
+def test_unmasked_epochs_train_the_last_epochs_on_every_patch(tmp_path, cache_dir, data,
+                                                              monkeypatch):
+    tokens: dict[int, set[int]] = {}
+    config = tiny_config(tmp_path, cache_dir, "model.patch_dropout=0.5", "train.unmasked_epochs=1",
+                         "train.save_checkpoints=false", "train.figure_images=0")
+    trainer = Trainer(config, data=data, show_progress=False)
+    forward = PatchDropout.forward
+
+    def counting(self, x):
+        out = forward(self, x)
+        if self.training:  # what the blocks see in a training step
+            tokens.setdefault(trainer.epoch + 1, set()).add(out.shape[1])
+        return out
+
+    monkeypatch.setattr(PatchDropout, "forward", counting)
+    trainer.fit()
+    # 4 x 4 patches: 8 kept + the class token in the first epoch, all 16 + 1 in the last
+    assert tokens == {1: {9}, 2: {17}}
+
+
+def test_data_crop_keys_replace_the_datasets_crops(tmp_path, cache_dir, data):
+    def loader(*extra):
+        trainer = Trainer(tiny_config(tmp_path, cache_dir, *extra), data=data, show_progress=False)
+        return trainer._train_loader(epoch=1)
+
+    default = loader()  # Shapes' own gentle crops (captions state sizes and positions)
+    assert default.crop_scale == data.crop_scale == (0.9, 1.0)
+    assert default.crop_ratio == pytest.approx((3 / 4, 4 / 3))
+    small = loader("data.crop_scale=[0.3, 0.3]", "data.crop_ratio=[1, 1]")
+    boxes = small.batch(0).boxes
+    area = boxes[:, 2] * boxes[:, 3] / 32**2
+    assert area.min() > 0.25 and area.max() < 0.35
+    assert (boxes[:, 2] - boxes[:, 3]).abs().max() <= 1
+    first = [next(device_batches(x, "cpu"))[0] for x in (default, small)]
+    assert not torch.allclose(*first, atol=0.1)
 
 
 def test_early_stopping_and_callbacks(tmp_path, cache_dir, data):

@@ -1,6 +1,6 @@
-"""Resuming: equal to an uninterrupted run (fp32 and the default bf16 path, SigLIP), the
-learning-rate schedule kept across a changed --epochs, accumulation windows weighted alike,
-save_last."""
+"""Resuming: equal to an uninterrupted run (fp32 and the default bf16 path, SigLIP, patch
+dropout), the learning-rate schedule kept across a changed --epochs, accumulation windows
+weighted alike, save_last."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from trainer_helpers import Interrupt, interrupt_after, tiny_config, weights
 
-from cliptune.checkpoint import load_checkpoint, load_model, save_checkpoint
+from cliptune.checkpoint import Checkpointer, load_checkpoint, load_model, save_checkpoint
 from cliptune.errors import ConfigError
 from cliptune.trainer import Trainer
 from cliptune.training.loop import window_sizes
@@ -71,6 +71,40 @@ def test_siglip_run_checkpoints_its_bias_and_resumes_equal_to_uninterrupted(
     assert history[-1]["logit_bias"] == pytest.approx(got["logit_bias"].item())
     best = load_model(resumed.checkpoint_dir / "best.pt")  # rebuilt from the file alone
     assert best.model.logit_bias is not None and best.config.train.loss == "siglip"
+
+
+def test_resume_mid_epoch_with_patch_dropout_equals_uninterrupted(tmp_path, cache_dir, data,
+                                                                  monkeypatch):
+    """Which patches each image keeps is drawn per batch from the run's seed: a run killed
+    right after a mid-epoch checkpoint of its masked first epoch ends as an uninterrupted
+    one, its unmasked last epoch included."""
+    extra = ("model.patch_dropout=0.5", "train.unmasked_epochs=1",
+             "train.checkpoint_every_steps=2", "train.figure_images=0")
+    straight = Trainer(tiny_config(tmp_path / "a", cache_dir, *extra), data=data,
+                       show_progress=False)
+    straight.fit()
+
+    config = tiny_config(tmp_path / "b", cache_dir, *extra)
+    save = Checkpointer.save_position
+
+    def save_and_die(self, state):
+        save(self, state)
+        raise Interrupt
+
+    monkeypatch.setattr(Checkpointer, "save_position", save_and_die)
+    killed = Trainer(config, data=data, show_progress=False)
+    with pytest.raises(Interrupt):
+        killed.fit()
+    monkeypatch.undo()
+    position = load_checkpoint(killed.checkpoint_dir / "last.pt")["position"]
+    assert position["epoch"] == 1 and position["batches"] == 2  # of 3
+    torch.manual_seed(1234)  # whatever the process drew since, the resumed epochs draw the same
+    resumed = Trainer(config, data=data, show_progress=False)
+    assert resumed.fit().epochs_completed == 2
+    expected, got = weights(straight), weights(resumed)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in straight.history]
 
 
 def test_resume_from_a_checkpoint_with_the_rng_states_of_more_gpus(tmp_path, cache_dir, data):

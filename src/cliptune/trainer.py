@@ -341,6 +341,7 @@ class Trainer:
             epoch, epoch_start = state.epoch + 1, time.perf_counter()
             position = state.position if (state.position or {}).get("epoch") == epoch else None
             loader = self._loader = self._train_loader(epoch, position)
+            self.model.set_patch_dropout(cfg.masks_patches(epoch))
             stats = train_one_epoch(
                 state, self.train_model, self.loss_fn, device_batches(loader, self.device),
                 len(loader), config=cfg, device=self.device, precision=self.precision,

@@ -29,6 +29,10 @@ class DataConfig:
     max_samples: int | None = None  # cap on training images (quick runs)
     max_eval_samples: int | None = None  # cap on val and test images
     augment: bool = True
+    # training crops (with augment): area fraction kept, None = the dataset's own (Shapes
+    # 0.9-1: its captions state sizes and positions; others 0.5-1), and aspect-ratio range
+    crop_scale: tuple[float, float] | None = None
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     num_workers: int | str = "auto"  # reader processes; auto: 0 on CPU, a few for a GPU
     # webdataset shards (docs/DATASETS.md): validation and test shard patterns (default: the
     # manifest.json next to the training shards), samples per epoch (default: the manifest's
@@ -62,6 +66,7 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     activation: str = "gelu"  # gelu | quick_gelu
     dropout: float = 0.0
+    patch_dropout: float = 0.0  # fraction of image patch tokens dropped in training (FLIP)
     init_temperature: float = 0.07
     learnable_temperature: bool = True
     # SigLIP's learnable logit bias (OpenCLIP's `init_logit_bias`): its initial value, None
@@ -88,6 +93,7 @@ class TrainConfig:
     # true: the grad_accum_steps batches of a step are ONE contrastive batch (GradCache: every
     # pair sees the others' negatives); false: the mean of each batch's own loss
     accum_features: bool = False
+    unmasked_epochs: int = 0  # the last k epochs train without patch dropout
     precision: str = "auto"  # auto (bf16 where supported, else fp16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -105,6 +111,11 @@ class TrainConfig:
     save_last: bool = True  # last.pt for resuming (HPO trials, which never resume, skip it)
     log_every: int = 10  # optimizer steps between TensorBoard scalar writes
     figure_images: int = 4  # val images in the per-epoch retrieval figure
+
+    def masks_patches(self, epoch: int) -> bool:
+        """Whether epoch `epoch` (1-based) trains with patch dropout (`model.patch_dropout`):
+        every epoch but the last `unmasked_epochs`."""
+        return epoch <= self.epochs - self.unmasked_epochs
 
 
 @dataclass
@@ -215,6 +226,12 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("model.context_length must be at least 3 (start, a token, end)")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if not 0 <= m.patch_dropout < 1:
+        raise ConfigError(f"model.patch_dropout must be in [0, 1) (the fraction of patch "
+                          f"tokens dropped in training; FLIP uses 0.5-0.75), got {m.patch_dropout}")
+    if t.unmasked_epochs < 0:
+        raise ConfigError(f"train.unmasked_epochs must be >= 0 (the last epochs trained "
+                          f"without patch dropout), got {t.unmasked_epochs}")
     for name in ("epochs", "batch_size", "eval_batch_size", "lr", "grad_accum_steps"):
         positive(f"train.{name}", getattr(t, name))
     if t.batch_size < 2:
@@ -230,6 +247,12 @@ def validate(config: RunConfig) -> None:
         value = getattr(d, name)
         if value is not None and value < 2:
             raise ConfigError(f"data.{name} must be at least 2, got {value}")
+    if d.crop_scale is not None and not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
+        raise ConfigError(f"data.crop_scale must be [min, max] with 0 < min <= max <= 1 (the "
+                          f"area fraction a training crop keeps), got {list(d.crop_scale)}")
+    if not 0 < d.crop_ratio[0] <= d.crop_ratio[1]:
+        raise ConfigError(f"data.crop_ratio must be [min, max] with 0 < min <= max (a training "
+                          f"crop's width / height), got {list(d.crop_ratio)}")
     if d.num_workers != "auto" and not (isinstance(d.num_workers, int) and d.num_workers >= 0):
         raise ConfigError(f"data.num_workers must be auto or an integer >= 0, got {d.num_workers!r}")
     if d.epoch_samples is not None and d.epoch_samples < 2:

@@ -51,10 +51,12 @@ def crop_boxes(rng: np.random.Generator, n: int, height: int, width: int,
 
 
 def draw_augmentation(rng: np.random.Generator, n: int, height: int, width: int, *,
-                      flip: bool, scale: tuple[float, float] = CROP_SCALE
+                      flip: bool, scale: tuple[float, float] = CROP_SCALE,
+                      ratio: tuple[float, float] = CROP_RATIO
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop boxes int64 (n, 4) and flip flags bool (n,) for `n` images (no flips unless `flip`)."""
-    boxes = crop_boxes(rng, n, height, width, scale)
+    """Crop boxes int64 (n, 4) and flip flags bool (n,) for `n` images (no flips unless `flip`):
+    area fractions in `scale`, aspect ratios (width / height) in `ratio`."""
+    boxes = crop_boxes(rng, n, height, width, scale, ratio)
     flips = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
     return torch.from_numpy(boxes), torch.from_numpy(flips)
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cliptune.data.augment import CROP_SCALE, augment_images, draw_augmentation
+from cliptune.data.augment import CROP_RATIO, CROP_SCALE, augment_images, draw_augmentation
 from cliptune.data.image_cache import empty_batch, read_images
 from cliptune.data.preprocess import normalize_images
 from cliptune.data.splits import Split
@@ -153,7 +153,8 @@ class TrainLoader:
     One random caption per image by default; `all_captions=True` gives every
     (image, caption) pair once. Every batch holds exactly `batch_size` different images.
     With `augment`: random resized crop (area fraction in `crop_scale`, by default 0.5-1;
-    pass `PreparedData.crop_scale`) back to the same size, and a horizontal flip of half
+    pass `data.crop_scale` or `PreparedData.crop_scale`, aspect ratio in `crop_ratio`)
+    back to the same size, and a horizontal flip of half
     the images when `flip` (never for left/right captions); without it, the cached
     pixels as they are.
 
@@ -174,6 +175,7 @@ class TrainLoader:
     def __init__(self, split: Split, *, batch_size: int, seed: int, epoch: int, augment: bool,
                  flip: bool, all_captions: bool = False, num_workers: int | str = 0,
                  pin_memory: bool = False, crop_scale: tuple[float, float] = CROP_SCALE,
+                 crop_ratio: tuple[float, float] = CROP_RATIO,
                  rank: int = 0, world_size: int = 1, start: int = 0) -> None:
         if not 2 <= batch_size <= len(split):
             raise DataError(
@@ -187,7 +189,8 @@ class TrainLoader:
             )
         self.split = split
         self.seed, self.epoch = seed, epoch
-        self.augment, self.flip, self.crop_scale = augment, flip, crop_scale
+        self.augment, self.flip = augment, flip
+        self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
         self.rank, self.world_size = rank, world_size
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.num_workers = (default_num_workers(self.pin_memory, world_size)
@@ -230,7 +233,8 @@ class TrainLoader:
         if self.augment:  # drawn for the global batch, then sliced: the same on every rank
             _, height, width, _ = self.split.images.shape
             boxes, flips = draw_augmentation(_rng(self.seed, self.epoch, index), size, height,
-                                             width, flip=self.flip, scale=self.crop_scale)
+                                             width, flip=self.flip, scale=self.crop_scale,
+                                             ratio=self.crop_ratio)
         mine = slice(self.rank * size // self.world_size, (self.rank + 1) * size // self.world_size)
         captions, images = captions[mine], images[mine]
         pinned = self.pin_memory and self.num_workers == 0  # else DataLoader pins

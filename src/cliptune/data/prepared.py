@@ -89,7 +89,8 @@ class PreparedData:
             return ShardLoader(
                 self.train, tokenizer=self.tokenizer, image_size=self.image_size,
                 batch_size=batch_size, seed=config.seed, epoch=epoch, augment=data.augment,
-                flip=self.flip_safe, crop_scale=self.crop_scale,
+                flip=self.flip_safe, crop_scale=data.crop_scale or self.crop_scale,
+                crop_ratio=data.crop_ratio,
                 shuffle_buffer=data.shuffle_buffer, resampled=data.resampled,
                 num_workers=workers, pin_memory=device.type == "cuda",
                 decode_device=resolve_decode_device(data.decode_device, device),
@@ -103,7 +104,8 @@ class PreparedData:
             self.train, batch_size=batch_size, seed=config.seed, epoch=epoch,
             augment=data.augment, flip=self.flip_safe, all_captions=config.train.all_captions,
             num_workers=data.num_workers, pin_memory=device.type == "cuda",
-            crop_scale=self.crop_scale, rank=rank, world_size=world_size, start=start,
+            crop_scale=data.crop_scale or self.crop_scale, crop_ratio=data.crop_ratio,
+            rank=rank, world_size=world_size, start=start,
         )
 
     def split(self, name: str) -> Split | ShardSplit:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from cliptune.data.augment import CROP_SCALE, draw_augmentation
+from cliptune.data.augment import CROP_RATIO, CROP_SCALE, draw_augmentation
 from cliptune.data.loader import HostBatch
 from cliptune.data.preprocess import DECODE_ERRORS, decode_image, decode_jpegs_cuda
 from cliptune.data.shard_samples import (
@@ -112,6 +112,7 @@ class _Stream(torch.utils.data.IterableDataset):
     augment: bool
     flip: bool
     crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
     caption_field: str
     shuffle_buffer: int
     resampled: bool
@@ -224,7 +225,7 @@ class _Stream(torch.utils.data.IterableDataset):
             if self.augment:  # drawn for the global batch, then sliced: as TrainLoader does
                 boxes, flips = draw_augmentation(_rng(self.seed, self.epoch, index),
                                                  self.batch_size, size, size, flip=self.flip,
-                                                 scale=self.crop_scale)
+                                                 scale=self.crop_scale, ratio=self.crop_ratio)
                 mine = slice(self.rank * local, (self.rank + 1) * local)
                 boxes, flips = boxes[mine], flips[mine]
             images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
@@ -252,7 +253,8 @@ class ShardLoader:
 
     def __init__(self, split: ShardSplit, *, tokenizer: Tokenizer, image_size: int,
                  batch_size: int, seed: int, epoch: int, augment: bool, flip: bool,
-                 crop_scale: tuple[float, float] = CROP_SCALE, shuffle_buffer: int = 1000,
+                 crop_scale: tuple[float, float] = CROP_SCALE,
+                 crop_ratio: tuple[float, float] = CROP_RATIO, shuffle_buffer: int = 1000,
                  resampled: bool = False, num_workers: int | str = "auto",
                  pin_memory: bool = False, decode_device: str = "cpu",
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
@@ -285,7 +287,8 @@ class ShardLoader:
         self._seen: dict[int, tuple[int, tuple[int, int, int]]] = {}
         self._stream = _Stream(
             split.urls, tokenizer.to_json(), n_batches, batch_size, image_size, seed, epoch,
-            rank, world_size, augment, flip, tuple(crop_scale), split.caption_field,
+            rank, world_size, augment, flip, tuple(crop_scale), tuple(crop_ratio),
+            split.caption_field,
             shuffle_buffer, resampled, decode_device, start, dict(split.shard_samples), counters)
 
     def __len__(self) -> int:

@@ -10,7 +10,13 @@ from typing import Any
 import optuna
 
 from cliptune.config import RunConfig, config_to_dict
-from cliptune.hpo.search_space import HEAD_DIM_KEYS, Parameter, SearchSpace, describe
+from cliptune.hpo.search_space import (
+    CROP_SCALE_MIN,
+    HEAD_DIM_KEYS,
+    Parameter,
+    SearchSpace,
+    describe,
+)
 
 BASELINE_ATTR = "baseline"  # user attribute of the baseline trial
 
@@ -20,6 +26,9 @@ def _value_of(config: dict[str, Any], key: str) -> Any:
         tower = HEAD_DIM_KEYS[key]
         width, heads = config["model"][f"{tower}_width"], config["model"][f"{tower}_heads"]
         return width // heads if width % heads == 0 else None
+    if key == CROP_SCALE_MIN:  # None: the dataset's own crops, which no entry value names
+        scale = config["data"]["crop_scale"]
+        return scale[0] if scale is not None and scale[1] == 1.0 else None
     section, _, name = key.rpartition(".")
     return (config[section] if section else config)[name]
 

@@ -175,7 +175,8 @@ class Objective:
             history.append(metrics)
             if len(history) == 1 and self.settings.target is not None:
                 record_projection(trial, self.space.apply(self.settings.target, params),
-                                  trainer.data, metrics, self.settings.max_train_seconds)
+                                  trainer.data, metrics, self.settings.max_train_seconds,
+                                  trainer.config)
             trial.report(metrics[key], epoch)
             if trial.should_prune():
                 _record_best(trial, history, key, minimize)

@@ -16,6 +16,7 @@ from cliptune.errors import ConfigError
 ParamValue = bool | int | float | str
 
 HEAD_DIM_KEYS = {"model.vision_head_dim": "vision", "model.text_head_dim": "text"}
+CROP_SCALE_MIN = "data.crop_scale_min"  # sets data.crop_scale = [value, 1]
 # (divisor, dividend): the first key must divide the second in every trial.
 DIVISIBILITY = (
     ("model.vision_heads", "model.vision_width"),
@@ -95,6 +96,8 @@ class SearchSpace:
             for key in parameter.targets:
                 if key in HEAD_DIM_KEYS:
                     head_dims[HEAD_DIM_KEYS[key]] = params[parameter.name]
+                elif key == CROP_SCALE_MIN:
+                    data["data"]["crop_scale"] = [params[parameter.name], 1.0]
                 else:
                     _set_nested(data, key, params[parameter.name])
         for tower, head_dim in head_dims.items():

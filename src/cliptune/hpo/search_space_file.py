@@ -14,7 +14,8 @@ A search space file holds one mapping, `parameters`, of entries such as
 (`target: [model.vision_layers, model.text_layers]` searches one depth for both
 towers). Besides the config keys, `model.vision_head_dim` and `model.text_head_dim`
 are accepted: they set the tower's width to heads x head_dim, so the head count
-always divides the width.
+always divides the width; and `data.crop_scale_min`, which sets `data.crop_scale` to
+[value, 1] (a list-valued key is not one Optuna parameter).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import optuna
 
 from cliptune.config import RunConfig, read_yaml
 from cliptune.errors import ConfigError
-from cliptune.hpo.search_space import HEAD_DIM_KEYS, Parameter, SearchSpace
+from cliptune.hpo.search_space import CROP_SCALE_MIN, HEAD_DIM_KEYS, Parameter, SearchSpace
 
 # Keys the driver owns: the trial's name and folders, and the per-trial epoch budget.
 RESERVED_KEYS = {
@@ -42,7 +43,7 @@ ENTRY_FIELDS = {"type", "low", "high", "log", "step", "choices", "target"}
 
 
 def _known_keys() -> set[str]:
-    keys = set(HEAD_DIM_KEYS)
+    keys = {*HEAD_DIM_KEYS, CROP_SCALE_MIN}
     config = RunConfig()
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)

@@ -9,9 +9,12 @@ trial's parameters would train at the target's full fidelity on this machine,
                      + validation time x target validation images / trial validation images)
 
 from that first epoch: the training part of an epoch scales with the images it trains
-on, validation with the images it embeds; the target trains on its whole splits (capped
-only by its own max_samples / max_eval_samples) of the trials' dataset (a fidelity's
-`set` keys are cost-only settings, so the dataset is the same). With a limit (`max_train_seconds`)
+on, validation with the images it embeds; under patch dropout the training part of each
+target epoch also scales with its training FLOPs over those of the measured epoch (the
+unmasked last epochs, `train.unmasked_epochs`, cost more than a masked first one). The
+target trains on its whole splits (capped only by its own max_samples /
+max_eval_samples) of the trials' dataset (a fidelity's `set` keys are cost-only
+settings, so the dataset is the same). With a limit (`max_train_seconds`)
 the trial also gets the Optuna constraint `train_seconds` = projected - limit through
 `trial.set_constraint` (feasible when <= 0): TPESampler and GPSampler then sample away
 from settings that are too slow. The study's best trial (`best_trial`) is the best
@@ -33,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cliptune.config import RunConfig
 from cliptune.data import PreparedData
 from cliptune.hpo.study import METRICS
+from cliptune.model.flops import epochs_flops_per_sample, training_flops_per_sample
 
 CONSTRAINT = "train_seconds"  # the Optuna constraint: projected - limit
 
@@ -47,22 +51,34 @@ def target_sizes(target: RunConfig, data: PreparedData) -> tuple[int, int]:
 
 
 def project_train_seconds(metrics: dict[str, float], trial_sizes: tuple[int, int],
-                          target: tuple[int, int], target_epochs: int) -> float:
+                          target: tuple[int, int], target_epochs: int,
+                          train_epochs: float | None = None) -> float:
     """The target's training time from one trial epoch's `epoch_time` and `train_time`
-    (see the module docstring); sizes are (training, validation) images."""
+    (see the module docstring); sizes are (training, validation) images. `train_epochs`:
+    the target's training compute in units of the measured epoch's (default: its epochs)."""
     train_s = metrics["train_time"]
     val_s = max(0.0, metrics["epoch_time"] - train_s)
-    per_epoch = (train_s * target[0] / max(1, trial_sizes[0])
-                 + val_s * target[1] / max(1, trial_sizes[1]))
-    return target_epochs * per_epoch
+    train_epochs = target_epochs if train_epochs is None else train_epochs
+    return (train_epochs * train_s * target[0] / max(1, trial_sizes[0])
+            + target_epochs * val_s * target[1] / max(1, trial_sizes[1]))
+
+
+def measured_epochs(full: RunConfig, measured: RunConfig) -> float:
+    """The training compute of all `full`'s epochs in units of `measured`'s first epoch
+    (its epochs when neither uses patch dropout)."""
+    first = training_flops_per_sample(measured.model, masked=measured.train.masks_patches(1))
+    return epochs_flops_per_sample(full.model, full.train, full.train.epochs) / first
 
 
 def record_projection(trial: optuna.Trial, full: RunConfig, data: PreparedData,
-                      metrics: dict[str, float], limit: float | None) -> float:
+                      metrics: dict[str, float], limit: float | None,
+                      measured: RunConfig | None = None) -> float:
     """Store trial `trial`'s projected training time at full fidelity (`full`: the target
-    with its parameters) and, with a `limit`, its constraint; returns the projection."""
+    with its parameters; `measured`: the trial's own config, default `full`) and, with a
+    `limit`, its constraint; returns the projection."""
     seconds = project_train_seconds(metrics, (len(data.train), len(data.val)),
-                                    target_sizes(full, data), full.train.epochs)
+                                    target_sizes(full, data), full.train.epochs,
+                                    measured_epochs(full, measured or full))
     trial.set_user_attr("projected_train_seconds", seconds)
     if limit is not None:
         trial.set_constraint(CONSTRAINT, seconds - limit)

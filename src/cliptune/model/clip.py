@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cliptune.config import ModelConfig
-from cliptune.model.flops import training_flops_per_sample
+from cliptune.model.flops import kept_patches, training_flops_per_sample
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -156,6 +156,32 @@ class Transformer(nn.Module):
 # ---------------------------------------------------------------- image tower
 
 
+class PatchDropout(nn.Module):
+    """FLIP's patch dropout (Li et al. 2023; OpenCLIP's `PatchDropout`): in training, each
+    image keeps its class token and a random `kept_patches(patches, p)` of its patch
+    tokens; in evaluation, or while `enabled` is False, every token passes.
+
+    The tokens kept are drawn from torch's default generator, which the training loop
+    seeds per batch (`runtime.seed_batch`): a resumed run draws what the uninterrupted
+    one drew. The kept tokens' order does not matter: they already hold their positional
+    embedding, the blocks treat tokens alike and the class token is what is pooled.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.enabled and self.p > 0):
+            return x
+        batch, patches = x.shape[0], x.shape[1] - 1
+        scores = torch.rand(batch, patches, device=x.device)
+        kept = scores.topk(kept_patches(patches, self.p), dim=1, sorted=False).indices + 1
+        rows = torch.arange(batch, device=x.device).unsqueeze(1)
+        return torch.cat([x[:, :1], x[rows, kept]], dim=1)
+
+
 class VisionTransformer(nn.Module):
     """Patchify, prepend a class token, add learned positions, run blocks, project.
 
@@ -173,6 +199,7 @@ class VisionTransformer(nn.Module):
         )
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.patch_dropout = PatchDropout(config.patch_dropout)
         self.ln_pre = nn.LayerNorm(width)
         self.transformer = Transformer(
             width,
@@ -190,7 +217,7 @@ class VisionTransformer(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_conv(images).flatten(2).transpose(1, 2)  # (B, grid*grid, width)
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding
+        x = self.patch_dropout(torch.cat([cls, x], dim=1) + self.positional_embedding)
         x = self.transformer(self.ln_pre(x))
         # LayerNorm acts per token, so normalising only the pooled class token is exact.
         return self.ln_post(x[:, 0]) @ self.projection
@@ -299,10 +326,15 @@ class CLIP(nn.Module):
         self.visual.transformer.grad_checkpointing = enabled
         self.text.transformer.grad_checkpointing = enabled
 
+    def set_patch_dropout(self, enabled: bool) -> None:
+        """Train with `model.patch_dropout` (True) or on every patch (an unmasked epoch)."""
+        self.visual.patch_dropout.enabled = enabled
+
     def num_parameters(self) -> int:
         """Number of parameters (the temperature counts when it is learnable, and the bias)."""
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_sample(self) -> float:
-        """Training FLOPs per image-text pair (3x the forward matmul FLOPs), for MFU."""
-        return training_flops_per_sample(self.config)
+        """Training FLOPs per image-text pair (3x the forward matmul FLOPs, over the tokens
+        a training step processes now: see `set_patch_dropout`), for MFU."""
+        return training_flops_per_sample(self.config, masked=self.visual.patch_dropout.enabled)
