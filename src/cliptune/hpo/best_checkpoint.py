@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cliptune.checkpoint import STUDY_RECORD, folder_owner
 from cliptune.errors import ConfigError
+from cliptune.files import write_atomic
 from cliptune.hpo.time_limit import best_trial
 
 ARTIFACT_ATTR = "checkpoint_artifact"  # trial attribute: the artifact id of its checkpoint
@@ -111,10 +112,7 @@ def _install(source: Path, folder: Path, trial: FrozenTrial) -> Path:
     record = folder / STUDY_RECORD
     record.unlink(missing_ok=True)
     os.replace(source, folder / "best.pt")
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps({"trial": trial.number, "value": trial.value}, indent=2),
-                   encoding="utf-8")
-    os.replace(tmp, record)
+    write_atomic(record, json.dumps({"trial": trial.number, "value": trial.value}, indent=2))
     return folder / "best.pt"
 
 

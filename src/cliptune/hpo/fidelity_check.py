@@ -33,10 +33,11 @@ from scipy import stats
 from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData
 from cliptune.errors import ConfigError
+from cliptune.files import write_atomic
 from cliptune.hpo.baseline import base_params
 from cliptune.hpo.fidelity import StudyPlan
 from cliptune.hpo.objective import CALLBACK_KEYS, data_key
-from cliptune.hpo.reports import FIDELITY_CHECK, fmt, table, write_text_atomic
+from cliptune.hpo.reports import FIDELITY_CHECK, fmt, table
 from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.study import METRICS, pruner_rungs
 from cliptune.trainer import Trainer
@@ -184,7 +185,7 @@ class FidelityCheck:
                   "train_images": len(trainer.data.train),
                   "epochs": config.train.epochs, "seconds": time.perf_counter() - start}
         self.cache.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cached, json.dumps(result, indent=2) + "\n")
+        write_atomic(cached, json.dumps(result, indent=2) + "\n")
         self._say(f"{label}: {self.s.metric} {result['best']:.4f} "
                   f"({result['seconds']:.0f} s)")
         return result
@@ -204,9 +205,9 @@ class FidelityCheck:
             })
         payload = self.summarize(rows)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out_dir / f"{FIDELITY_CHECK}.json", json.dumps(payload, indent=2)
+        write_atomic(self.out_dir / f"{FIDELITY_CHECK}.json", json.dumps(payload, indent=2)
                           + "\n")
-        write_text_atomic(self.out_dir / f"{FIDELITY_CHECK}.md", check_markdown(payload))
+        write_atomic(self.out_dir / f"{FIDELITY_CHECK}.md", check_markdown(payload))
         return payload
 
     def summarize(self, rows: list[dict]) -> dict:

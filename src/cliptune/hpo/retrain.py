@@ -19,6 +19,7 @@ from scipy import stats
 
 from cliptune.config import RunConfig
 from cliptune.errors import CliptuneError
+from cliptune.files import write_atomic
 from cliptune.hpo.baseline import base_params, baseline_trial
 from cliptune.hpo.fidelity import StudyPlan
 from cliptune.hpo.reports import (
@@ -26,12 +27,10 @@ from cliptune.hpo.reports import (
     ReportContext,
     best_config,
     best_trial,
-    write_text_atomic,
 )
 from cliptune.hpo.search_space import SearchSpace
+from cliptune.metrics import SCORES
 from cliptune.trainer import Trainer
-
-KEYS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "loss")
 
 
 def _train(config: RunConfig, extra: dict, show_progress: bool) -> dict:
@@ -48,7 +47,7 @@ def _train(config: RunConfig, extra: dict, show_progress: bool) -> dict:
 
 def _summary(runs: list[dict]) -> tuple[dict, dict]:
     means, stds = {}, {}
-    for key in KEYS:
+    for key in SCORES:
         values = [run["test"][key] for run in runs if key in run["test"]]
         if values:
             means[key] = statistics.fmean(values)
@@ -71,10 +70,11 @@ def compare(best: list[float], base: list[float], metric: str = "rsum",
     diffs = [a - b for a, b in zip(best, base, strict=True)]
     n, mean = len(diffs), statistics.fmean(diffs)
     pooled = ((statistics.variance(best) + statistics.variance(base)) / 2) ** 0.5 if n > 1 else 0.0
+    std = statistics.stdev(diffs) if n > 1 else 0.0
     interval = None
-    if n > 1:
-        half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / n ** 0.5
-        interval = (mean - half, mean + half)
+    if n > 1:  # equal differences have no spread: scipy would give NaN, the interval is a point
+        interval = ((mean, mean) if std == 0 else
+                    tuple(float(x) for x in stats.ttest_rel(best, base).confidence_interval()))
     gain = mean if higher_is_better else -mean
     word = "within the noise"
     if interval is not None and abs(mean) > 2 * pooled:
@@ -89,7 +89,7 @@ def compare(best: list[float], base: list[float], metric: str = "rsum",
     sentence = (f"The best config is {relation} the base config at full fidelity on test "
                 f"{metric} ({reason}).")
     return {"metric": metric, "differences": diffs, "mean_difference": mean,
-            "std_difference": statistics.stdev(diffs) if n > 1 else 0.0,
+            "std_difference": std,
             "interval_95": list(interval) if interval else None, "pooled_std": pooled,
             "verdict_word": word, "verdict": sentence}
 
@@ -148,5 +148,5 @@ def retrain_study(study: optuna.Study, ctx: ReportContext, plan: StudyPlan, spac
     payload["verdict"] = payload["comparison"]["verdict"]
     payload["test"] = best_c["test_mean"]  # the best config's mean test metrics
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(ctx.out_dir / RETRAIN_FILE, json.dumps(payload, indent=2) + "\n")
+    write_atomic(ctx.out_dir / RETRAIN_FILE, json.dumps(payload, indent=2) + "\n")
     return payload

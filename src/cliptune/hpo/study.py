@@ -16,10 +16,13 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from cliptune.errors import ConfigError
+from cliptune.metrics import metric_is_minimised
 
 SAMPLERS = ("tpe", "random", "gp")
 PRUNERS = ("hyperband", "median", "sha", "none")
-METRICS = {"val_loss": "minimize", "rsum": "maximize"}
+# --metric choices and their study direction (from the metric registry)
+METRICS = {name: "minimize" if metric_is_minimised(name) else "maximize"
+           for name in ("val_loss", "rsum")}
 # Keep the best fifth at each rung: with 12-epoch trials Hyperband has two brackets,
 # one judging trials after 1 and 5 epochs, one after 5 (docs/BENCHMARKS.md has the
 # measured saving).
