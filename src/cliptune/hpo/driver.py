@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from cliptune.config import RunConfig
 from cliptune.data import PreparedData
 from cliptune.data.sources import check_paths
+from cliptune.errors import ConfigError
 from cliptune.hpo.baseline import enqueue_baseline
 from cliptune.hpo.best_checkpoint import (
     artifact_folder,
@@ -223,6 +224,19 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
     else:
         changes = check_fingerprint(settings.study_name, recorded, fingerprint,
                                     settings.allow_changes)
+        budget = study.user_attrs.get("epochs", base.train.epochs)
+        if budget != base.train.epochs:
+            if recorded is not None:
+                raise ConfigError(
+                    f"study {settings.study_name!r} runs its trials for {budget} epochs, this "
+                    f"command for {base.train.epochs} (--epochs, or its study file's "
+                    "fidelity.epochs): a study keeps one trial budget, even with "
+                    "--allow-changes, since its pruner's rungs and the ranking of its trials "
+                    f"rest on it. Leave --epochs out (the study continues at {budget}), or "
+                    "start a new --study-name")
+            base.train.epochs = budget  # a study from before fingerprints: its own budget
+            study.pruner = make_pruner(settings.pruner, budget, settings.patience,
+                                       settings.min_epochs)
         notes += [f"continued with changed settings (--allow-changes): {c}" for c in changes]
         if not has_heartbeat(storage):
             dead = fail_dead_owners(study, storage, "its owner process died (found when a "
@@ -242,9 +256,7 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
         if "data" not in (recorded or {}):  # a new study, or one from before the data part
             study.set_user_attr("fingerprint", {**(recorded or fingerprint), **current})
     study.set_user_attr("search_space", describe(space))
-    budget = study.user_attrs.get("epochs", base.train.epochs)
-    base.train.epochs = budget
-    return OpenedStudy(study, storage, base, budget, existing, created, notes, data)
+    return OpenedStudy(study, storage, base, base.train.epochs, existing, created, notes, data)
 
 
 def pruner_label(settings: StudySettings, budget: int) -> str:
