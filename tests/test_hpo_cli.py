@@ -14,10 +14,9 @@ from cliptune.cli import optimize
 from cliptune.config import load_config
 from cliptune.errors import ConfigError, DataError
 from cliptune.hpo import driver
-from cliptune.hpo.baseline import base_params
 from cliptune.hpo.objective import scratch_dir
 from cliptune.hpo.owners import owner_record
-from cliptune.hpo.search_space_file import load_search_space
+from cliptune.hpo.search_space import base_params, load_search_space
 from cliptune.hpo.study import make_storage
 
 REPO = Path(__file__).resolve().parent.parent

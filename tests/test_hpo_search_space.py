@@ -9,8 +9,8 @@ import pytest
 
 from cliptune.config import RunConfig
 from cliptune.errors import ConfigError
-from cliptune.hpo.fidelity import load_plan
-from cliptune.hpo.search_space_file import load_search_space, search_space_from_dict
+from cliptune.hpo.definition import load_plan
+from cliptune.hpo.search_space import load_search_space, search_space_from_dict
 
 REPO = Path(__file__).resolve().parent.parent
 

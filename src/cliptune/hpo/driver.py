@@ -2,7 +2,7 @@
 
 The driver process owns the console, the reports and the best checkpoint. It makes
 the study's data decision and prepares the data (image cache included) before any
-trial, see `study_data`. With `workers=1` it runs the trials itself; with more it
+trial, see `definition`. With `workers=1` it runs the trials itself; with more it
 starts that many processes
 (see `workers.py`) and watches the storage for finished trials. Several drivers,
 on one machine or many, may share a study: each fails only trials whose owner is
@@ -28,29 +28,30 @@ from cliptune.config import RunConfig
 from cliptune.data import PreparedData
 from cliptune.data.sources import check_paths
 from cliptune.errors import ConfigError
-from cliptune.hpo.baseline import enqueue_baseline
-from cliptune.hpo.best_checkpoint import (
-    artifact_folder,
-    check_study_folder,
-    make_artifact_store,
-    settle_trial_checkpoint,
-    study_checkpoint_dir,
-)
-from cliptune.hpo.fidelity import StudyPlan
-from cliptune.hpo.fingerprint import (
+from cliptune.hpo.definition import (
     SPACE_ATTR,
+    StudyPlan,
+    StudySettings,
     adopt_recorded,
     check_fingerprint,
+    data_record,
+    decide_data,
+    driver_seed,
     study_fingerprint,
 )
 from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings, scratch_dir
 from cliptune.hpo.owners import fail_dead_owners
 from cliptune.hpo.progress import StudyProgress
 from cliptune.hpo.reports import ReportContext, StudyReporter, StudySummary, best_trial, summarize
+from cliptune.hpo.results import (
+    artifact_folder,
+    check_study_folder,
+    make_artifact_store,
+    settle_trial_checkpoint,
+    study_checkpoint_dir,
+)
 from cliptune.hpo.retrain import retrain_study
-from cliptune.hpo.search_space import SearchSpace, describe
-from cliptune.hpo.search_space_file import space_to_dict
-from cliptune.hpo.settings import StudySettings
+from cliptune.hpo.search_space import SearchSpace, describe, enqueue_baseline, space_to_dict
 from cliptune.hpo.study import (
     METRICS,
     default_journal_path,
@@ -62,7 +63,6 @@ from cliptune.hpo.study import (
     open_study,
     pruner_rungs,
 )
-from cliptune.hpo.study_data import data_record, decide_data
 from cliptune.hpo.workers import FINISHED, WorkerJob, run_trials, run_workers, worker_device
 from cliptune.runtime import check_precision, resolve_device
 
@@ -98,11 +98,6 @@ def driver_salt(created: bool) -> int:
     """0 for the driver that created the study (reproducible), else a number of this
     host and process, so drivers that join or continue a study draw other seeds."""
     return 0 if created else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
-
-
-def driver_seed(settings: StudySettings, plan: StudyPlan) -> int:
-    """This driver's sampler seed: --seed, else the target's seed."""
-    return plan.target.seed if settings.seed is None else settings.seed
 
 
 def sampler_seed(seed: int, existing_trials: int, worker: int, salt: int = 0) -> int:

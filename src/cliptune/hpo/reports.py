@@ -7,7 +7,7 @@ are costlier (a few seconds, ~5 MB of HTML each) and the driver asks for them le
 often (see `StudyReporter`). Every file is written to a temporary name and moved in
 place, so a crash never leaves half a report. best_results.json, best_config.yaml and
 the checkpoint best_results.json names are always of the same trial, the study-wide
-best (see `best_checkpoint`).
+best (see `results`).
 """
 
 from __future__ import annotations
@@ -26,19 +26,25 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cliptune.config import RunConfig, config_from_dict, dump_config
 from cliptune.files import atomic_path, write_atomic
-from cliptune.hpo.baseline import baseline_trial
-from cliptune.hpo.best_checkpoint import ARTIFACT_ATTR, local_best_checkpoint, study_checkpoint_dir
+from cliptune.hpo.definition import PLOT_INTERVAL_S
 from cliptune.hpo.importances import Importances, all_importances, importance_evaluator
 from cliptune.hpo.plots import PLOTS, write_plots
-from cliptune.hpo.search_space import SearchSpace
+from cliptune.hpo.results import (
+    ARTIFACT_ATTR,
+    best_trial,
+    feasibility_counts,
+    is_feasible,
+    local_best_checkpoint,
+    ranked,
+    study_checkpoint_dir,
+)
+from cliptune.hpo.search_space import SearchSpace, baseline_trial
 from cliptune.hpo.study import METRICS
-from cliptune.hpo.time_limit import best_trial, feasibility_counts, is_feasible, ranked
 from cliptune.metrics import RECALLS, SCORES
 
 RETRAIN_FILE = "retrain_results.json"
 FIDELITY_CHECK = "fidelity_check"  # .json and .md, written by fidelity_check.py
 PLOTS_DIR = "plots"
-PLOT_INTERVAL_S = 60.0  # at most one plot rewrite per minute while the study runs
 
 
 @dataclass

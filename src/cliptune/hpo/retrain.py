@@ -20,15 +20,14 @@ from scipy import stats
 from cliptune.config import RunConfig
 from cliptune.errors import CliptuneError
 from cliptune.files import write_atomic
-from cliptune.hpo.baseline import base_params, baseline_trial
-from cliptune.hpo.fidelity import StudyPlan
+from cliptune.hpo.definition import StudyPlan
 from cliptune.hpo.reports import (
     RETRAIN_FILE,
     ReportContext,
     best_config,
     best_trial,
 )
-from cliptune.hpo.search_space import SearchSpace
+from cliptune.hpo.search_space import SearchSpace, base_params, baseline_trial
 from cliptune.metrics import SCORES
 from cliptune.trainer import Trainer
 

@@ -65,12 +65,12 @@ def _check_min_epochs(name: str, epochs: int, min_epochs: int) -> None:
                           f"(--epochs {epochs}), got {min_epochs}")
 
 
-def make_pruner(name: str, epochs: int, patience: int | None = None,
-                min_epochs: int = 1) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, epochs: int, patience: int | None = None, min_epochs: int = 1,
+                reduction_factor: int = REDUCTION_FACTOR) -> optuna.pruners.BasePruner:
     """The pruner `name` for trials of `epochs` epochs (one step per epoch).
 
     hyperband: brackets of successive halving between `min_epochs` and `epochs` epochs,
-    keeping the best fifth at each rung;
+    keeping the best 1/`reduction_factor` (a fifth) at each rung;
     median: prune below the median of earlier trials at the same epoch (after 5 trials,
     from epoch `min_epochs` on);
     sha: successive halving from epoch `min_epochs`; none: never prune. `patience` wraps
@@ -80,13 +80,13 @@ def make_pruner(name: str, epochs: int, patience: int | None = None,
     _check_min_epochs(name, epochs, min_epochs)
     if name == "hyperband":
         pruner: optuna.pruners.BasePruner | None = optuna.pruners.HyperbandPruner(
-            min_resource=min_epochs, max_resource=epochs, reduction_factor=REDUCTION_FACTOR
+            min_resource=min_epochs, max_resource=epochs, reduction_factor=reduction_factor
         )
     elif name == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min_epochs)
     elif name == "sha":
         pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=min_epochs, reduction_factor=REDUCTION_FACTOR
+            min_resource=min_epochs, reduction_factor=reduction_factor
         )
     elif name == "none":
         pruner = None

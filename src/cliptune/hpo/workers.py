@@ -26,13 +26,12 @@ from optuna.trial import TrialState
 
 from cliptune.config import RunConfig
 from cliptune.errors import CliptuneError
-from cliptune.hpo.best_checkpoint import make_artifact_store
+from cliptune.hpo.definition import StudySettings, check_same_data
 from cliptune.hpo.objective import Objective, ObjectiveSettings, scratch_dir
 from cliptune.hpo.owners import OWNER_ATTR, fail_trial
+from cliptune.hpo.results import make_artifact_store
 from cliptune.hpo.search_space import SearchSpace
-from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.study import TrialFailed, make_pruner, make_sampler, make_storage
-from cliptune.hpo.study_data import check_same_data
 
 # States that use up a shared --max-trials budget (a FAIL is retried or replaced).
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -96,7 +95,7 @@ class WorkerJob:
     seed: int
     threads: int
     timeout: float | None = None
-    data: dict | None = None  # the study's data record (`study_data.data_record`)
+    data: dict | None = None  # the study's data record (`definition.data_record`)
     target: RunConfig | None = None  # the target at full fidelity (time projection)
     max_train_seconds: float | None = None  # the target's time limit
 
