@@ -151,34 +151,52 @@ def prepare_base(base: RunConfig, space: SearchSpace, metric: str) -> RunConfig:
 
 @dataclass
 class OpenedStudy:
-    """A study ready for trials: the Optuna study and what its trials share."""
+    """A study ready for trials: the Optuna study, its resolved definition (settings, plan,
+    space: the command line's, with the recorded values it did not set) and what its
+    trials share."""
 
     study: optuna.Study
     storage: object
-    base: RunConfig  # the config every trial starts from (target at the study's fidelity)
-    budget: int  # epochs per trial
+    base: RunConfig  # the config every trial starts from; its epochs: THE trial budget
     existing: int  # trials it had before this run
     created: bool
+    settings: StudySettings
+    plan: StudyPlan
+    space: SearchSpace
     notes: list[str] = field(default_factory=list)  # what the user should know
     data: PreparedData | None = None  # the trials' data, prepared once (None: no trials)
 
+    @property
+    def budget(self) -> int:
+        """Epochs per trial."""
+        return self.base.train.epochs
 
-def resolve_definition(settings: StudySettings, plan: StudyPlan, space: SearchSpace
-                       ) -> tuple[StudySettings, StudyPlan, SearchSpace, list[str]]:
-    """For an existing study: its recorded metric, search space, target and fidelity where
-    the command line did not set them (`settings.given`), with notes on what was taken;
-    unchanged for a new study."""
+
+def _existing_study(settings: StudySettings) -> tuple[object | None, optuna.Study | None]:
+    """(storage, study) of the study of this name, loaded once; (None, None) when its
+    journal does not exist yet (no file is created for it), (storage, None) when the
+    storage holds no such study."""
     if settings.storage is None or not is_rdb_url(settings.storage):
         journal = Path(settings.storage or default_journal_path(settings.results_dir,
                                                                 settings.study_name))
-        if not journal.is_file():  # no such study yet: create no file for it
-            return settings, plan, space, []
+        if not journal.is_file():
+            return None, None
     storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
                            settings.heartbeat)
     try:
-        attrs = optuna.load_study(study_name=settings.study_name, storage=storage).user_attrs
-    except KeyError:  # no such study yet
+        return storage, optuna.load_study(study_name=settings.study_name, storage=storage)
+    except KeyError:
+        return storage, None
+
+
+def _adopt(settings: StudySettings, plan: StudyPlan, space: SearchSpace,
+           study: optuna.Study | None) -> tuple[StudySettings, StudyPlan, SearchSpace, list[str]]:
+    """For an existing study: its recorded metric, search space, target and fidelity where
+    the command line did not set them (`settings.given`), with notes on what was taken;
+    unchanged for a new study."""
+    if study is None:
         return settings, plan, space, []
+    attrs = study.user_attrs
     plan, space, metric, adopted = adopt_recorded(
         attrs.get("fingerprint"), attrs.get(SPACE_ATTR), plan, space, settings.metric,
         settings.given)
@@ -187,10 +205,19 @@ def resolve_definition(settings: StudySettings, plan: StudyPlan, space: SearchSp
     return replace(settings, metric=metric), plan, space, notes
 
 
+def resolve_definition(settings: StudySettings, plan: StudyPlan, space: SearchSpace
+                       ) -> tuple[StudySettings, StudyPlan, SearchSpace, list[str]]:
+    """The definition a command without trials (--check-fidelity) works with: see `_adopt`."""
+    return _adopt(settings, plan, space, _existing_study(settings)[1])
+
+
 def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> OpenedStudy:
-    """Create or load the study, make its data decision and prepare the data (when trials
-    are to run), check its fingerprint, enqueue the baseline (new study), fail trials of
-    dead owners, record the study's attributes."""
+    """Open the study once: load it (a new study is created only after every check),
+    resolve its definition (`_adopt`), make its data decision and prepare the data (when
+    trials are to run), check its fingerprint and its one trial budget, enqueue the
+    baseline (new study), fail trials of dead owners, record the study's attributes."""
+    storage, loaded = _existing_study(settings)
+    settings, plan, space, notes = _adopt(settings, plan, space, loaded)
     settings.check()
     base = prepare_base(plan.trial_base(), space, settings.metric)
     check_study_folder(study_checkpoint_dir(base.checkpoints_dir, settings.study_name),
@@ -199,14 +226,15 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
     sampler = make_sampler(settings.sampler, driver_seed(settings, plan))
     pruner = make_pruner(settings.pruner, base.train.epochs, settings.patience,
                          settings.min_epochs)
-    storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
-                           settings.heartbeat)
-    study, created = open_study(storage, settings.study_name, settings.metric, sampler, pruner)
+    if storage is None:
+        storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
+                               settings.heartbeat)
+    study, created = open_study(storage, settings.study_name, settings.metric, sampler, pruner,
+                                loaded)
     existing = len(study.get_trials(deepcopy=False))
     recorded = study.user_attrs.get("fingerprint")
     fingerprint = study_fingerprint(settings.metric, describe(space), plan.target,
                                     plan.fidelity.record(), plan.limits())
-    notes = []
     if created:
         for key, value in (("fingerprint", fingerprint), (SPACE_ATTR, space_to_dict(space)),
                            ("epochs", base.train.epochs),
@@ -251,7 +279,7 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
         if "data" not in (recorded or {}):  # a new study, or one from before the data part
             study.set_user_attr("fingerprint", {**(recorded or fingerprint), **current})
     study.set_user_attr("search_space", describe(space))
-    return OpenedStudy(study, storage, base, base.train.epochs, existing, created, notes, data)
+    return OpenedStudy(study, storage, base, existing, created, settings, plan, space, notes, data)
 
 
 def pruner_label(settings: StudySettings, budget: int) -> str:
@@ -299,7 +327,7 @@ def _jobs(settings: StudySettings, opened: OpenedStudy, plan: StudyPlan, space: 
             continue
         base = copy.deepcopy(opened.base)
         base.train.device = worker_device(index, opened.base.train.device, gpus)
-        jobs.append(WorkerJob(settings, base, space, opened.budget, index, n,
+        jobs.append(WorkerJob(settings, base, space, index, n,
                               seed_for(index, 0), threads, settings.timeout,
                               data_record(opened.data), plan.target,
                               plan.max_train_seconds))
@@ -312,9 +340,8 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
     Ctrl-C stops after the running trial(s); the reports then cover what finished.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
-    settings, plan, space, adopted = resolve_definition(settings, plan, space)
     opened = open_for_trials(settings, plan, space)
-    opened.notes[:0] = adopted
+    settings, plan, space = opened.settings, opened.plan, opened.space
     study, budget = opened.study, opened.budget
     salt = driver_salt(opened.created)
 

@@ -13,6 +13,7 @@ import copy
 import json
 import statistics
 import time
+import warnings
 
 import optuna
 from scipy import stats
@@ -71,9 +72,12 @@ def compare(best: list[float], base: list[float], metric: str = "rsum",
     pooled = ((statistics.variance(best) + statistics.variance(base)) / 2) ** 0.5 if n > 1 else 0.0
     std = statistics.stdev(diffs) if n > 1 else 0.0
     interval = None
-    if n > 1:  # equal differences have no spread: scipy would give NaN, the interval is a point
-        interval = ((mean, mean) if std == 0 else
-                    tuple(float(x) for x in stats.ttest_rel(best, base).confidence_interval()))
+    if n > 1 and std == 0:  # equal differences: scipy would give NaN, the interval is a point
+        interval = (mean, mean)
+    elif n > 1:
+        with warnings.catch_warnings():  # nearly equal differences: a precision notice
+            warnings.simplefilter("ignore", RuntimeWarning)
+            interval = tuple(float(x) for x in stats.ttest_rel(best, base).confidence_interval())
     gain = mean if higher_is_better else -mean
     word = "within the noise"
     if interval is not None and abs(mean) > 2 * pooled:

@@ -208,8 +208,10 @@ def open_study(
     metric: str,
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
+    loaded: optuna.Study | None = None,
 ) -> tuple[optuna.Study, bool]:
-    """Create the study, or load the one of that name; returns (study, created).
+    """Create the study, or load the one of that name (`loaded`: already loaded from
+    `storage`); returns (study, created).
 
     Exactly one of several drivers starting together creates it (the storage refuses
     a second study of the same name), so only that one sets it up.
@@ -219,9 +221,10 @@ def open_study(
     # Load first: a create attempt on an existing study appends to a journal even though
     # it fails, and a command refused later must leave the study's files as they were.
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
-                                  pruner=pruner)
-        created = False
+        if loaded is None:
+            loaded = optuna.load_study(study_name=study_name, storage=storage)
+        study, created = loaded, False
+        study.sampler, study.pruner = sampler, pruner
     except KeyError:
         try:
             study = optuna.create_study(storage=storage, study_name=study_name,

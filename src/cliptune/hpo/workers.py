@@ -87,9 +87,9 @@ class WorkerJob:
     """What one worker process needs (picklable)."""
 
     settings: StudySettings
-    base: RunConfig  # the trial base config, device already pinned, data source resolved
+    base: RunConfig  # the trial base config (its epochs: the study's one trial budget),
+    # device already pinned, data source resolved
     space: SearchSpace
-    budget: int
     index: int
     trials: int
     seed: int
@@ -118,10 +118,11 @@ def _work(job: WorkerJob) -> None:
     storage = make_storage(s.storage, s.results_dir, s.study_name, s.heartbeat)
     study = optuna.load_study(study_name=s.study_name, storage=storage,
                               sampler=make_sampler(s.sampler, job.seed),
-                              pruner=make_pruner(s.pruner, job.budget, s.patience, s.min_epochs))
+                              pruner=make_pruner(s.pruner, job.base.train.epochs, s.patience,
+                                                 s.min_epochs))
     store = make_artifact_store(s.artifact_store, s.results_dir, s.study_name)
     objective = Objective(job.space, job.base,
-                          ObjectiveSettings(s.study_name, s.metric, job.budget, store,
+                          ObjectiveSettings(s.study_name, s.metric, job.base.train.epochs, store,
                                             job.target, job.max_train_seconds))
     check_same_data(objective.load_data(), job.data, f"worker {job.index}")
     run_trials(study, objective, job.trials, job.timeout, s.max_trials)
