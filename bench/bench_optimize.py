@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO / "src"))
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from cliptune.hpo.baseline import baseline_trial  # noqa: E402
 from cliptune.hpo.reports import ReportContext, StudyReporter, summarize  # noqa: E402
+from cliptune.hpo.search_space import baseline_trial  # noqa: E402
 from cliptune.hpo.study import make_storage  # noqa: E402
 
 

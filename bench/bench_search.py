@@ -58,13 +58,16 @@ from tqdm import tqdm  # noqa: E402
 from cliptune.config import RunConfig, config_from_dict  # noqa: E402
 from cliptune.data import TrainLoader  # noqa: E402
 from cliptune.errors import ConfigError  # noqa: E402
-from cliptune.hpo.baseline import base_params, enqueue_baseline  # noqa: E402
+from cliptune.hpo.definition import StudyPlan, load_plan  # noqa: E402
 from cliptune.hpo.driver import prepare_base  # noqa: E402
-from cliptune.hpo.fidelity import StudyPlan, load_plan  # noqa: E402
 from cliptune.hpo.objective import Objective, ObjectiveSettings  # noqa: E402
-from cliptune.hpo.search_space import SearchSpace  # noqa: E402
-from cliptune.hpo.search_space_file import load_search_space  # noqa: E402
-from cliptune.hpo.study import make_pruner, make_sampler, open_study  # noqa: E402
+from cliptune.hpo.search_space import (  # noqa: E402
+    SearchSpace,  # noqa: E402
+    base_params,
+    enqueue_baseline,
+    load_search_space,  # noqa: E402
+)
+from cliptune.hpo.study import REDUCTION_FACTOR, make_pruner, make_sampler, open_study  # noqa: E402
 from cliptune.hpo.workers import run_trials  # noqa: E402
 from cliptune.model.flops import epochs_flops_per_sample  # noqa: E402
 from cliptune.trainer import Trainer  # noqa: E402
@@ -99,23 +102,11 @@ def _sampler(name: str) -> Callable[[int], optuna.samplers.BaseSampler]:
     return lambda seed: make_sampler(name, seed)
 
 
-def _pruner(name: str) -> Callable[[int], optuna.pruners.BasePruner]:
-    return lambda epochs: make_pruner(name, epochs)
-
-
-def _hyperband(min_resource: int, factor: int) -> Callable[[int], optuna.pruners.BasePruner]:
-    return lambda epochs: optuna.pruners.HyperbandPruner(
-        min_resource=min_resource, max_resource=epochs, reduction_factor=factor)
-
-
-def _sha(min_resource: int, factor: int) -> Callable[[int], optuna.pruners.BasePruner]:
-    return lambda epochs: optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=min_resource, reduction_factor=factor)
-
-
-def _median_pruner(warmup: int, startup: int = 5) -> Callable[[int], optuna.pruners.BasePruner]:
-    return lambda epochs: optuna.pruners.MedianPruner(
-        n_startup_trials=startup, n_warmup_steps=warmup)
+def _pruner(name: str, min_epochs: int = 1, factor: int = REDUCTION_FACTOR
+            ) -> Callable[[int], optuna.pruners.BasePruner]:
+    """optimize.py's pruner `name` (`make_pruner`), with its first rung and factor."""
+    return lambda epochs: make_pruner(name, epochs, min_epochs=min_epochs,
+                                      reduction_factor=factor)
 
 
 DESIGNS = {d.name: d for d in (
@@ -126,17 +117,17 @@ DESIGNS = {d.name: d for d in (
     Design("random-median", "random + median pruner (5 start-up trials, warm-up 1 epoch)",
            _sampler("random"), _pruner("median")),
     Design("tpe-median-w2", "TPE + median pruner (5 start-up trials, warm-up 2 epochs)",
-           _sampler("tpe"), _median_pruner(warmup=2)),
+           _sampler("tpe"), _pruner("median", 2)),
     Design("tpe-sha-min2", "TPE + successive halving (min 2 epochs, factor 3)",
-           _sampler("tpe"), _sha(2, 3)),
+           _sampler("tpe"), _pruner("sha", 2, 3)),
     Design("tpe-sha-min5", "TPE + successive halving (min 5 epochs, factor 3): one rung, "
            "at the epoch whose ranking matched the full run in the fidelity check",
-           _sampler("tpe"), _sha(5, 3)),
-    Design("tpe-hb-r3", "TPE + Hyperband (min 1, factor 3)", _sampler("tpe"), _hyperband(1, 3)),
+           _sampler("tpe"), _pruner("sha", 5, 3)),
+    Design("tpe-hb-r3", "TPE + Hyperband (min 1, factor 3)", _sampler("tpe"), _pruner("hyperband", 1, 3)),
     Design("tpe-sha-r3", "TPE + successive halving (min 1 epoch, factor 3)",
-           _sampler("tpe"), _sha(1, 3)),
+           _sampler("tpe"), _pruner("sha", 1, 3)),
     Design("random-sha-r3", "random + successive halving (min 1 epoch, factor 3)",
-           _sampler("random"), _sha(1, 3)),
+           _sampler("random"), _pruner("sha", 1, 3)),
     Design("tpe5-hb", "TPE with 5 start-up trials + Hyperband (min 1, factor 5)",
            _tpe(5), _pruner("hyperband")),
     Design("gp", "GPSampler, no pruning", _sampler("gp"), _pruner("none")),

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tiny_model import TINY_MODEL
 
 from cliptune.config import RunConfig, apply_overrides, save_config
-from cliptune.hpo.fidelity import Fidelity, StudyPlan
+from cliptune.hpo.definition import Fidelity, StudyPlan
 from cliptune.hpo.study import make_storage
 
 TINY = TINY_MODEL + [

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from cliptune.config import load_config
-from cliptune.hpo.fidelity import load_plan
-from cliptune.hpo.search_space_file import load_search_space
+from cliptune.hpo.definition import load_plan
+from cliptune.hpo.search_space import load_search_space
 from cliptune.resources import EXPERIMENTS_DIR, default_experiment
 
 

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+from hpo_tiny import load, write_study_files
 
 from cliptune.cli import optimize
 from cliptune.config import load_config
 from cliptune.errors import ConfigError, DataError
-from cliptune.hpo.baseline import base_params
+from cliptune.hpo import driver
 from cliptune.hpo.objective import scratch_dir
 from cliptune.hpo.owners import owner_record
-from cliptune.hpo.search_space_file import load_search_space
+from cliptune.hpo.search_space import base_params, load_search_space
 from cliptune.hpo.study import make_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,3 +137,34 @@ def test_continuing_fails_trials_a_killed_driver_left_running(tmp_path):
     assert trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("its owner process died")
     assert not scratch.exists()
+
+
+def test_a_study_keeps_one_trial_budget(tmp_path, monkeypatch):
+    """Created with 4 epochs per trial, continued with --allow-changes --epochs 2: refused
+    (journal untouched); continued with another allowed change, the pruner, the trials and
+    the report all run on the recorded 4 epochs."""
+    budgets, make_pruner = [], driver.make_pruner
+
+    def spy(name, epochs, *args, **kwargs):
+        budgets.append(epochs)
+        return make_pruner(name, epochs, *args, **kwargs)
+
+    monkeypatch.setattr(driver, "make_pruner", spy)
+    flags = write_study_files(tmp_path, tmp_path / "cache", trial_epochs=4, target_epochs=4)
+    argv = [*flags, "--study-name", "b", "--pruner", "median", "--trials", "1"]
+    assert optimize.run(argv) == 0
+    journal = tmp_path / "results" / "b" / "study.journal"
+    before = journal.read_bytes()
+    with pytest.raises(ConfigError, match=r"runs its trials for 4 epochs.*--epochs"):
+        optimize.run([*argv, "--allow-changes", "--epochs", "2"])
+    assert journal.read_bytes() == before
+    budgets.clear()
+    assert optimize.run([*argv, "--allow-changes", "--max-samples", "24"]) == 0
+    trials = load(tmp_path, "b").trials
+    assert len(trials) == 2 and trials[1].user_attrs["config"]["data"]["max_samples"] == 24
+    assert [t.user_attrs["config"]["train"]["epochs"] for t in trials] == [4, 4]
+    assert len(trials[1].intermediate_values) == 4  # median: no pruning before 5 trials
+    assert set(budgets) == {4}
+    report = (tmp_path / "results" / "b" / "report.md").read_text()
+    assert "4 epochs per trial; sampler tpe, pruner median (rungs at epoch(s) 1, 2, 3)" in report
+    assert "fidelity: max_samples: 32 -> 24" in report

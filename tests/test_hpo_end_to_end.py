@@ -15,10 +15,9 @@ from cliptune.cli import optimize
 from cliptune.config import load_config
 from cliptune.errors import ConfigError, TrainingDiverged
 from cliptune.hpo import objective as objective_module
+from cliptune.hpo.definition import SPACE_ATTR, StudySettings
 from cliptune.hpo.driver import run_study
-from cliptune.hpo.fingerprint import SPACE_ATTR
-from cliptune.hpo.search_space_file import search_space_from_dict
-from cliptune.hpo.settings import StudySettings
+from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.trainer import Trainer
 
 

@@ -13,7 +13,7 @@ from cliptune.hpo.fidelity_check import (
     draw_configurations,
     rank_agreement,
 )
-from cliptune.hpo.search_space_file import search_space_from_dict
+from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.hpo.study import pruner_rungs
 
 

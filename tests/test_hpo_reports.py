@@ -14,9 +14,9 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from cliptune.config import RunConfig, config_to_dict, load_config
-from cliptune.hpo.best_checkpoint import settle_trial_checkpoint
 from cliptune.hpo.progress import trial_line
 from cliptune.hpo.reports import ReportContext, StudyReporter, summarize
+from cliptune.hpo.results import settle_trial_checkpoint
 from cliptune.hpo.study import TrialFailed
 
 BUDGET = 4

@@ -21,9 +21,9 @@ from cliptune.data import flickr30k, image_cache
 from cliptune.errors import CheckpointError, ConfigError
 from cliptune.hpo import driver
 from cliptune.hpo import objective as objective_module
+from cliptune.hpo.definition import StudySettings
 from cliptune.hpo.objective import scratch_dir
-from cliptune.hpo.search_space_file import search_space_from_dict
-from cliptune.hpo.settings import StudySettings
+from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.hpo.workers import run_workers
 from cliptune.trainer import Trainer
 

@@ -11,9 +11,8 @@ import yaml
 
 from cliptune.config import RunConfig, model_config_for
 from cliptune.errors import ConfigError
-from cliptune.hpo.baseline import base_params
-from cliptune.hpo.fidelity import load_plan
-from cliptune.hpo.search_space_file import load_search_space, search_space_from_dict
+from cliptune.hpo.definition import load_plan
+from cliptune.hpo.search_space import base_params, load_search_space, search_space_from_dict
 
 REPO = Path(__file__).resolve().parent.parent
 

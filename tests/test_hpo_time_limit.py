@@ -12,20 +12,12 @@ from hpo_tiny import SPACE, load, read_json, tiny_plan, write_study_files
 from cliptune.cli import optimize
 from cliptune.config import RunConfig, apply_overrides, config_to_dict
 from cliptune.errors import ConfigError
+from cliptune.hpo.definition import StudySettings, adopt_recorded, load_plan, study_fingerprint
 from cliptune.hpo.driver import run_study
-from cliptune.hpo.fidelity import load_plan
-from cliptune.hpo.fingerprint import adopt_recorded, study_fingerprint
 from cliptune.hpo.reports import ReportContext, StudyReporter
-from cliptune.hpo.search_space import describe
-from cliptune.hpo.search_space_file import search_space_from_dict
-from cliptune.hpo.settings import StudySettings
-from cliptune.hpo.time_limit import (
-    CONSTRAINT,
-    beats,
-    best_trial,
-    measured_epochs,
-    project_train_seconds,
-)
+from cliptune.hpo.results import beats, best_trial
+from cliptune.hpo.search_space import describe, search_space_from_dict
+from cliptune.hpo.time_limit import CONSTRAINT, measured_epochs, project_train_seconds
 from cliptune.model.flops import training_flops_per_sample
 
 

@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 
 from cliptune.cli import optimize
 from cliptune.hpo import driver
-from cliptune.hpo.search_space_file import search_space_from_dict
-from cliptune.hpo.settings import StudySettings
+from cliptune.hpo.definition import StudySettings
+from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.hpo.workers import worker_device
 
 OPTIMIZE = Path(__file__).resolve().parent.parent / "src" / "optimize.py"

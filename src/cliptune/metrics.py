@@ -13,11 +13,43 @@ Non-finite similarities (a diverged model) count as the lowest possible score.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 RECALL_KS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric's key, its label in tables, its direction and how it is shown."""
+
+    key: str
+    label: str
+    minimised: bool = False  # losses and median ranks improve downwards
+    percent: bool = False  # a fraction in [0, 1], shown in percent
+
+
+# The one registry of metrics: training (best epoch), HPO (objective direction), console
+# tables, study reports and retraining all read it.
+METRICS = {m.key: m for m in (
+    *(Metric(f"{d}_r{k}", f"{d} R@{k}", percent=True) for d in ("i2t", "t2i") for k in RECALL_KS),
+    Metric("rsum", "rsum"),
+    Metric("i2t_medr", "i2t medr", minimised=True),
+    Metric("t2i_medr", "t2i medr", minimised=True),
+    Metric("loss", "loss", minimised=True),
+)}
+RECALLS = tuple(key for key, m in METRICS.items() if m.percent)
+SCORES = (*RECALLS, "rsum", "loss")  # what a study's reports and retraining summarise
+
+
+def metric_is_minimised(name: str) -> bool:
+    """Whether metric `name` (a registry key, or one with its split prefix: `val_loss`)
+    improves downwards; keys outside the registry count as improving upwards."""
+    key = name.split("_", 1)[1] if name.startswith(("val_", "test_")) else name
+    metric = METRICS.get(key)
+    return metric is not None and metric.minimised
 
 # Similarity entries per chunk of queries: bounds the working memory to a few hundred
 # MB whatever the split size (31k images x 155k captions in about 300 chunks).

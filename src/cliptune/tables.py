@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-COLUMNS = (
-    ("i2t R@1", "i2t_r1"), ("R@5", "i2t_r5"), ("R@10", "i2t_r10"),
-    ("t2i R@1", "t2i_r1"), ("R@5", "t2i_r5"), ("R@10", "t2i_r10"),
-    ("rsum", "rsum"), ("i2t medr", "i2t_medr"), ("t2i medr", "t2i_medr"), ("loss", "loss"),
-)
-PERCENT = {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
+from cliptune.metrics import METRICS
+
+# Columns in the registry's order; a recall after one of the same direction is titled
+# by its K alone ("i2t R@1  R@5  R@10").
+COLUMNS = tuple((m.label if m.key.endswith("_r1") or not m.percent else m.label.split()[1],
+                 m.key) for m in METRICS.values())
 
 
 def format_metrics_table(results: dict[str, dict[str, float]]) -> str:
@@ -20,7 +20,7 @@ def format_metrics_table(results: dict[str, dict[str, float]]) -> str:
             value = metrics.get(key)
             if value is None:
                 row.append("-")
-            elif key in PERCENT:
+            elif METRICS[key].percent:
                 row.append(f"{100 * value:.1f}")
             else:
                 row.append(f"{value:.1f}" if key != "loss" else f"{value:.3f}")

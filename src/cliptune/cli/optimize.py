@@ -16,12 +16,11 @@ from pathlib import Path
 from cliptune.cli.common import DATA_FLAGS, add_data_args, add_set_arg, apply_data_args, run_cli
 from cliptune.config import apply_overrides
 from cliptune.errors import ConfigError
-from cliptune.hpo.driver import driver_seed, prepare_base, resolve_definition, run_study
-from cliptune.hpo.fidelity import StudyPlan, load_plan
-from cliptune.hpo.fidelity_check import CheckSettings, check_fidelity, summary_lines
+from cliptune.hpo.definition import StudyPlan, StudySettings, load_plan
+from cliptune.hpo.driver import resolve_definition, run_study
+from cliptune.hpo.fidelity_check import check_fidelity, summary_lines
 from cliptune.hpo.retrain import comparison_lines
-from cliptune.hpo.search_space_file import load_search_space
-from cliptune.hpo.settings import StudySettings
+from cliptune.hpo.search_space import load_search_space
 from cliptune.hpo.study import METRICS, PRUNERS, SAMPLERS, Heartbeat
 from cliptune.resources import default_experiment
 
@@ -174,11 +173,7 @@ def run(argv: list[str] | None = None) -> int:
         settings, plan, space, notes = resolve_definition(settings, plan, space)
         for note in notes:
             print(f"note: {note}", flush=True)
-        check = CheckSettings(settings.study_name, settings.metric, settings.pruner,
-                              settings.min_epochs, settings.results_dir, args.check_fidelity,
-                              driver_seed(settings, plan), settings.show_progress)
-        payload = check_fidelity(check, plan, space, prepare_base(plan.trial_base(), space,
-                                                                  settings.metric))
+        payload = check_fidelity(settings, plan, space, args.check_fidelity)
         print("\n".join(summary_lines(payload)))
         print(f"report: {Path(settings.results_dir) / settings.study_name / 'fidelity_check.md'}")
         return 0

@@ -1,11 +1,11 @@
-"""Hyperparameter search with Optuna.
+"""Hyperparameter search with Optuna, one module per concept.
 
-Modules: `fidelity` (the study file: target experiment + the trials' fidelity),
-`search_space` (YAML entries -> suggestions -> config), `baseline` (the target as
-trial 0), `fingerprint` (what a study was created with), `study` (sampler, pruner,
-storage), `objective` (one trial = one pruned training run), `owners` (who runs a
-trial, liveness), `workers` (trial loop, worker processes), `driver` (`run_study`),
-`settings`, `reports` (every file of the report, report.md's text), `importances` and `plots`
-(`optuna-results/<study>/`), `progress` (console), `best_checkpoint`, `retrain`
-(best vs base config at full fidelity, several seeds).
+`search_space` (its YAML file, suggestions -> config, the baseline trial), `definition`
+(the study file, fidelity, fingerprint, data decision and the driver's settings),
+`study` (sampler, pruner, storage), `objective` (one trial = one pruned training run),
+`time_limit` (what a trial costs at full fidelity), `owners` (who runs a trial,
+liveness), `workers` (trial loop, worker processes), `driver` (`run_study`), `results`
+(ranking and the best checkpoint), `retrain` (best vs base config at full fidelity,
+several seeds), `fidelity_check`, and the report: `reports` (every file of
+`optuna-results/<study>/`, report.md's text), `plots`, `importances`, `progress` (console).
 """

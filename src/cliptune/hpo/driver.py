@@ -2,7 +2,7 @@
 
 The driver process owns the console, the reports and the best checkpoint. It makes
 the study's data decision and prepares the data (image cache included) before any
-trial, see `study_data`. With `workers=1` it runs the trials itself; with more it
+trial, see `definition`. With `workers=1` it runs the trials itself; with more it
 starts that many processes
 (see `workers.py`) and watches the storage for finished trials. Several drivers,
 on one machine or many, may share a study: each fails only trials whose owner is
@@ -27,29 +27,31 @@ from sqlalchemy.engine import make_url
 from cliptune.config import RunConfig
 from cliptune.data import PreparedData
 from cliptune.data.sources import check_paths
-from cliptune.hpo.baseline import enqueue_baseline
-from cliptune.hpo.best_checkpoint import (
-    artifact_folder,
-    check_study_folder,
-    make_artifact_store,
-    settle_trial_checkpoint,
-    study_checkpoint_dir,
-)
-from cliptune.hpo.fidelity import StudyPlan
-from cliptune.hpo.fingerprint import (
+from cliptune.errors import ConfigError
+from cliptune.hpo.definition import (
     SPACE_ATTR,
+    StudyPlan,
+    StudySettings,
     adopt_recorded,
     check_fingerprint,
+    data_record,
+    decide_data,
+    driver_seed,
     study_fingerprint,
 )
 from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings, scratch_dir
 from cliptune.hpo.owners import fail_dead_owners
 from cliptune.hpo.progress import StudyProgress
 from cliptune.hpo.reports import ReportContext, StudyReporter, StudySummary, best_trial, summarize
+from cliptune.hpo.results import (
+    artifact_folder,
+    check_study_folder,
+    make_artifact_store,
+    settle_trial_checkpoint,
+    study_checkpoint_dir,
+)
 from cliptune.hpo.retrain import retrain_study
-from cliptune.hpo.search_space import SearchSpace, describe
-from cliptune.hpo.search_space_file import space_to_dict
-from cliptune.hpo.settings import StudySettings
+from cliptune.hpo.search_space import SearchSpace, describe, enqueue_baseline, space_to_dict
 from cliptune.hpo.study import (
     METRICS,
     default_journal_path,
@@ -61,7 +63,6 @@ from cliptune.hpo.study import (
     open_study,
     pruner_rungs,
 )
-from cliptune.hpo.study_data import data_record, decide_data
 from cliptune.hpo.workers import FINISHED, WorkerJob, run_trials, run_workers, worker_device
 from cliptune.runtime import check_precision, resolve_device
 
@@ -97,11 +98,6 @@ def driver_salt(created: bool) -> int:
     """0 for the driver that created the study (reproducible), else a number of this
     host and process, so drivers that join or continue a study draw other seeds."""
     return 0 if created else zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
-
-
-def driver_seed(settings: StudySettings, plan: StudyPlan) -> int:
-    """This driver's sampler seed: --seed, else the target's seed."""
-    return plan.target.seed if settings.seed is None else settings.seed
 
 
 def sampler_seed(seed: int, existing_trials: int, worker: int, salt: int = 0) -> int:
@@ -155,34 +151,52 @@ def prepare_base(base: RunConfig, space: SearchSpace, metric: str) -> RunConfig:
 
 @dataclass
 class OpenedStudy:
-    """A study ready for trials: the Optuna study and what its trials share."""
+    """A study ready for trials: the Optuna study, its resolved definition (settings, plan,
+    space: the command line's, with the recorded values it did not set) and what its
+    trials share."""
 
     study: optuna.Study
     storage: object
-    base: RunConfig  # the config every trial starts from (target at the study's fidelity)
-    budget: int  # epochs per trial
+    base: RunConfig  # the config every trial starts from; its epochs: THE trial budget
     existing: int  # trials it had before this run
     created: bool
+    settings: StudySettings
+    plan: StudyPlan
+    space: SearchSpace
     notes: list[str] = field(default_factory=list)  # what the user should know
     data: PreparedData | None = None  # the trials' data, prepared once (None: no trials)
 
+    @property
+    def budget(self) -> int:
+        """Epochs per trial."""
+        return self.base.train.epochs
 
-def resolve_definition(settings: StudySettings, plan: StudyPlan, space: SearchSpace
-                       ) -> tuple[StudySettings, StudyPlan, SearchSpace, list[str]]:
-    """For an existing study: its recorded metric, search space, target and fidelity where
-    the command line did not set them (`settings.given`), with notes on what was taken;
-    unchanged for a new study."""
+
+def _existing_study(settings: StudySettings) -> tuple[object | None, optuna.Study | None]:
+    """(storage, study) of the study of this name, loaded once; (None, None) when its
+    journal does not exist yet (no file is created for it), (storage, None) when the
+    storage holds no such study."""
     if settings.storage is None or not is_rdb_url(settings.storage):
         journal = Path(settings.storage or default_journal_path(settings.results_dir,
                                                                 settings.study_name))
-        if not journal.is_file():  # no such study yet: create no file for it
-            return settings, plan, space, []
+        if not journal.is_file():
+            return None, None
     storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
                            settings.heartbeat)
     try:
-        attrs = optuna.load_study(study_name=settings.study_name, storage=storage).user_attrs
-    except KeyError:  # no such study yet
+        return storage, optuna.load_study(study_name=settings.study_name, storage=storage)
+    except KeyError:
+        return storage, None
+
+
+def _adopt(settings: StudySettings, plan: StudyPlan, space: SearchSpace,
+           study: optuna.Study | None) -> tuple[StudySettings, StudyPlan, SearchSpace, list[str]]:
+    """For an existing study: its recorded metric, search space, target and fidelity where
+    the command line did not set them (`settings.given`), with notes on what was taken;
+    unchanged for a new study."""
+    if study is None:
         return settings, plan, space, []
+    attrs = study.user_attrs
     plan, space, metric, adopted = adopt_recorded(
         attrs.get("fingerprint"), attrs.get(SPACE_ATTR), plan, space, settings.metric,
         settings.given)
@@ -191,10 +205,19 @@ def resolve_definition(settings: StudySettings, plan: StudyPlan, space: SearchSp
     return replace(settings, metric=metric), plan, space, notes
 
 
+def resolve_definition(settings: StudySettings, plan: StudyPlan, space: SearchSpace
+                       ) -> tuple[StudySettings, StudyPlan, SearchSpace, list[str]]:
+    """The definition a command without trials (--check-fidelity) works with: see `_adopt`."""
+    return _adopt(settings, plan, space, _existing_study(settings)[1])
+
+
 def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> OpenedStudy:
-    """Create or load the study, make its data decision and prepare the data (when trials
-    are to run), check its fingerprint, enqueue the baseline (new study), fail trials of
-    dead owners, record the study's attributes."""
+    """Open the study once: load it (a new study is created only after every check),
+    resolve its definition (`_adopt`), make its data decision and prepare the data (when
+    trials are to run), check its fingerprint and its one trial budget, enqueue the
+    baseline (new study), fail trials of dead owners, record the study's attributes."""
+    storage, loaded = _existing_study(settings)
+    settings, plan, space, notes = _adopt(settings, plan, space, loaded)
     settings.check()
     base = prepare_base(plan.trial_base(), space, settings.metric)
     check_study_folder(study_checkpoint_dir(base.checkpoints_dir, settings.study_name),
@@ -203,14 +226,15 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
     sampler = make_sampler(settings.sampler, driver_seed(settings, plan))
     pruner = make_pruner(settings.pruner, base.train.epochs, settings.patience,
                          settings.min_epochs)
-    storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
-                           settings.heartbeat)
-    study, created = open_study(storage, settings.study_name, settings.metric, sampler, pruner)
+    if storage is None:
+        storage = make_storage(settings.storage, settings.results_dir, settings.study_name,
+                               settings.heartbeat)
+    study, created = open_study(storage, settings.study_name, settings.metric, sampler, pruner,
+                                loaded)
     existing = len(study.get_trials(deepcopy=False))
     recorded = study.user_attrs.get("fingerprint")
     fingerprint = study_fingerprint(settings.metric, describe(space), plan.target,
                                     plan.fidelity.record(), plan.limits())
-    notes = []
     if created:
         for key, value in (("fingerprint", fingerprint), (SPACE_ATTR, space_to_dict(space)),
                            ("epochs", base.train.epochs),
@@ -223,6 +247,19 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
     else:
         changes = check_fingerprint(settings.study_name, recorded, fingerprint,
                                     settings.allow_changes)
+        budget = study.user_attrs.get("epochs", base.train.epochs)
+        if budget != base.train.epochs:
+            if recorded is not None:
+                raise ConfigError(
+                    f"study {settings.study_name!r} runs its trials for {budget} epochs, this "
+                    f"command for {base.train.epochs} (--epochs, or its study file's "
+                    "fidelity.epochs): a study keeps one trial budget, even with "
+                    "--allow-changes, since its pruner's rungs and the ranking of its trials "
+                    f"rest on it. Leave --epochs out (the study continues at {budget}), or "
+                    "start a new --study-name")
+            base.train.epochs = budget  # a study from before fingerprints: its own budget
+            study.pruner = make_pruner(settings.pruner, budget, settings.patience,
+                                       settings.min_epochs)
         notes += [f"continued with changed settings (--allow-changes): {c}" for c in changes]
         if not has_heartbeat(storage):
             dead = fail_dead_owners(study, storage, "its owner process died (found when a "
@@ -242,9 +279,7 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
         if "data" not in (recorded or {}):  # a new study, or one from before the data part
             study.set_user_attr("fingerprint", {**(recorded or fingerprint), **current})
     study.set_user_attr("search_space", describe(space))
-    budget = study.user_attrs.get("epochs", base.train.epochs)
-    base.train.epochs = budget
-    return OpenedStudy(study, storage, base, budget, existing, created, notes, data)
+    return OpenedStudy(study, storage, base, existing, created, settings, plan, space, notes, data)
 
 
 def pruner_label(settings: StudySettings, budget: int) -> str:
@@ -292,7 +327,7 @@ def _jobs(settings: StudySettings, opened: OpenedStudy, plan: StudyPlan, space: 
             continue
         base = copy.deepcopy(opened.base)
         base.train.device = worker_device(index, opened.base.train.device, gpus)
-        jobs.append(WorkerJob(settings, base, space, opened.budget, index, n,
+        jobs.append(WorkerJob(settings, base, space, index, n,
                               seed_for(index, 0), threads, settings.timeout,
                               data_record(opened.data), plan.target,
                               plan.max_train_seconds))
@@ -305,9 +340,8 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
     Ctrl-C stops after the running trial(s); the reports then cover what finished.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
-    settings, plan, space, adopted = resolve_definition(settings, plan, space)
     opened = open_for_trials(settings, plan, space)
-    opened.notes[:0] = adopted
+    settings, plan, space = opened.settings, opened.plan, opened.space
     study, budget = opened.study, opened.budget
     salt = driver_salt(opened.created)
 

@@ -17,13 +17,11 @@ config), and runs resume from their checkpoints, so an interrupted check continu
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import math
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +31,12 @@ from scipy import stats
 from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData
 from cliptune.errors import ConfigError
-from cliptune.hpo.baseline import base_params
-from cliptune.hpo.fidelity import StudyPlan
+from cliptune.files import write_atomic
+from cliptune.hpo.definition import StudyPlan, StudySettings, driver_seed
+from cliptune.hpo.driver import prepare_base
 from cliptune.hpo.objective import CALLBACK_KEYS, data_key
-from cliptune.hpo.reports import FIDELITY_CHECK, fmt, table, write_text_atomic
-from cliptune.hpo.search_space import SearchSpace
+from cliptune.hpo.reports import FIDELITY_CHECK, fmt, table
+from cliptune.hpo.search_space import SearchSpace, base_params
 from cliptune.hpo.study import METRICS, pruner_rungs
 from cliptune.trainer import Trainer
 
@@ -45,20 +44,6 @@ CACHE_DIR = "fidelity_check"  # one JSON per trained run
 BOOTSTRAP_RESAMPLES = 1000
 TOP = 3
 GOOD_SPEARMAN = 0.7  # a fidelity (or rung) that ranks at least this well is trusted
-
-
-@dataclass
-class CheckSettings:
-    """What a fidelity check needs besides the plan and the space."""
-
-    study_name: str
-    metric: str  # val_loss | rsum
-    pruner: str  # the study's pruner: its rungs are checked too
-    min_epochs: int = 1  # the pruner's first rung
-    results_dir: str = "optuna-results"
-    configurations: int = 8
-    seed: int = 0  # draws of the configurations and of the bootstrap
-    show_progress: bool = True
 
 
 def draw_configurations(space: SearchSpace, target: RunConfig, k: int,
@@ -143,12 +128,15 @@ def _run_name(study: str, kind: str, index: int, config: RunConfig) -> str:
 class FidelityCheck:
     """Trains the configurations (cached) and writes the report."""
 
-    def __init__(self, settings: CheckSettings, plan: StudyPlan, space: SearchSpace,
-                 trial_base: RunConfig):
+    def __init__(self, settings: StudySettings, plan: StudyPlan, space: SearchSpace,
+                 configurations: int):
         self.s = settings
         self.plan = plan
         self.space = space
-        self.trial_base = trial_base  # target at the study's fidelity, objective set
+        self.configurations = configurations
+        self.seed = driver_seed(settings, plan)  # draws of the configurations, the bootstrap
+        # target at the study's fidelity, objective set
+        self.trial_base = trial_base = prepare_base(plan.trial_base(), space, settings.metric)
         self.out_dir = Path(settings.results_dir) / settings.study_name
         self.cache = self.out_dir / CACHE_DIR
         self.key = CALLBACK_KEYS[settings.metric]
@@ -184,15 +172,15 @@ class FidelityCheck:
                   "train_images": len(trainer.data.train),
                   "epochs": config.train.epochs, "seconds": time.perf_counter() - start}
         self.cache.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cached, json.dumps(result, indent=2) + "\n")
+        write_atomic(cached, json.dumps(result, indent=2) + "\n")
         self._say(f"{label}: {self.s.metric} {result['best']:.4f} "
                   f"({result['seconds']:.0f} s)")
         return result
 
     def run(self) -> dict:
         """Train every configuration at both fidelities; write and return the results."""
-        s = self.s
-        drawn = draw_configurations(self.space, self.plan.target, s.configurations, s.seed)
+        drawn = draw_configurations(self.space, self.plan.target, self.configurations,
+                                    self.seed)
         rows = []
         for i, params in enumerate(drawn):
             head = f"fidelity check {i + 1}/{len(drawn)}"
@@ -204,9 +192,9 @@ class FidelityCheck:
             })
         payload = self.summarize(rows)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out_dir / f"{FIDELITY_CHECK}.json", json.dumps(payload, indent=2)
+        write_atomic(self.out_dir / f"{FIDELITY_CHECK}.json", json.dumps(payload, indent=2)
                           + "\n")
-        write_text_atomic(self.out_dir / f"{FIDELITY_CHECK}.md", check_markdown(payload))
+        write_atomic(self.out_dir / f"{FIDELITY_CHECK}.md", check_markdown(payload))
         return payload
 
     def summarize(self, rows: list[dict]) -> dict:
@@ -224,11 +212,11 @@ class FidelityCheck:
             if len(keep) >= 2:
                 agreement[name] = rank_agreement([values[i] for i in keep],
                                                  [full[i] for i in keep], self.minimize,
-                                                 seed=self.s.seed)
+                                                 seed=self.seed)
         f = self.plan.fidelity
         return {
             "study": self.s.study_name, "metric": self.s.metric, "direction": METRICS[self.s.metric],
-            "seed": self.s.seed, "pruner": self.s.pruner, "rungs": self.rungs,
+            "seed": self.seed, "pruner": self.s.pruner, "rungs": self.rungs,
             "reduced_fidelity": {"epochs": epochs, "max_samples": f.max_samples,
                                  "max_eval_samples": f.max_eval_samples},
             "full_fidelity": {"target": self.plan.target_path,
@@ -314,9 +302,9 @@ def summary_lines(payload: dict) -> list[str]:
     return lines + [f"  {line}" for line in advice(payload)]
 
 
-def check_fidelity(settings: CheckSettings, plan: StudyPlan, space: SearchSpace,
-                   trial_base: RunConfig) -> dict:
-    """Run the fidelity check (see the module docstring); returns fidelity_check.json's
-    content. `trial_base` is the study's trial config (target at its fidelity)."""
+def check_fidelity(settings: StudySettings, plan: StudyPlan, space: SearchSpace,
+                   configurations: int) -> dict:
+    """Run the fidelity check of `configurations` draws (see the module docstring) for the
+    study `settings`, `plan` and `space` define; returns fidelity_check.json's content."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
-    return FidelityCheck(settings, plan, space, copy.deepcopy(trial_base)).run()
+    return FidelityCheck(settings, plan, space, configurations).run()

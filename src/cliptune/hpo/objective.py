@@ -3,7 +3,7 @@
 A trial's Trainer writes no checkpoint: the objective keeps the best epoch's weights in
 memory (on the CPU) and, when the trial completes better than every trial completed so
 far, writes them once as a weights-only checkpoint and uploads it to the study's
-artifact store (see `best_checkpoint`). Each trial records its run time and its
+artifact store (see `results`). Each trial records its run time and its
 training time projected to the target's full fidelity (see `time_limit`).
 """
 
@@ -24,12 +24,12 @@ from cliptune.checkpoint import save_checkpoint
 from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData
 from cliptune.errors import ConfigError, TrainingDiverged
-from cliptune.hpo.best_checkpoint import ARTIFACT_ATTR
+from cliptune.hpo.definition import data_record, prepare_trial_data
 from cliptune.hpo.owners import Beat
+from cliptune.hpo.results import ARTIFACT_ATTR, beats, best_trial, is_feasible
 from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.study import METRICS, TrialFailed
-from cliptune.hpo.study_data import data_record, prepare_trial_data
-from cliptune.hpo.time_limit import beats, best_trial, is_feasible, record_projection, record_times
+from cliptune.hpo.time_limit import record_projection, record_times
 from cliptune.model import CLIP
 from cliptune.trainer import Trainer
 

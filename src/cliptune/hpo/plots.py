@@ -6,7 +6,6 @@ kaleido and a Chrome binary, which an offline machine cannot fetch).
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import optuna.visualization as vis  # noqa: E402
 import optuna.visualization.matplotlib as vis_mpl  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from cliptune.files import atomic_path  # noqa: E402
 from cliptune.hpo.importances import plot_source  # noqa: E402
 
 STATE_STYLE = {  # (colour, legend label) of the curves of each trial state
@@ -115,12 +115,6 @@ PLOTS = (
 )
 
 
-def _replace_atomically(write: Callable[[str], None], path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
 def _skip_reason(plot: Plot, study: optuna.Study) -> str | None:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -141,18 +135,15 @@ def _draw(plot: Plot, study: optuna.Study, folder: Path, evaluator, metric: str,
     figure = plot.html(study, evaluator, metric)
     figure.update_layout(title=f"{title}: {metric}")
     # plotly.js goes once into the folder (plotly.min.js), not into every page
-    _replace_atomically(
-        lambda p, f=figure: f.write_html(p, include_plotlyjs="directory"), folder / files[0]
-    )
+    with atomic_path(folder / files[0]) as tmp:
+        figure.write_html(str(tmp), include_plotlyjs="directory")
     if plot.png is not None:
         drawn = plot.png(study, evaluator, metric)
         figure_png = drawn.flat[0].figure if hasattr(drawn, "flat") else drawn.figure
         files.append(f"{plot.name}.png")
         try:
-            _replace_atomically(
-                lambda p, f=figure_png: f.savefig(p, dpi=100, bbox_inches="tight"),
-                folder / files[1],
-            )
+            with atomic_path(folder / files[1]) as tmp:
+                figure_png.savefig(str(tmp), dpi=100, bbox_inches="tight")
         finally:
             plt.close(figure_png)
     return files

@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from cliptune.hpo.time_limit import best_trial, is_feasible
+from cliptune.hpo.results import best_trial, is_feasible
 
 
 def trial_counts(study: optuna.Study) -> Counter:

@@ -7,14 +7,13 @@ are costlier (a few seconds, ~5 MB of HTML each) and the driver asks for them le
 often (see `StudyReporter`). Every file is written to a temporary name and moved in
 place, so a crash never leaves half a report. best_results.json, best_config.yaml and
 the checkpoint best_results.json names are always of the same trial, the study-wide
-best (see `best_checkpoint`).
+best (see `results`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,19 +25,26 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from cliptune.config import RunConfig, config_from_dict, dump_config
-from cliptune.hpo.baseline import baseline_trial
-from cliptune.hpo.best_checkpoint import ARTIFACT_ATTR, local_best_checkpoint, study_checkpoint_dir
+from cliptune.files import atomic_path, write_atomic
+from cliptune.hpo.definition import PLOT_INTERVAL_S
 from cliptune.hpo.importances import Importances, all_importances, importance_evaluator
 from cliptune.hpo.plots import PLOTS, write_plots
-from cliptune.hpo.search_space import SearchSpace
+from cliptune.hpo.results import (
+    ARTIFACT_ATTR,
+    best_trial,
+    feasibility_counts,
+    is_feasible,
+    local_best_checkpoint,
+    ranked,
+    study_checkpoint_dir,
+)
+from cliptune.hpo.search_space import SearchSpace, baseline_trial
 from cliptune.hpo.study import METRICS
-from cliptune.hpo.time_limit import best_trial, feasibility_counts, is_feasible, ranked
+from cliptune.metrics import RECALLS, SCORES
 
 RETRAIN_FILE = "retrain_results.json"
 FIDELITY_CHECK = "fidelity_check"  # .json and .md, written by fidelity_check.py
 PLOTS_DIR = "plots"
-RECALLS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
-PLOT_INTERVAL_S = 60.0  # at most one plot rewrite per minute while the study runs
 
 
 @dataclass
@@ -85,13 +91,6 @@ class StudySummary:
     def saved_fraction(self) -> float:
         """Share of the unpruned epoch budget that pruning saved (0..1)."""
         return self.epochs_saved / self.epochs_unpruned if self.epochs_unpruned else 0.0
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and `os.replace`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def summarize(study: optuna.Study, budget: int) -> StudySummary:
@@ -239,8 +238,7 @@ def _cell(metrics: dict[str, float], key: str) -> str:
 
 def metrics_table(results: dict[str, dict[str, float]]) -> list[str]:
     """Recalls in percent with one decimal, R-sum with one, loss with four."""
-    keys = (*RECALLS, "rsum", "loss")
-    return table(["split", *keys], [[split] + [_cell(m, k) for k in keys]
+    return table(["split", *SCORES], [[split] + [_cell(m, k) for k in SCORES]
                                     for split, m in results.items()])
 
 
@@ -471,9 +469,8 @@ class StudyReporter:
                                       ctx.metric)
             self._last_plot = time.monotonic()
         frame = trials_frame(study)
-        tmp = ctx.out_dir / ".trials.csv.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, ctx.out_dir / "trials.csv")
+        with atomic_path(ctx.out_dir / "trials.csv") as tmp:
+            frame.to_csv(tmp, index=False)
         best = best_trial(study)
         record = None
         if best is not None:
@@ -481,15 +478,15 @@ class StudyReporter:
                 best, study_checkpoint_dir(ctx.checkpoints_dir, ctx.study_name),
                 ctx.artifact_store)
             record = best_results(study, best, ctx, checkpoint, note)
-            write_text_atomic(ctx.out_dir / "best_params.json",
+            write_atomic(ctx.out_dir / "best_params.json",
                               json.dumps(best.params, indent=2) + "\n")
-            write_text_atomic(ctx.out_dir / "best_hyperparameters.txt",
+            write_atomic(ctx.out_dir / "best_hyperparameters.txt",
                               best_hyperparameters_text(best, ctx))
-            write_text_atomic(ctx.out_dir / "best_results.json",
+            write_atomic(ctx.out_dir / "best_results.json",
                               json.dumps(record, indent=2) + "\n")
-            write_text_atomic(ctx.out_dir / "best_config.yaml", best_config_yaml(best, ctx))
+            write_atomic(ctx.out_dir / "best_config.yaml", best_config_yaml(best, ctx))
         summary = summarize(study, ctx.budget)
-        write_text_atomic(
+        write_atomic(
             ctx.out_dir / "report.md",
             report_markdown(study, ctx, summary, all_importances(study), self._plots, best,
                             baseline_trial(study), retrain_results(ctx), record),

@@ -13,25 +13,24 @@ import copy
 import json
 import statistics
 import time
+import warnings
 
 import optuna
 from scipy import stats
 
 from cliptune.config import RunConfig
 from cliptune.errors import CliptuneError
-from cliptune.hpo.baseline import base_params, baseline_trial
-from cliptune.hpo.fidelity import StudyPlan
+from cliptune.files import write_atomic
+from cliptune.hpo.definition import StudyPlan
 from cliptune.hpo.reports import (
     RETRAIN_FILE,
     ReportContext,
     best_config,
     best_trial,
-    write_text_atomic,
 )
-from cliptune.hpo.search_space import SearchSpace
+from cliptune.hpo.search_space import SearchSpace, base_params, baseline_trial
+from cliptune.metrics import SCORES
 from cliptune.trainer import Trainer
-
-KEYS = ("rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "loss")
 
 
 def _train(config: RunConfig, extra: dict, show_progress: bool) -> dict:
@@ -48,7 +47,7 @@ def _train(config: RunConfig, extra: dict, show_progress: bool) -> dict:
 
 def _summary(runs: list[dict]) -> tuple[dict, dict]:
     means, stds = {}, {}
-    for key in KEYS:
+    for key in SCORES:
         values = [run["test"][key] for run in runs if key in run["test"]]
         if values:
             means[key] = statistics.fmean(values)
@@ -71,10 +70,14 @@ def compare(best: list[float], base: list[float], metric: str = "rsum",
     diffs = [a - b for a, b in zip(best, base, strict=True)]
     n, mean = len(diffs), statistics.fmean(diffs)
     pooled = ((statistics.variance(best) + statistics.variance(base)) / 2) ** 0.5 if n > 1 else 0.0
+    std = statistics.stdev(diffs) if n > 1 else 0.0
     interval = None
-    if n > 1:
-        half = stats.t.ppf(0.975, n - 1) * statistics.stdev(diffs) / n ** 0.5
-        interval = (mean - half, mean + half)
+    if n > 1 and std == 0:  # equal differences: scipy would give NaN, the interval is a point
+        interval = (mean, mean)
+    elif n > 1:
+        with warnings.catch_warnings():  # nearly equal differences: a precision notice
+            warnings.simplefilter("ignore", RuntimeWarning)
+            interval = tuple(float(x) for x in stats.ttest_rel(best, base).confidence_interval())
     gain = mean if higher_is_better else -mean
     word = "within the noise"
     if interval is not None and abs(mean) > 2 * pooled:
@@ -89,7 +92,7 @@ def compare(best: list[float], base: list[float], metric: str = "rsum",
     sentence = (f"The best config is {relation} the base config at full fidelity on test "
                 f"{metric} ({reason}).")
     return {"metric": metric, "differences": diffs, "mean_difference": mean,
-            "std_difference": statistics.stdev(diffs) if n > 1 else 0.0,
+            "std_difference": std,
             "interval_95": list(interval) if interval else None, "pooled_std": pooled,
             "verdict_word": word, "verdict": sentence}
 
@@ -148,5 +151,5 @@ def retrain_study(study: optuna.Study, ctx: ReportContext, plan: StudyPlan, spac
     payload["verdict"] = payload["comparison"]["verdict"]
     payload["test"] = best_c["test_mean"]  # the best config's mean test metrics
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(ctx.out_dir / RETRAIN_FILE, json.dumps(payload, indent=2) + "\n")
+    write_atomic(ctx.out_dir / RETRAIN_FILE, json.dumps(payload, indent=2) + "\n")
     return payload

@@ -1,16 +1,41 @@
-"""The hyperparameter search space: Optuna suggestions -> config values, checked against a
-config before any trial runs. `search_space_file` reads it from YAML."""
+"""The hyperparameter search space: its YAML file, Optuna suggestions -> config values,
+and the baseline (the target's own values, the inverse of `SearchSpace.apply`).
+
+A search space file holds one mapping, `parameters`, of entries such as
+
+    lr:
+      type: float            # float | int | categorical
+      low: 1.0e-4
+      high: 3.0e-3
+      log: true              # optional; float and int
+      step: null             # optional; float and int (not together with log)
+      target: train.lr       # one config key or a list of keys
+
+`choices: [...]` replaces low/high for `categorical`. One entry can set several keys
+(`target: [model.vision_layers, model.text_layers]` searches one depth for both
+towers). Besides the config keys, `model.vision_head_dim` and `model.text_head_dim`
+are accepted: they set the tower's width to heads x head_dim, so the head count
+always divides the width; and `data.crop_scale_min`, which sets `data.crop_scale` to
+[value, 1] (a list-valued key is not one Optuna parameter). Every entry is checked, every error names file and entry,
+and the space is checked against a config before any trial runs.
+
+The baseline trial is the target experiment's own values, enqueued as the first trial:
+every report then shows how far the search moved from the configuration it tunes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
 
-from cliptune.config import RunConfig, config_from_dict, config_to_dict
+from cliptune.config import RunConfig, config_from_dict, config_to_dict, read_yaml
 from cliptune.errors import ConfigError
 
 ParamValue = bool | int | float | str
@@ -194,3 +219,219 @@ def describe(space: SearchSpace) -> list[str]:
         lines.append(f"{p.name}: {p.kind} {rng} -> {', '.join(p.targets)}")
     return lines
 
+
+# Keys the driver owns: the trial's name and folders, and the per-trial epoch budget.
+RESERVED_KEYS = {
+    "name": "the driver names each trial <study>/trial_<n>",
+    "runs_dir": "set it in the base config (--config) instead",
+    "checkpoints_dir": "set it in the base config (--config) instead",
+    "train.epochs": "the per-trial budget is --epochs",
+    "model.preset": "search the model fields themselves",
+}
+ENTRY_FIELDS = {"type", "low", "high", "log", "step", "choices", "target"}
+
+
+def _known_keys() -> set[str]:
+    keys = {*HEAD_DIM_KEYS, CROP_SCALE_MIN}
+    config = RunConfig()
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.update(f"{f.name}.{sub.name}" for sub in dataclasses.fields(value))
+        else:
+            keys.add(f.name)
+    return keys
+
+
+def _number(value: Any, where: str, field: str) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: `{field}` must be a number, got {value!r}")
+    return value
+
+
+def _parse_targets(raw: Any, where: str, known: set[str]) -> tuple[str, ...]:
+    targets = [raw] if isinstance(raw, str) else raw
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+        raise ConfigError(
+            f"{where}: `target` must be a config key or a list of keys, e.g. train.lr"
+        )
+    for key in targets:
+        if key in RESERVED_KEYS:
+            raise ConfigError(f"{where}: {key} cannot be searched: {RESERVED_KEYS[key]}")
+        if key not in known:
+            raise ConfigError(
+                f"{where}: unknown target {key!r}; targets are config keys such as "
+                "train.lr, model.vision_layers, model.init_temperature"
+            )
+    return tuple(targets)
+
+
+def parse_entry(name: str, raw: Any, source: str, known: set[str] | None = None) -> Parameter:
+    """Validate one search-space entry and turn it into a `Parameter`."""
+    where = f"{source}: entry {name!r}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with type, target and a range or choices")
+    unknown = set(raw) - ENTRY_FIELDS
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(ENTRY_FIELDS))}"
+        )
+    if "target" not in raw:
+        raise ConfigError(f"{where}: missing `target` (the config key(s) it sets)")
+    targets = _parse_targets(raw["target"], where, known or _known_keys())
+    kind = raw.get("type")
+    if kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}: categorical needs a non-empty `choices` list")
+        extra = {"low", "high", "log", "step"} & set(raw)
+        if extra:
+            raise ConfigError(f"{where}: categorical takes `choices`, not {', '.join(extra)}")
+        for choice in choices:
+            if not isinstance(choice, (bool, int, float, str)):
+                raise ConfigError(f"{where}: choices must be numbers, strings or booleans")
+        return Parameter(name, kind, targets, choices=tuple(choices))
+    if kind not in ("float", "int"):
+        raise ConfigError(f"{where}: `type` must be float, int or categorical, got {kind!r}")
+    if "choices" in raw:
+        raise ConfigError(f"{where}: `choices` needs type: categorical")
+    for field in ("low", "high"):
+        if field not in raw:
+            raise ConfigError(f"{where}: {kind} needs `low` and `high`")
+    low, high = _number(raw["low"], where, "low"), _number(raw["high"], where, "high")
+    step = None if raw.get("step") is None else _number(raw["step"], where, "step")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: `log` must be true or false, got {log!r}")
+    if kind == "int":
+        for field, value in (("low", low), ("high", high), ("step", step)):
+            if value is not None and float(value) != int(value):
+                raise ConfigError(f"{where}: int entries need whole numbers; `{field}` is {value}")
+    try:  # Optuna's own checks: low <= high, log needs low > 0, no step with log
+        if kind == "int":
+            optuna.distributions.IntDistribution(
+                int(low), int(high), log=log, step=int(step or 1)
+            )
+        else:
+            optuna.distributions.FloatDistribution(low, high, log=log, step=step)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    return Parameter(name, kind, targets, low=low, high=high, log=log, step=step)
+
+
+def search_space_from_dict(data: Any, source: str = "<search space>") -> SearchSpace:
+    """Build a `SearchSpace` from the parsed YAML mapping `{parameters: {...}}`."""
+    if not isinstance(data, dict) or set(data) != {"parameters"}:
+        raise ConfigError(f"{source}: expected one top-level key, `parameters`")
+    entries = data["parameters"]
+    if not isinstance(entries, dict) or not entries:
+        raise ConfigError(f"{source}: `parameters` must map names to entries (at least one)")
+    known = _known_keys()
+    parameters = tuple(parse_entry(str(n), raw, source, known) for n, raw in entries.items())
+    owners: dict[str, str] = {}
+    for parameter in parameters:
+        for key in parameter.targets:
+            if key in owners:
+                raise ConfigError(
+                    f"{source}: entries {owners[key]!r} and {parameter.name!r} both set {key}"
+                )
+            owners[key] = parameter.name
+    for tower in ("vision", "text"):
+        if f"model.{tower}_head_dim" in owners and f"model.{tower}_width" in owners:
+            raise ConfigError(
+                f"{source}: entries {owners[f'model.{tower}_head_dim']!r} and "
+                f"{owners[f'model.{tower}_width']!r} both set the {tower} width "
+                "(head_dim sets width = heads x head_dim); keep one"
+            )
+    return SearchSpace(parameters, source)
+
+
+def space_to_dict(space: SearchSpace) -> dict[str, Any]:
+    """The `{parameters: {...}}` mapping `search_space_from_dict` reads back (what a
+    study records, so a driver that joins it needs no search space file)."""
+    entries: dict[str, Any] = {}
+    for p in space.parameters:
+        entry: dict[str, Any] = {"type": p.kind, "target": list(p.targets)}
+        if p.kind == "categorical":
+            entry["choices"] = list(p.choices)
+        else:
+            entry.update(low=p.low, high=p.high, log=p.log, step=p.step)
+        entries[p.name] = entry
+    return {"parameters": entries}
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    """Read a search space YAML file; every error names the file and the entry."""
+    data = read_yaml(path, "--search-space: file not found")
+    return search_space_from_dict(data, str(path))
+
+
+BASELINE_ATTR = "baseline"  # user attribute of the baseline trial
+
+
+def _value_of(config: dict[str, Any], key: str) -> Any:
+    if key in HEAD_DIM_KEYS:
+        tower = HEAD_DIM_KEYS[key]
+        width, heads = config["model"][f"{tower}_width"], config["model"][f"{tower}_heads"]
+        return width // heads if width % heads == 0 else None
+    if key == CROP_SCALE_MIN:  # None: the dataset's own crops, which no entry value names
+        scale = config["data"]["crop_scale"]
+        return scale[0] if scale is not None and scale[1] == 1.0 else None
+    section, _, name = key.rpartition(".")
+    return (config[section] if section else config)[name]
+
+
+def _contains(parameter: Parameter, value: Any) -> bool:
+    if parameter.kind == "categorical":
+        return value in parameter.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if parameter.kind == "int" and float(value) != int(value):
+        return False
+    if not parameter.low <= value <= parameter.high:
+        return False
+    if parameter.step:
+        steps = (value - parameter.low) / parameter.step
+        return abs(steps - round(steps)) < 1e-9
+    return True
+
+
+def base_params(space: SearchSpace, config: RunConfig) -> tuple[dict[str, Any] | None, str]:
+    """The parameter values that reproduce `config`, or (None, why not)."""
+    data = config_to_dict(config)
+    params: dict[str, Any] = {}
+    for parameter, line in zip(space.parameters, describe(space), strict=True):
+        values = {repr(_value_of(data, key)) for key in parameter.targets}
+        if len(values) > 1:
+            return None, (f"the base config sets {', '.join(parameter.targets)} to different "
+                          f"values, which entry {parameter.name!r} cannot reproduce")
+        value = _value_of(data, parameter.targets[0])
+        if parameter.kind == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not _contains(parameter, value):
+            return None, f"its {parameter.name} = {value!r} is outside the search space ({line})"
+        params[parameter.name] = value
+    return params, ""
+
+
+def enqueue_baseline(study: optuna.Study, space: SearchSpace, config: RunConfig) -> str | None:
+    """Enqueue the base config as the next trial; returns why not when it cannot be."""
+    params, reason = base_params(space, config)
+    if params is None:
+        return reason
+    study.enqueue_trial(params, user_attrs={BASELINE_ATTR: True})
+    return None
+
+
+def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's baseline trial, if any: the first one marked so that completed, else
+    the first one marked so (a retried baseline carries the mark too)."""
+    marked = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(BASELINE_ATTR)]
+    complete = [t for t in marked if t.state == optuna.trial.TrialState.COMPLETE]
+    return (complete or marked or [None])[0]

@@ -16,10 +16,13 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from cliptune.errors import ConfigError
+from cliptune.metrics import metric_is_minimised
 
 SAMPLERS = ("tpe", "random", "gp")
 PRUNERS = ("hyperband", "median", "sha", "none")
-METRICS = {"val_loss": "minimize", "rsum": "maximize"}
+# --metric choices and their study direction (from the metric registry)
+METRICS = {name: "minimize" if metric_is_minimised(name) else "maximize"
+           for name in ("val_loss", "rsum")}
 # Keep the best fifth at each rung: with 12-epoch trials Hyperband has two brackets,
 # one judging trials after 1 and 5 epochs, one after 5 (docs/BENCHMARKS.md has the
 # measured saving).
@@ -62,12 +65,12 @@ def _check_min_epochs(name: str, epochs: int, min_epochs: int) -> None:
                           f"(--epochs {epochs}), got {min_epochs}")
 
 
-def make_pruner(name: str, epochs: int, patience: int | None = None,
-                min_epochs: int = 1) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, epochs: int, patience: int | None = None, min_epochs: int = 1,
+                reduction_factor: int = REDUCTION_FACTOR) -> optuna.pruners.BasePruner:
     """The pruner `name` for trials of `epochs` epochs (one step per epoch).
 
     hyperband: brackets of successive halving between `min_epochs` and `epochs` epochs,
-    keeping the best fifth at each rung;
+    keeping the best 1/`reduction_factor` (a fifth) at each rung;
     median: prune below the median of earlier trials at the same epoch (after 5 trials,
     from epoch `min_epochs` on);
     sha: successive halving from epoch `min_epochs`; none: never prune. `patience` wraps
@@ -77,13 +80,13 @@ def make_pruner(name: str, epochs: int, patience: int | None = None,
     _check_min_epochs(name, epochs, min_epochs)
     if name == "hyperband":
         pruner: optuna.pruners.BasePruner | None = optuna.pruners.HyperbandPruner(
-            min_resource=min_epochs, max_resource=epochs, reduction_factor=REDUCTION_FACTOR
+            min_resource=min_epochs, max_resource=epochs, reduction_factor=reduction_factor
         )
     elif name == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min_epochs)
     elif name == "sha":
         pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=min_epochs, reduction_factor=REDUCTION_FACTOR
+            min_resource=min_epochs, reduction_factor=reduction_factor
         )
     elif name == "none":
         pruner = None
@@ -205,8 +208,10 @@ def open_study(
     metric: str,
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
+    loaded: optuna.Study | None = None,
 ) -> tuple[optuna.Study, bool]:
-    """Create the study, or load the one of that name; returns (study, created).
+    """Create the study, or load the one of that name (`loaded`: already loaded from
+    `storage`); returns (study, created).
 
     Exactly one of several drivers starting together creates it (the storage refuses
     a second study of the same name), so only that one sets it up.
@@ -216,9 +221,10 @@ def open_study(
     # Load first: a create attempt on an existing study appends to a journal even though
     # it fails, and a command refused later must leave the study's files as they were.
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler,
-                                  pruner=pruner)
-        created = False
+        if loaded is None:
+            loaded = optuna.load_study(study_name=study_name, storage=storage)
+        study, created = loaded, False
+        study.sampler, study.pruner = sampler, pruner
     except KeyError:
         try:
             study = optuna.create_study(storage=storage, study_name=study_name,

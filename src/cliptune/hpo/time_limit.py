@@ -1,4 +1,4 @@
-"""A study's time limit: what each trial costs, and the study's best trial under the limit.
+"""A study's time limit: what each trial costs, projected to the target's full fidelity.
 
 Every trial records `run_seconds` (wall time of its training and validation, pruned
 trials included) and `epoch_seconds` (their mean per epoch). After its first epoch it
@@ -17,8 +17,8 @@ max_eval_samples) of the trials' dataset (a fidelity's `set` keys are cost-only
 settings, so the dataset is the same). With a limit (`max_train_seconds`)
 the trial also gets the Optuna constraint `train_seconds` = projected - limit through
 `trial.set_constraint` (feasible when <= 0): TPESampler and GPSampler then sample away
-from settings that are too slow. The study's best trial (`best_trial`) is the best
-feasible complete trial, or, when none is feasible, the best of the others.
+from settings that are too slow; the study's best trial is a feasible one when there
+is one (see `results`).
 
 The projection is a measurement of this machine as the trial found it: on another
 machine, or with other trials sharing its cores (--workers), it differs. When every
@@ -31,11 +31,9 @@ from __future__ import annotations
 import statistics
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from cliptune.config import RunConfig
 from cliptune.data import PreparedData
-from cliptune.hpo.study import METRICS
 from cliptune.model.flops import epochs_flops_per_sample, training_flops_per_sample
 
 CONSTRAINT = "train_seconds"  # the Optuna constraint: projected - limit
@@ -90,42 +88,3 @@ def record_times(trial: optuna.Trial, history: list[dict[str, float]], seconds: 
     trial.set_user_attr("run_seconds", seconds)
     if history:
         trial.set_user_attr("epoch_seconds", statistics.fmean(m["epoch_time"] for m in history))
-
-
-def is_feasible(trial: FrozenTrial | optuna.Trial) -> bool:
-    """Whether every constraint of the trial is <= 0 (a trial without any is feasible)."""
-    return all(value <= 0 for value in trial.constraints.values())
-
-
-def _rank(direction: str):
-    sign = 1.0 if direction == "minimize" else -1.0
-    return lambda t: (not is_feasible(t), sign * t.value, t.number)
-
-
-def ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """The complete trials, best first: feasible ones before the others, then by value."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(complete, key=_rank(study.direction.name.lower()))
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best feasible complete trial; without one the best complete trial; None while
-    no trial has completed."""
-    complete = ranked(study)
-    return complete[0] if complete else None
-
-
-def beats(trial_feasible: bool, value: float, best: FrozenTrial | None, metric: str) -> bool:
-    """Whether a trial (feasible or not, with `value`) ranks before `best` (None: no best
-    yet): a feasible trial before any infeasible one, then by value."""
-    if best is None:
-        return True
-    if trial_feasible != is_feasible(best):
-        return trial_feasible
-    return value < best.value if METRICS[metric] == "minimize" else value > best.value
-
-
-def feasibility_counts(study: optuna.Study) -> tuple[int, int]:
-    """(feasible, all) complete trials."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sum(is_feasible(t) for t in complete), len(complete)

@@ -26,13 +26,12 @@ from optuna.trial import TrialState
 
 from cliptune.config import RunConfig
 from cliptune.errors import CliptuneError
-from cliptune.hpo.best_checkpoint import make_artifact_store
+from cliptune.hpo.definition import StudySettings, check_same_data
 from cliptune.hpo.objective import Objective, ObjectiveSettings, scratch_dir
 from cliptune.hpo.owners import OWNER_ATTR, fail_trial
+from cliptune.hpo.results import make_artifact_store
 from cliptune.hpo.search_space import SearchSpace
-from cliptune.hpo.settings import StudySettings
 from cliptune.hpo.study import TrialFailed, make_pruner, make_sampler, make_storage
-from cliptune.hpo.study_data import check_same_data
 
 # States that use up a shared --max-trials budget (a FAIL is retried or replaced).
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -88,15 +87,15 @@ class WorkerJob:
     """What one worker process needs (picklable)."""
 
     settings: StudySettings
-    base: RunConfig  # the trial base config, device already pinned, data source resolved
+    base: RunConfig  # the trial base config (its epochs: the study's one trial budget),
+    # device already pinned, data source resolved
     space: SearchSpace
-    budget: int
     index: int
     trials: int
     seed: int
     threads: int
     timeout: float | None = None
-    data: dict | None = None  # the study's data record (`study_data.data_record`)
+    data: dict | None = None  # the study's data record (`definition.data_record`)
     target: RunConfig | None = None  # the target at full fidelity (time projection)
     max_train_seconds: float | None = None  # the target's time limit
 
@@ -119,10 +118,11 @@ def _work(job: WorkerJob) -> None:
     storage = make_storage(s.storage, s.results_dir, s.study_name, s.heartbeat)
     study = optuna.load_study(study_name=s.study_name, storage=storage,
                               sampler=make_sampler(s.sampler, job.seed),
-                              pruner=make_pruner(s.pruner, job.budget, s.patience, s.min_epochs))
+                              pruner=make_pruner(s.pruner, job.base.train.epochs, s.patience,
+                                                 s.min_epochs))
     store = make_artifact_store(s.artifact_store, s.results_dir, s.study_name)
     objective = Objective(job.space, job.base,
-                          ObjectiveSettings(s.study_name, s.metric, job.budget, store,
+                          ObjectiveSettings(s.study_name, s.metric, job.base.train.epochs, store,
                                             job.target, job.max_train_seconds))
     check_same_data(objective.load_data(), job.data, f"worker {job.index}")
     run_trials(study, objective, job.trials, job.timeout, s.max_trials)

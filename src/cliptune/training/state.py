@@ -18,13 +18,9 @@ import torch
 
 from cliptune.config import TrainConfig
 from cliptune.errors import ConfigError
+from cliptune.metrics import metric_is_minimised
 from cliptune.model import CLIP
 from cliptune.optim import build_optimizer, build_scheduler
-
-
-def metric_is_minimised(name: str) -> bool:
-    """Losses and median ranks improve downwards; recalls and rsum upwards."""
-    return name.endswith("loss") or name.endswith("medr")
 
 
 def is_improvement(value: float, best: dict[str, float], metric: str) -> bool:

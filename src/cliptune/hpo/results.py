@@ -1,11 +1,17 @@
-"""The study's best model: in Optuna's artifact store, and on each machine `checkpoints/<study>/best.pt`.
+"""The study's results: its ranking and its best model.
 
-A trial keeps its best epoch's weights in memory and, when it completes better than
-every trial completed so far, writes them once as a weights-only checkpoint (config,
-tokenizer, weights; no optimizer state) into a scratch folder and uploads that file to
-the artifact store while the trial still runs (`checkpoint_artifact` attribute). A
-trial that is not the best when it ends never becomes the best later, so the store
-holds every checkpoint the study's best can be.
+The ranking: the study's best trial (`best_trial`) is the best feasible complete trial
+(within the time limit, see `time_limit`), or, when none is feasible, the best of the
+others; `ranked` orders every complete trial that way and `beats` tells whether a
+finishing trial would come first.
+
+The best model lives in Optuna's artifact store, and on each machine in
+`checkpoints/<study>/best.pt`. A trial keeps its best epoch's weights in memory and,
+when it completes better than every trial completed so far, writes them once as a
+weights-only checkpoint (config, tokenizer, weights; no optimizer state) into a scratch
+folder and uploads that file to the artifact store while the trial still runs
+(`checkpoint_artifact` attribute). A trial that is not the best when it ends never
+becomes the best later, so the store holds every checkpoint the study's best can be.
 
 On each machine the driver (one process, so no two promotions race) keeps
 `checkpoints/<study>/best.pt` + `best.json` (`{trial, value}`) for the study-wide best
@@ -41,7 +47,48 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cliptune.checkpoint import STUDY_RECORD, folder_owner
 from cliptune.errors import ConfigError
-from cliptune.hpo.time_limit import best_trial
+from cliptune.files import write_atomic
+from cliptune.hpo.study import METRICS
+
+
+def is_feasible(trial: FrozenTrial | optuna.Trial) -> bool:
+    """Whether every constraint of the trial is <= 0 (a trial without any is feasible)."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def _rank(direction: str):
+    sign = 1.0 if direction == "minimize" else -1.0
+    return lambda t: (not is_feasible(t), sign * t.value, t.number)
+
+
+def ranked(study: optuna.Study) -> list[FrozenTrial]:
+    """The complete trials, best first: feasible ones before the others, then by value."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(complete, key=_rank(study.direction.name.lower()))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best feasible complete trial; without one the best complete trial; None while
+    no trial has completed."""
+    complete = ranked(study)
+    return complete[0] if complete else None
+
+
+def beats(trial_feasible: bool, value: float, best: FrozenTrial | None, metric: str) -> bool:
+    """Whether a trial (feasible or not, with `value`) ranks before `best` (None: no best
+    yet): a feasible trial before any infeasible one, then by value."""
+    if best is None:
+        return True
+    if trial_feasible != is_feasible(best):
+        return trial_feasible
+    return value < best.value if METRICS[metric] == "minimize" else value > best.value
+
+
+def feasibility_counts(study: optuna.Study) -> tuple[int, int]:
+    """(feasible, all) complete trials."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sum(is_feasible(t) for t in complete), len(complete)
+
 
 ARTIFACT_ATTR = "checkpoint_artifact"  # trial attribute: the artifact id of its checkpoint
 BUCKET_STORES = {"s3://": (Boto3ArtifactStore, "boto3"),
@@ -111,10 +158,7 @@ def _install(source: Path, folder: Path, trial: FrozenTrial) -> Path:
     record = folder / STUDY_RECORD
     record.unlink(missing_ok=True)
     os.replace(source, folder / "best.pt")
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps({"trial": trial.number, "value": trial.value}, indent=2),
-                   encoding="utf-8")
-    os.replace(tmp, record)
+    write_atomic(record, json.dumps({"trial": trial.number, "value": trial.value}, indent=2))
     return folder / "best.pt"
 
 
