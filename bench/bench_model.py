@@ -169,21 +169,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_flops(device: torch.device, repeats: int = 10) -> float:
-    """Best observed FLOP/s of a square bf16 matmul: the machine's practical peak.
+def matmul_peak_flops(device: torch.device, repeats: int = 10,
+                      dtype: torch.dtype = torch.bfloat16) -> float:
+    """Best observed FLOP/s of a square matmul in `dtype` (bf16, or fp32 for an fp32 step):
+    the machine's practical peak.
 
     8192-sized on a GPU, 2048 on a CPU (the size docs/BENCHMARKS.md's CPU MFU figures used),
     except on a CPU without native bf16 (no AVX512-BF16/AMX: about 1 GFLOP/s, a 2048
     product takes 20 s), which a 512 product shows first and which keeps that size."""
     if device.type == "cuda":
-        return _matmul_peak(device, 8192, repeats)
-    small = _matmul_peak(device, 512, 2)
-    return small if small < 20e9 else _matmul_peak(device, 2048, repeats)
+        return _matmul_peak(device, 8192, repeats, dtype)
+    small = _matmul_peak(device, 512, 2, dtype)
+    return small if small < 20e9 else _matmul_peak(device, 2048, repeats, dtype)
 
 
-def _matmul_peak(device: torch.device, size: int, repeats: int) -> float:
-    a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
-    b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
+def _matmul_peak(device: torch.device, size: int, repeats: int, dtype: torch.dtype) -> float:
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     a @ b
     best = math.inf
     for _ in range(repeats):
@@ -347,8 +349,9 @@ def measure(args: argparse.Namespace) -> Measurement | None:
         profile_variant(by_name[args.profile], args.steps, device)
         return None
     peak = 0.0
+    dtype = torch.float32 if args.precision == "fp32" else torch.bfloat16
     for repeat in range(args.repeats):
-        peak = max(peak, matmul_peak_flops(device))
+        peak = max(peak, matmul_peak_flops(device, dtype=dtype))
         for variant in variants:
             variant.rates.append(args.batch_size * args.steps / time_steps(variant.step, args.steps, device))
         row = "  ".join(f"{v.name} {v.rates[-1]:.0f}" for v in variants)
@@ -362,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     if result is None:
         return
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    print(f"bf16 matmul peak (best of {args.repeats}): {result.peak_flops / 1e9:.0f} GFLOP/s")
+    print(f"{args.precision} matmul peak (best of {args.repeats}): "
+          f"{result.peak_flops / 1e9:.0f} GFLOP/s")
     print(f"training FLOPs per sample: {result.flops_per_sample / 1e9:.3f} GFLOP"
           + (f" ({result.variants[-1].flops_per_sample / 1e9:.3f} with patch dropout "
              f"{args.patch_dropout:g})" if args.patch_dropout else ""))
@@ -370,6 +374,14 @@ def main(argv: list[str] | None = None) -> None:
     for name, row in result.summary().items():
         print(f"{name:<24}{row['samples_per_s']:>10.0f}{row['vs_openclip']:>12.2f}x"
               f"{row['paired']:>8.2f}x{row['mfu']:>8.1%}")
+    if args.patch_dropout:
+        rates = {variant.name: variant.rates for variant in result.variants}
+        for model in ("cliptune", "openclip"):
+            masked, plain = rates[f"{model}-patch-dropout-{args.patch_dropout:g}"], rates[model]
+            paired = statistics.median(m / p for m, p in zip(masked, plain, strict=True))
+            print(f"patch dropout {args.patch_dropout:g}, {model}: "
+                  f"{statistics.median(masked) / statistics.median(plain):.2f}x the median "
+                  f"samples/s, {paired:.2f}x paired (median of per-repeat ratios)")
 
 
 if __name__ == "__main__":
