@@ -4,8 +4,8 @@ One step = forward + loss + backward + AdamW step (+ temperature clamp), under a
 `--precision` (auto: bf16 where the device has it, else fp32, as `train.precision`).
 Variants are timed interleaved, `--repeats` rounds of `--steps` steps each. Reported:
 median samples/s, its ratio to OpenCLIP's median, the median of per-round ratios
-(robust to load from other processes), and MFU against the best bf16 matmul rate
-measured in the same run.
+(robust to load from other processes), and MFU against the best matmul rate in the
+step's precision measured in the same run.
 
     python bench/bench_model.py                      # tiny preset, batch 128, eager
     python bench/bench_model.py --compile            # also torch.compile'd variants
