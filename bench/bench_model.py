@@ -1,10 +1,11 @@
 """Training-step throughput of cliptune's CLIP against OpenCLIP on the same architecture.
 
-One step = forward + loss + backward + AdamW step (+ temperature clamp), bf16 autocast.
+One step = forward + loss + backward + AdamW step (+ temperature clamp), under autocast in
+`--precision` (auto: bf16 where the device has it, else fp32, as `train.precision`).
 Variants are timed interleaved, `--repeats` rounds of `--steps` steps each. Reported:
 median samples/s, its ratio to OpenCLIP's median, the median of per-round ratios
-(robust to load from other processes), and MFU against the best bf16 matmul rate
-measured in the same run.
+(robust to load from other processes), and MFU against the best matmul rate in the
+step's precision measured in the same run.
 
     python bench/bench_model.py                      # tiny preset, batch 128, eager
     python bench/bench_model.py --compile            # also torch.compile'd variants
@@ -39,6 +40,7 @@ from cliptune.config import ModelConfig, load_config, model_preset  # noqa: E402
 from cliptune.loss import ClipLoss  # noqa: E402
 from cliptune.model import CLIP  # noqa: E402
 from cliptune.model.clip import SelfAttention  # noqa: E402
+from cliptune.runtime import autocast, resolve_precision  # noqa: E402
 
 Step = Callable[[], None]
 
@@ -107,11 +109,12 @@ def training_step(
     images: torch.Tensor,
     tokens: torch.Tensor,
     after_step: Callable[[], None],
+    precision: str = "bf16",
 ) -> Step:
-    """A closure running one full optimisation step under bf16 autocast."""
+    """A closure running one full optimisation step under autocast in `precision`."""
 
     def step() -> None:
-        with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        with autocast(images.device, precision):
             loss = loss_fn(*model(images, tokens))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -128,7 +131,7 @@ def low_precision_attention(attention: SelfAttention, x: torch.Tensor) -> torch.
 
 def cliptune_step(
     config, images, tokens, compiled: bool = False, fused: bool = True, fp32_attention: bool = True,
-    compile_mode: str | None = None,
+    compile_mode: str | None = None, precision: str = "bf16",
 ) -> Step:
     torch.manual_seed(0)
     model = CLIP(config).train().to(images.device)
@@ -139,11 +142,12 @@ def cliptune_step(
     # fused=None is torch's default (a per-parameter loop on the CPU), as OpenCLIP gets
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, fused=fused or None)
     forward = torch.compile(model, mode=compile_mode) if compiled else model
-    return training_step(forward, ClipLoss(), optimizer, images, tokens, model.clamp_logit_scale)
+    return training_step(forward, ClipLoss(), optimizer, images, tokens, model.clamp_logit_scale,
+                         precision)
 
 
 def openclip_step(config, images, tokens, compiled: bool = False,
-                  compile_mode: str | None = None) -> Step:
+                  compile_mode: str | None = None, precision: str = "bf16") -> Step:
     from open_clip.loss import ClipLoss as OpenClipLoss
 
     torch.manual_seed(0)
@@ -156,7 +160,7 @@ def openclip_step(config, images, tokens, compiled: bool = False,
             model.logit_scale.clamp_(0, math.log(100))
 
     forward = torch.compile(model, mode=compile_mode) if compiled else model
-    return training_step(forward, OpenClipLoss(), optimizer, images, tokens, clamp)
+    return training_step(forward, OpenClipLoss(), optimizer, images, tokens, clamp, precision)
 
 
 def synchronize(device: torch.device) -> None:
@@ -165,21 +169,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_flops(device: torch.device, repeats: int = 10) -> float:
-    """Best observed FLOP/s of a square bf16 matmul: the machine's practical peak.
+def matmul_peak_flops(device: torch.device, repeats: int = 10,
+                      dtype: torch.dtype = torch.bfloat16) -> float:
+    """Best observed FLOP/s of a square matmul in `dtype` (bf16, or fp32 for an fp32 step):
+    the machine's practical peak.
 
     8192-sized on a GPU, 2048 on a CPU (the size docs/BENCHMARKS.md's CPU MFU figures used),
     except on a CPU without native bf16 (no AVX512-BF16/AMX: about 1 GFLOP/s, a 2048
     product takes 20 s), which a 512 product shows first and which keeps that size."""
     if device.type == "cuda":
-        return _matmul_peak(device, 8192, repeats)
-    small = _matmul_peak(device, 512, 2)
-    return small if small < 20e9 else _matmul_peak(device, 2048, repeats)
+        return _matmul_peak(device, 8192, repeats, dtype)
+    small = _matmul_peak(device, 512, 2, dtype)
+    return small if small < 20e9 else _matmul_peak(device, 2048, repeats, dtype)
 
 
-def _matmul_peak(device: torch.device, size: int, repeats: int) -> float:
-    a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
-    b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
+def _matmul_peak(device: torch.device, size: int, repeats: int, dtype: torch.dtype) -> float:
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     a @ b
     best = math.inf
     for _ in range(repeats):
@@ -207,6 +213,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(and its train.batch_size unless --batch-size)")
     parser.add_argument("--batch-size", type=int, help="default: 128, or --config's")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="autocast of the step (auto: bf16 where the device has it, "
+                        "else fp32; a CPU without AVX512-BF16/AMX emulates bf16 slowly)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant")
@@ -244,28 +253,30 @@ def flops_per_sample(config: ModelConfig) -> float:
 
 def build_variants(args: argparse.Namespace, config: ModelConfig) -> list[Variant]:
     images, tokens = make_batch(config, args.batch_size, torch.device(args.device))
+    precision = args.precision  # resolved by `measure`
     steps = {
-        "openclip": openclip_step(config, images, tokens),
-        "cliptune": cliptune_step(config, images, tokens),
+        "openclip": openclip_step(config, images, tokens, precision=precision),
+        "cliptune": cliptune_step(config, images, tokens, precision=precision),
     }
     flops = dict.fromkeys(steps, flops_per_sample(config))
     if args.patch_dropout:
         masked = replace(config, patch_dropout=args.patch_dropout)
         name = f"patch-dropout-{args.patch_dropout:g}"
-        steps[f"openclip-{name}"] = openclip_step(masked, images, tokens)
-        steps[f"cliptune-{name}"] = cliptune_step(masked, images, tokens)
+        steps[f"openclip-{name}"] = openclip_step(masked, images, tokens, precision=precision)
+        steps[f"cliptune-{name}"] = cliptune_step(masked, images, tokens, precision=precision)
         flops.update(dict.fromkeys(list(steps)[-2:], flops_per_sample(masked)))
     if args.ablation:
-        steps["cliptune-default-adamw"] = cliptune_step(config, images, tokens, fused=False)
+        steps["cliptune-default-adamw"] = cliptune_step(config, images, tokens, fused=False,
+                                                        precision=precision)
         steps["cliptune-bf16-attention"] = cliptune_step(
-            config, images, tokens, fp32_attention=False
+            config, images, tokens, fp32_attention=False, precision=precision
         )
     if args.compile:
         mode = args.compile_mode
         steps["openclip-compiled"] = openclip_step(config, images, tokens, compiled=True,
-                                                   compile_mode=mode)
+                                                   compile_mode=mode, precision=precision)
         steps["cliptune-compiled"] = cliptune_step(config, images, tokens, compiled=True,
-                                                   compile_mode=mode)
+                                                   compile_mode=mode, precision=precision)
     return [Variant(name, step, [], flops.get(name, flops["cliptune"]))
             for name, step in steps.items()]
 
@@ -316,11 +327,13 @@ def measure(args: argparse.Namespace) -> Measurement | None:
     config, args.batch_size = bench_model(args)
     config = replace(config, patch_dropout=0.0)  # the base variants; --patch-dropout adds others
     device = torch.device(args.device)
+    args.precision = resolve_precision(args.precision, device)
     torch.backends.cuda.matmul.allow_tf32 = True
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"{torch.get_num_threads()} CPU threads")
     print(
-        f"torch {torch.__version__}, {where}, model {args.config or args.preset}, "
+        f"torch {torch.__version__}, {where}, {args.precision}, "
+        f"model {args.config or args.preset}, "
         f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
@@ -336,8 +349,9 @@ def measure(args: argparse.Namespace) -> Measurement | None:
         profile_variant(by_name[args.profile], args.steps, device)
         return None
     peak = 0.0
+    dtype = torch.float32 if args.precision == "fp32" else torch.bfloat16
     for repeat in range(args.repeats):
-        peak = max(peak, matmul_peak_flops(device))
+        peak = max(peak, matmul_peak_flops(device, dtype=dtype))
         for variant in variants:
             variant.rates.append(args.batch_size * args.steps / time_steps(variant.step, args.steps, device))
         row = "  ".join(f"{v.name} {v.rates[-1]:.0f}" for v in variants)
@@ -351,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     if result is None:
         return
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    print(f"bf16 matmul peak (best of {args.repeats}): {result.peak_flops / 1e9:.0f} GFLOP/s")
+    print(f"{args.precision} matmul peak (best of {args.repeats}): "
+          f"{result.peak_flops / 1e9:.0f} GFLOP/s")
     print(f"training FLOPs per sample: {result.flops_per_sample / 1e9:.3f} GFLOP"
           + (f" ({result.variants[-1].flops_per_sample / 1e9:.3f} with patch dropout "
              f"{args.patch_dropout:g})" if args.patch_dropout else ""))
@@ -359,6 +374,14 @@ def main(argv: list[str] | None = None) -> None:
     for name, row in result.summary().items():
         print(f"{name:<24}{row['samples_per_s']:>10.0f}{row['vs_openclip']:>12.2f}x"
               f"{row['paired']:>8.2f}x{row['mfu']:>8.1%}")
+    if args.patch_dropout:
+        rates = {variant.name: variant.rates for variant in result.variants}
+        for model in ("cliptune", "openclip"):
+            masked, plain = rates[f"{model}-patch-dropout-{args.patch_dropout:g}"], rates[model]
+            paired = statistics.median(m / p for m, p in zip(masked, plain, strict=True))
+            print(f"patch dropout {args.patch_dropout:g}, {model}: "
+                  f"{statistics.median(masked) / statistics.median(plain):.2f}x the median "
+                  f"samples/s, {paired:.2f}x paired (median of per-repeat ratios)")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from hpo_tiny import load, read_json, write_study_files
 
 from cliptune.checkpoint import load_checkpoint, load_model
 from cliptune.cli import evaluate, optimize
-from cliptune.config import config_from_dict
+from cliptune.config import RunConfig, config_from_dict
 from cliptune.export import export_checkpoint
+from cliptune.hpo.definition import fingerprint_changes, study_fingerprint
 from cliptune.trainer import Trainer
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
@@ -101,3 +102,14 @@ def test_legacy_study_joins_and_retrains(tmp_path):
     assert retrain["configs"]["base"]["trial"] == 0
     assert "## Best and base configuration at full fidelity" in (
         tmp_path / "results" / "legacy" / "report.md").read_text()
+
+
+def test_a_fingerprint_from_before_a_config_key_counts_it_at_its_default():
+    config = RunConfig()
+    current = study_fingerprint("val_loss", [], config, {})
+    recorded = study_fingerprint("val_loss", [], config, {})
+    del recorded["target"]["model.patch_dropout"]  # a study created before the key existed
+    assert fingerprint_changes(recorded, current) == []
+    config.model.patch_dropout = 0.5
+    assert fingerprint_changes(recorded, study_fingerprint("val_loss", [], config, {})) == [
+        "target: model.patch_dropout: 0.0 -> 0.5"]
