@@ -308,12 +308,13 @@ def start_run(
             say(f"run {config.name!r} exists and resume is off: this run is named {name!r}")
             config.name = name
     folder = Path(config.checkpoints_dir) / config.name
-    if distributed.current().is_main and folder_owner(folder) == "study":
+    taken = distributed.current().is_main and folder_owner(folder) == "study"
+    path, config.name, taken = distributed.broadcast_object((path, config.name, taken))
+    if taken:  # every rank stops alike
         raise ConfigError(
             f"run name {config.name!r} is taken by study {config.name!r}: {folder} holds "
             f"that study's best trial (best.pt + {STUDY_RECORD}), which this run would "
             "overwrite. Name the run otherwise: --run-name NAME")
-    path, config.name = distributed.broadcast_object((path, config.name))
     if path is None:
         return None, None
     state = load_checkpoint(path)  # on the CPU: weights and optimizer state move later
