@@ -8,6 +8,7 @@ is one row there with its scalars beside it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,27 @@ def _hparam_value(value: Any) -> HParamValue:
     return str(value)
 
 
+def _wait_past_existing_event_files(log_dir: Path) -> None:
+    """Wait until a new event file's name sorts after the folder's existing ones.
+
+    TensorBoard reads a run's event files in name order, and a name starts with the
+    second the file was opened (then host, pid, counter). A resumed run opened in the
+    second its killed predecessor's file was opened could sort first, and the purge it
+    writes would then be read before the events it should drop.
+    """
+    stamps = [int(path.name.split(".")[3]) for path in log_dir.glob("events.out.tfevents.*")
+              if path.name.split(".")[3].isdigit()]
+    if stamps:
+        time.sleep(max(0.0, max(stamps) + 1 - time.time()))
+
+
 class RunLogger:
     """A TensorBoard writer bound to one run folder."""
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None):
         self.log_dir = Path(log_dir)
+        if purge_step is not None:
+            _wait_past_existing_event_files(self.log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
