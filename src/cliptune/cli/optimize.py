@@ -22,6 +22,7 @@ from cliptune.hpo.fidelity_check import check_fidelity, summary_lines
 from cliptune.hpo.retrain import comparison_lines
 from cliptune.hpo.search_space import load_search_space
 from cliptune.hpo.study import METRICS, PRUNERS, SAMPLERS, Heartbeat
+from cliptune.hpo.warm_start import parse_warm_start
 from cliptune.resources import default_experiment
 
 DEFAULTS = StudySettings()
@@ -48,13 +49,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     study.add_argument("--timeout", type=float, metavar="SECONDS",
                        help="stop starting trials after this long")
     study.add_argument("--sampler", choices=SAMPLERS, default=DEFAULTS.sampler)
-    study.add_argument("--pruner", choices=PRUNERS, default=DEFAULTS.pruner)
+    study.add_argument("--pruner", choices=PRUNERS, default=DEFAULTS.pruner,
+                       help="auto (default): hyperband whose first rung is the earliest epoch "
+                            "the study's recorded fidelity check (--check-fidelity) trusts; "
+                            "without a check, hyperband from --min-epochs")
     study.add_argument("--patience", type=int, metavar="EPOCHS",
                        help="also prune trials that have not improved for this many epochs")
     study.add_argument("--min-epochs", type=int, default=DEFAULTS.min_epochs, metavar="EPOCHS",
                        help="the pruner's first rung: no trial is judged before this epoch "
-                            "(default 1; raise it when --check-fidelity finds the early rungs "
-                            "rank poorly)")
+                            "(default 1; --pruner auto moves it later where the study's "
+                            "fidelity check finds the early rungs rank poorly)")
+    study.add_argument("--warm-start", metavar="STUDY[,STUDY]",
+                       help="first run the best configuration(s) of earlier studies: NAME (in "
+                            "this study's storage or --results-dir) or NAME@STORAGE (a journal "
+                            "file or database URL); parameters outside this space are dropped")
+    study.add_argument("--warm-start-top", type=int, default=DEFAULTS.warm_start_top,
+                       metavar="K", help="--warm-start: the K best trials of each study")
     study.add_argument("--metric", choices=tuple(METRICS),
                        help="objective: best val_loss (minimized, the default) or best rsum "
                             "(maximized); a joined study keeps its own")
@@ -156,6 +166,7 @@ def build_settings(args: argparse.Namespace) -> StudySettings:
         storage=args.storage, artifact_store=args.artifact_store, workers=args.workers,
         timeout=args.timeout, sampler=args.sampler,
         pruner=args.pruner, patience=args.patience, min_epochs=args.min_epochs,
+        warm_start=parse_warm_start(args.warm_start), warm_start_top=args.warm_start_top,
         metric=args.metric or DEFAULTS.metric,
         results_dir=args.results_dir, allow_changes=args.allow_changes,
         retrain_best=args.retrain_best, seeds=args.seeds, show_progress=not args.quiet,
@@ -183,6 +194,7 @@ def run(argv: list[str] | None = None) -> int:
           f"{s.failed} failed; pruning saved {100 * s.saved_fraction:.0f}% of the epochs")
     if outcome.best_trial is not None:
         print(f"best {settings.metric} = {outcome.best_value:.4f} (trial {outcome.best_trial})")
+    print(f"verdict: {outcome.verdict}")
     if outcome.retrain is not None:
         print("\n".join(comparison_lines(outcome.retrain)))
     print(f"report: {outcome.out_dir / 'report.md'}")

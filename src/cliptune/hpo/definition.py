@@ -394,9 +394,11 @@ class StudySettings:
     workers: int = 1
     timeout: float | None = None  # seconds, per driver
     sampler: str = "tpe"
-    pruner: str = "hyperband"
+    pruner: str = "auto"  # Hyperband, first rung from a recorded fidelity check (`design`)
     patience: int | None = None
     min_epochs: int = 1  # the pruner's first rung (Hyperband / SHA minimum resource)
+    warm_start: tuple[str, ...] = ()  # earlier studies whose best trials run first
+    warm_start_top: int = 1  # best trials taken from each of them
     metric: str = "val_loss"
     results_dir: str = "optuna-results"
     allow_changes: bool = False  # continue a study whose fingerprint differs
@@ -425,6 +427,8 @@ class StudySettings:
             raise ConfigError(f"--metric {self.metric!r}: choose one of {', '.join(METRICS)}")
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.warm_start_top < 1:
+            raise ConfigError(f"--warm-start-top must be at least 1, got {self.warm_start_top}")
 
 
 def driver_seed(settings: StudySettings, plan: StudyPlan) -> int:

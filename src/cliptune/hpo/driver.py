@@ -22,7 +22,6 @@ from pathlib import Path
 import optuna
 import torch
 from optuna.trial import FrozenTrial
-from sqlalchemy.engine import make_url
 
 from cliptune.config import RunConfig
 from cliptune.data import PreparedData
@@ -39,6 +38,7 @@ from cliptune.hpo.definition import (
     driver_seed,
     study_fingerprint,
 )
+from cliptune.hpo.design import enqueued_trials, resolve_pruner, startup_trials
 from cliptune.hpo.objective import CALLBACK_KEYS, Objective, ObjectiveSettings, scratch_dir
 from cliptune.hpo.owners import fail_dead_owners
 from cliptune.hpo.progress import StudyProgress
@@ -62,7 +62,10 @@ from cliptune.hpo.study import (
     make_storage,
     open_study,
     pruner_rungs,
+    storage_display,
 )
+from cliptune.hpo.verdict import verdict
+from cliptune.hpo.warm_start import enqueue_warm_starts, read_warm_starts
 from cliptune.hpo.workers import FINISHED, WorkerJob, run_trials, run_workers, worker_device
 from cliptune.runtime import check_precision, resolve_device
 
@@ -83,15 +86,14 @@ class StudyOutcome:
     worker_messages: list[str] = field(default_factory=list)
     retrain: dict | None = None
     trials_left: int = 0  # of the trials asked for, those that did not finish
+    verdict: str = ""  # report.md's first words: did a trial beat the baseline?
 
 
 def storage_label(settings: StudySettings) -> str:
     """The storage as a user may see it: a journal path, or a URL without its password."""
     if settings.storage is None:
         return str(default_journal_path(settings.results_dir, settings.study_name))
-    if is_rdb_url(settings.storage):
-        return make_url(settings.storage).render_as_string(hide_password=True)
-    return settings.storage
+    return storage_display(settings.storage)
 
 
 def driver_salt(created: bool) -> int:
@@ -213,13 +215,16 @@ def resolve_definition(settings: StudySettings, plan: StudyPlan, space: SearchSp
 
 def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> OpenedStudy:
     """Open the study once: load it (a new study is created only after every check),
-    resolve its definition (`_adopt`), make its data decision and prepare the data (when
-    trials are to run), check its fingerprint and its one trial budget, enqueue the
-    baseline (new study), fail trials of dead owners, record the study's attributes."""
+    resolve its definition (`_adopt`) and its pruner (`design.resolve_pruner`), read the
+    warm starts, make its data decision and prepare the data (when trials are to run),
+    check its fingerprint and its one trial budget, enqueue the baseline (new study) and
+    the warm starts, fail trials of dead owners, record the study's attributes."""
     storage, loaded = _existing_study(settings)
     settings, plan, space, notes = _adopt(settings, plan, space, loaded)
     settings.check()
     base = prepare_base(plan.trial_base(), space, settings.metric)
+    warm = read_warm_starts(settings, space)  # unknown sources fail before anything is written
+    settings, design_note = resolve_pruner(settings, base.train.epochs)
     check_study_folder(study_checkpoint_dir(base.checkpoints_dir, settings.study_name),
                        settings.study_name)
     check_paths(base.data)
@@ -278,6 +283,8 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
         notes += [f"continued with other data (--allow-changes): {c}" for c in changes]
         if "data" not in (recorded or {}):  # a new study, or one from before the data part
             study.set_user_attr("fingerprint", {**(recorded or fingerprint), **current})
+    notes += [design_note] if design_note else []
+    notes += enqueue_warm_starts(study, warm)
     study.set_user_attr("search_space", describe(space))
     return OpenedStudy(study, storage, base, existing, created, settings, plan, space, notes, data)
 
@@ -317,7 +324,7 @@ def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSp
 
 
 def _jobs(settings: StudySettings, opened: OpenedStudy, plan: StudyPlan, space: SearchSpace,
-          seed_for) -> list[WorkerJob]:
+          seed_for, startup: int) -> list[WorkerJob]:
     threads = max(1, torch.get_num_threads() // settings.workers)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     jobs = []
@@ -330,7 +337,7 @@ def _jobs(settings: StudySettings, opened: OpenedStudy, plan: StudyPlan, space: 
         jobs.append(WorkerJob(settings, base, space, index, n,
                               seed_for(index, 0), threads, settings.timeout,
                               data_record(opened.data), plan.target,
-                              plan.max_train_seconds))
+                              plan.max_train_seconds, startup))
     return jobs
 
 
@@ -349,7 +356,10 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
         return sampler_seed(driver_seed(settings, plan), opened.existing,
                             index + restart * max(1, settings.workers), salt)
 
-    study.sampler = make_sampler(settings.sampler, seed_for(0, 0))
+    # random start-up draws: a tenth of the study's trials, after the enqueued ones
+    startup = startup_trials(settings.max_trials or opened.existing + settings.trials,
+                             enqueued_trials(study))
+    study.sampler = make_sampler(settings.sampler, seed_for(0, 0), startup)
     if settings.show_progress:
         state = f"continued, {opened.existing} trials so far" if not opened.created else "new"
         print(f"study {settings.study_name!r} ({state}): {settings.trials} trials of up to "
@@ -381,7 +391,7 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
             interrupted = True
     elif settings.trials > 0:
         interrupted, errors, messages = run_workers(
-            study, opened.storage, _jobs(settings, opened, plan, space, seed_for),
+            study, opened.storage, _jobs(settings, opened, plan, space, seed_for, startup),
             lambda: monitor.poll(study), seed_for)
     progress.close()
     reporter.write_safely(study, plots=True)
@@ -396,4 +406,5 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
         best_value=best.value if best else None, best_trial=best.number if best else None,
         interrupted=interrupted, worker_errors=errors, worker_messages=messages, retrain=retrain,
         trials_left=max(0, settings.trials - len(monitor.seen - finished_before)),
+        verdict=verdict(study, settings.metric, settings.study_name)[0],
     )

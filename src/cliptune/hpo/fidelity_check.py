@@ -33,6 +33,7 @@ from cliptune.data import PreparedData
 from cliptune.errors import ConfigError
 from cliptune.files import write_atomic
 from cliptune.hpo.definition import StudyPlan, StudySettings, driver_seed
+from cliptune.hpo.design import GOOD_SPEARMAN
 from cliptune.hpo.driver import prepare_base
 from cliptune.hpo.objective import CALLBACK_KEYS, data_key
 from cliptune.hpo.reports import FIDELITY_CHECK, fmt, table
@@ -43,7 +44,6 @@ from cliptune.trainer import Trainer
 CACHE_DIR = "fidelity_check"  # one JSON per trained run
 BOOTSTRAP_RESAMPLES = 1000
 TOP = 3
-GOOD_SPEARMAN = 0.7  # a fidelity (or rung) that ranks at least this well is trusted
 
 
 def draw_configurations(space: SearchSpace, target: RunConfig, k: int,
@@ -251,9 +251,10 @@ def advice(payload: dict) -> list[str]:
             f"{', '.join(f'{rho:.2f}' for _, rho in poor)} < {GOOD_SPEARMAN}): trials judged "
             f"there are pruned for starting slowly, not for being worse.")
     if good_after:
-        text += (f" Epoch {good_after[0]} ranks well: `--min-epochs {good_after[0]}` judges "
-                 f"trials from there on (more compute per trial, fewer trials in the same "
-                 f"time).")
+        text += (f" Epoch {good_after[0]} ranks well: the study's trials are judged from "
+                 f"there on (`--pruner auto`, the default, reads this check; with another "
+                 f"pruner `--min-epochs {good_after[0]}`): more compute per trial, fewer "
+                 f"trials in the same time.")
     return [text]
 
 

@@ -40,6 +40,8 @@ from cliptune.hpo.results import (
 )
 from cliptune.hpo.search_space import SearchSpace, baseline_trial
 from cliptune.hpo.study import METRICS
+from cliptune.hpo.verdict import verdict
+from cliptune.hpo.warm_start import warm_start_section
 from cliptune.metrics import RECALLS, SCORES
 
 RETRAIN_FILE = "retrain_results.json"
@@ -359,6 +361,8 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
     """The text of report.md (`best_record`: best_results.json's content)."""
     direction = METRICS[ctx.metric]
     out = [f"# Optuna study `{ctx.study_name}`", ""]
+    sentence, *rest = verdict(study, ctx.metric, ctx.study_name)
+    out += [f"**Verdict:** {sentence}", *(f"\n{line}" for line in rest), ""]
     settings = ", ".join(f"{k} {v}" for k, v in ctx.settings.items())
     out += [f"Objective: **{direction} {ctx.metric}** (the best validation epoch of each trial), "
             f"{ctx.budget} epochs per trial" + (f"; {settings}" if settings else "") + "."]
@@ -384,6 +388,7 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
         "- " + " ".join(_baseline_lines(baseline, best, ctx.metric,
                                         study.user_attrs.get("baseline_note", ""))),
     ]
+    out += warm_start_section(study, ctx.metric)
     if ctx.search_space:
         out += ["", "Search space:", "", *(f"- `{line}`" for line in ctx.search_space)]
     out += ["", "## Best trial", ""]

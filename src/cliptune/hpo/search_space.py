@@ -84,6 +84,11 @@ class Parameter:
             return list(values) if len(values) <= MAX_ENUMERATED else None
         return None
 
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is one this parameter can take (in its range and step, or
+        among its choices)."""
+        return _contains(self, value)
+
     def extremes(self) -> list[ParamValue]:
         """The values worth checking against the config: both ends, or every choice."""
         if self.kind == "categorical":

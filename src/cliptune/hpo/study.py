@@ -13,13 +13,14 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from cliptune.errors import ConfigError
 from cliptune.metrics import metric_is_minimised
 
 SAMPLERS = ("tpe", "random", "gp")
-PRUNERS = ("hyperband", "median", "sha", "none")
+PRUNERS = ("auto", "hyperband", "median", "sha", "none")  # auto: see design.resolve_pruner
 # --metric choices and their study direction (from the metric registry)
 METRICS = {name: "minimize" if metric_is_minimised(name) else "maximize"
            for name in ("val_loss", "rsum")}
@@ -41,21 +42,26 @@ class TrialFailed(Exception):
     """
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int,
+                 n_startup_trials: int = 10) -> optuna.samplers.BaseSampler:
     """The sampler `name` (tpe | random | gp), seeded.
 
     TPE is multivariate (models parameter interactions) with the constant liar, so
     parallel workers do not all sample next to the same running trial. Both are the
     Optuna 5 defaults, set here explicitly so the behaviour does not move with them.
+    TPE and GP draw at random until `n_startup_trials` trials of the study have finished
+    (complete or pruned, enqueued ones included; the study's budget sets it, see
+    `design.startup_trials`).
     """
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=n_startup_trials)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":
         if importlib.util.find_spec("scipy") is None:
             raise ConfigError("--sampler gp needs scipy: pip install scipy (or use --sampler tpe)")
-        return optuna.samplers.GPSampler(seed=seed)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials)
     raise ConfigError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
 
 
@@ -70,7 +76,8 @@ def make_pruner(name: str, epochs: int, patience: int | None = None, min_epochs:
     """The pruner `name` for trials of `epochs` epochs (one step per epoch).
 
     hyperband: brackets of successive halving between `min_epochs` and `epochs` epochs,
-    keeping the best 1/`reduction_factor` (a fifth) at each rung;
+    keeping the best 1/`reduction_factor` (a fifth) at each rung (auto: hyperband, once
+    `design.resolve_pruner` has placed its first rung);
     median: prune below the median of earlier trials at the same epoch (after 5 trials,
     from epoch `min_epochs` on);
     sha: successive halving from epoch `min_epochs`; none: never prune. `patience` wraps
@@ -78,7 +85,7 @@ def make_pruner(name: str, epochs: int, patience: int | None = None, min_epochs:
     many epochs; with `none`, only that).
     """
     _check_min_epochs(name, epochs, min_epochs)
-    if name == "hyperband":
+    if name in ("hyperband", "auto"):
         pruner: optuna.pruners.BasePruner | None = optuna.pruners.HyperbandPruner(
             min_resource=min_epochs, max_resource=epochs, reduction_factor=reduction_factor
         )
@@ -105,13 +112,13 @@ def pruner_rungs(name: str, epochs: int, min_epochs: int = 1) -> list[int]:
     """The epochs at which `make_pruner(name, epochs, min_epochs=...)` compares trials
     (before the last).
 
-    hyperband and sha: successive-halving rungs at min_epochs times 1, 5, 25, ...
+    hyperband (and auto) and sha: successive-halving rungs at min_epochs times 1, 5, 25, ...
     (Hyperband's brackets start at later powers, so they add no other epochs); median:
     every epoch from `min_epochs` on; none: no rung. Raises `ConfigError` for a
     `min_epochs` that `make_pruner` refuses.
     """
     _check_min_epochs(name, epochs, min_epochs)
-    if name in ("hyperband", "sha"):
+    if name in ("hyperband", "auto", "sha"):
         rungs, step = [], min_epochs
         while step < epochs:
             rungs.append(step)
@@ -130,6 +137,13 @@ def default_journal_path(results_dir: str | Path, study_name: str) -> Path:
 def is_rdb_url(storage: str) -> bool:
     """True for database URLs (postgresql://, mysql://, sqlite:///...); False for files."""
     return "://" in storage
+
+
+def storage_display(storage: str) -> str:
+    """A storage as a user may see it: a journal path, or a URL without its password."""
+    if is_rdb_url(storage):
+        return make_url(storage).render_as_string(hide_password=True)
+    return storage
 
 
 def database_url(storage: str) -> str:

@@ -98,6 +98,7 @@ class WorkerJob:
     data: dict | None = None  # the study's data record (`definition.data_record`)
     target: RunConfig | None = None  # the target at full fidelity (time projection)
     max_train_seconds: float | None = None  # the target's time limit
+    startup_trials: int = 10  # the sampler's random start-up (`design.startup_trials`)
 
 
 def worker_main(job: WorkerJob) -> None:
@@ -117,7 +118,7 @@ def _work(job: WorkerJob) -> None:
     s = job.settings
     storage = make_storage(s.storage, s.results_dir, s.study_name, s.heartbeat)
     study = optuna.load_study(study_name=s.study_name, storage=storage,
-                              sampler=make_sampler(s.sampler, job.seed),
+                              sampler=make_sampler(s.sampler, job.seed, job.startup_trials),
                               pruner=make_pruner(s.pruner, job.base.train.epochs, s.patience,
                                                  s.min_epochs))
     store = make_artifact_store(s.artifact_store, s.results_dir, s.study_name)
