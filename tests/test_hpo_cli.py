@@ -27,7 +27,8 @@ def test_defaults_tune_the_default_experiment_at_reduced_fidelity():
     plan = optimize.build_plan(args)
     settings = optimize.build_settings(args)
     assert (settings.trials, settings.study_name, settings.workers) == (50, "clip-hpo", 1)
-    assert (settings.sampler, settings.pruner, settings.metric) == ("tpe", "hyperband", "val_loss")
+    assert (settings.sampler, settings.pruner, settings.metric) == ("tpe", "auto", "val_loss")
+    assert settings.warm_start == () and settings.warm_start_top == 1
     assert settings.storage is None and settings.max_trials is None and settings.seeds == 3
     assert plan.target == load_config(REPO / "experiments" / "default.yaml")
     trial = plan.trial_base()
@@ -46,7 +47,8 @@ def test_flags_reach_the_base_config_and_settings():
         "--epochs", "4", "--max-samples", "500", "--max-eval-samples", "100", "--seed", "7",
         "--data", "shapes", "--set", "train.batch_size=64", "--set", "model.vision_layers=2",
         "--retrain-best", "--seeds", "2", "--max-trials", "9", "--heartbeat", "5",
-        "--allow-changes", "--min-epochs", "2",
+        "--allow-changes", "--min-epochs", "2", "--warm-start", "cpu, gpu@db.journal",
+        "--warm-start-top", "2",
     ])
     plan = optimize.build_plan(args)
     settings = optimize.build_settings(args)
@@ -65,6 +67,7 @@ def test_flags_reach_the_base_config_and_settings():
     assert (settings.retrain_best, settings.seeds, settings.max_trials) == (True, 2, 9)
     assert (settings.heartbeat.interval_s, settings.heartbeat.grace_s) == (5, 15)
     assert settings.allow_changes
+    assert (settings.warm_start, settings.warm_start_top) == (("cpu", "gpu@db.journal"), 2)
     assert settings.given == {"metric", "target.data.source", "target.train.batch_size",
                               "target.model.vision_layers", "fidelity.epochs",
                               "fidelity.max_samples", "fidelity.max_eval_samples"}
