@@ -89,9 +89,9 @@ def verdict(study: optuna.Study, metric: str, study_name: str) -> list[str]:
                 f"a trial beats them. Its best is {best_words}; {retrain} compares it with the "
                 "target at full fidelity."]
     if baseline.state != TrialState.COMPLETE:
-        state = (f"was pruned after {len(baseline.intermediate_values)} epoch(s)"
+        state = (f"were pruned after {len(baseline.intermediate_values)} epoch(s)"
                  if baseline.state == TrialState.PRUNED else
-                 f"has not completed ({baseline.state.name.lower()})")
+                 f"have not completed (trial {baseline.state.name.lower()})")
         return [f"The target's own settings (trial {baseline.number}, the baseline) {state}; "
                 f"the best is {best_words}; {retrain} decides whether it beats them at full "
                 "fidelity."]
