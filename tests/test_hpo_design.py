@@ -8,9 +8,12 @@ import math
 
 import optuna
 import pytest
+from hpo_tiny import SPACE, tiny_plan
 
 from cliptune.hpo.definition import StudySettings
 from cliptune.hpo.design import first_rung, resolve_pruner, startup_trials
+from cliptune.hpo.driver import open_for_trials, pruner_label
+from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.hpo.study import make_pruner, make_sampler, pruner_rungs
 
 
@@ -93,3 +96,16 @@ def test_auto_prunes_nothing_where_no_rung_ranks_well(tmp_path, rhos):
     write_check(tmp_path, "s", rhos)
     resolved, note = resolve_pruner(StudySettings(study_name="s", results_dir=str(tmp_path)), 12)
     assert resolved.pruner == "none" and "no trial is pruned" in note
+
+
+def test_a_study_opened_with_auto_judges_from_the_checked_rung(tmp_path, cache_dir):
+    plan, space = tiny_plan(tmp_path, cache_dir, trial_epochs=4), search_space_from_dict(SPACE)
+    results = tmp_path / "results"
+    write_check(results, "s", {1: 0.2, 2: 0.8}, epochs=4)
+    opened = open_for_trials(StudySettings(study_name="s", trials=0, results_dir=str(results),
+                                           show_progress=False), plan, space)
+    assert (opened.settings.pruner, opened.settings.min_epochs) == ("hyperband", 2)
+    assert opened.study.pruner._min_resource == 2
+    assert any(note.startswith("pruner auto: Hyperband, first rung at epoch 2: the fidelity "
+                               "check ranks epoch 2") for note in opened.notes)
+    assert pruner_label(opened.settings, opened.budget) == "hyperband (rungs at epoch(s) 2)"

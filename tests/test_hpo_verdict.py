@@ -30,14 +30,14 @@ def test_a_trial_that_beats_the_baseline_is_named_with_its_margin():
     study = study_of([({"lr": 1e-3, "depth": 2, "width": 64}, 2.5),
                       ({"lr": 3e-3, "depth": 3, "width": 64}, 2.3),
                       ({"lr": 1e-4, "depth": 1, "width": 32}, 2.9)])
-    sentence = verdict(study, "val_loss", "v")[0]
+    sentence = verdict(study, "val_loss", "v")
     assert sentence == (
         "Trial 1 is better than the target's own settings by 0.2 val_loss at trial fidelity "
         "(2.3000 against 2.5000, trial 0); `python src/optimize.py --study-name v --trials 0 "
         "--retrain-best --seeds 3` decides whether it holds at full fidelity.")
     maximized = study_of([({"lr": 1e-3, "depth": 2, "width": 64}, 200.0),
                           ({"lr": 3e-3, "depth": 3, "width": 64}, 212.5)], "maximize")
-    assert verdict(maximized, "rsum", "v")[0].startswith(
+    assert verdict(maximized, "rsum", "v").startswith(
         "Trial 1 is better than the target's own settings by 12.5 rsum")
 
 
@@ -48,7 +48,7 @@ def test_no_winner_names_the_parameters_pressed_against_an_edge():
                       ({"lr": 1e-4, "depth": 2, "width": 96}, 2.2),
                       ({"lr": 1e-3, "depth": 1, "width": 64}, 2.4),
                       ({"lr": 2e-3, "depth": 4, "width": 64}, 2.6)])
-    sentence = verdict(study, "val_loss", "v")[0]
+    sentence = verdict(study, "val_loss", "v")
     assert sentence.startswith("No trial beat the target's own settings (trial 0, the "
                                "baseline) — widen the space: lr beyond its upper edge (0.01); "
                                "width beyond its lower edge (32).")
@@ -56,7 +56,7 @@ def test_no_winner_names_the_parameters_pressed_against_an_edge():
     # nothing at an edge: the levers are missing
     middle = study_of([({"lr": 1e-3, "depth": 2, "width": 64}, 2.0),
                        ({"lr": 2e-3, "depth": 3, "width": 64}, 2.1)])
-    sentence = verdict(middle, "val_loss", "v")[0]
+    sentence = verdict(middle, "val_loss", "v")
     assert "— widen the space with other levers: no parameter's best values sit at an edge" \
         in sentence and "Only 2 trial(s) completed" in sentence
 
@@ -64,7 +64,7 @@ def test_no_winner_names_the_parameters_pressed_against_an_edge():
 def test_without_a_baseline_the_verdict_says_it_cannot_tell():
     study = study_of([({"lr": 1e-3, "depth": 2, "width": 64}, 2.0)], baseline=False)
     study.set_user_attr("baseline_note", "no baseline trial: its lr = 0.05 is outside the space")
-    assert verdict(study, "val_loss", "v")[0].startswith(
+    assert verdict(study, "val_loss", "v").startswith(
         "There is no baseline trial (its lr = 0.05 is outside the space): the search space "
         "cannot hold the target's own settings, so this study cannot say whether a trial "
         "beats them. Its best is trial 0 (val_loss 2.0000)")
@@ -72,7 +72,7 @@ def test_without_a_baseline_the_verdict_says_it_cannot_tell():
     pruned.add_trial(create_trial(state=TrialState.PRUNED, params={"lr": 1e-3},
                                   distributions={"lr": DISTRIBUTIONS["lr"]},
                                   intermediate_values={1: 3.0}, user_attrs={"baseline": True}))
-    assert verdict(pruned, "val_loss", "v")[0].startswith(
+    assert verdict(pruned, "val_loss", "v").startswith(
         "The target's own settings (trial 1, the baseline) were pruned after 1 epoch(s)")
 
 

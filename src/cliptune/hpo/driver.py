@@ -406,5 +406,5 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
         best_value=best.value if best else None, best_trial=best.number if best else None,
         interrupted=interrupted, worker_errors=errors, worker_messages=messages, retrain=retrain,
         trials_left=max(0, settings.trials - len(monitor.seen - finished_before)),
-        verdict=verdict(study, settings.metric, settings.study_name)[0],
+        verdict=verdict(study, settings.metric, settings.study_name),
     )

@@ -361,8 +361,7 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
     """The text of report.md (`best_record`: best_results.json's content)."""
     direction = METRICS[ctx.metric]
     out = [f"# Optuna study `{ctx.study_name}`", ""]
-    sentence, *rest = verdict(study, ctx.metric, ctx.study_name)
-    out += [f"**Verdict:** {sentence}", *(f"\n{line}" for line in rest), ""]
+    out += [f"**Verdict:** {verdict(study, ctx.metric, ctx.study_name)}", ""]
     settings = ", ".join(f"{k} {v}" for k, v in ctx.settings.items())
     out += [f"Objective: **{direction} {ctx.metric}** (the best validation epoch of each trial), "
             f"{ctx.budget} epochs per trial" + (f"; {settings}" if settings else "") + "."]

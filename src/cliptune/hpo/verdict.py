@@ -75,40 +75,40 @@ def _gain(best: FrozenTrial, baseline: FrozenTrial, minimize: bool) -> float:
     return (baseline.value - best.value) if minimize else (best.value - baseline.value)
 
 
-def verdict(study: optuna.Study, metric: str, study_name: str) -> list[str]:
-    """The verdict's paragraphs: the first is the sentence itself."""
+def verdict(study: optuna.Study, metric: str, study_name: str) -> str:
+    """The verdict in words (see the module docstring)."""
     best, baseline = best_trial(study), baseline_trial(study)
     if best is None:
-        return ["No trial has completed yet: no verdict."]
+        return "No trial has completed yet: no verdict."
     retrain = retrain_command(study_name)
     best_words = f"trial {best.number} ({metric} {best.value:.4f})"
     if baseline is None:
         note = study.user_attrs.get("baseline_note", "").removeprefix("no baseline trial: ")
-        return [f"There is no baseline trial ({note or 'the study has none'}): the search "
+        return (f"There is no baseline trial ({note or 'the study has none'}): the search "
                 "space cannot hold the target's own settings, so this study cannot say whether "
                 f"a trial beats them. Its best is {best_words}; {retrain} compares it with the "
-                "target at full fidelity."]
+                "target at full fidelity.")
     if baseline.state != TrialState.COMPLETE:
         state = (f"were pruned after {len(baseline.intermediate_values)} epoch(s)"
                  if baseline.state == TrialState.PRUNED else
                  f"have not completed (trial {baseline.state.name.lower()})")
-        return [f"The target's own settings (trial {baseline.number}, the baseline) {state}; "
+        return (f"The target's own settings (trial {baseline.number}, the baseline) {state}; "
                 f"the best is {best_words}; {retrain} decides whether it beats them at full "
-                "fidelity."]
+                "fidelity.")
     minimize = study.direction == optuna.study.StudyDirection.MINIMIZE
     if best.number != baseline.number:
         gain = _gain(best, baseline, minimize)
         if gain > 0:
-            return [f"Trial {best.number} is better than the target's own settings by "
+            return (f"Trial {best.number} is better than the target's own settings by "
                     f"{gain:.4g} {metric} at trial fidelity ({best.value:.4f} against "
                     f"{baseline.value:.4f}, trial {baseline.number}); {retrain} decides "
-                    "whether it holds at full fidelity."]
+                    "whether it holds at full fidelity.")
         if is_feasible(best) and not is_feasible(baseline):
-            return [f"Trial {best.number} is the best that keeps to the time limit, which the "
+            return (f"Trial {best.number} is the best that keeps to the time limit, which the "
                     f"target's own settings (trial {baseline.number}) exceed; it is "
                     f"{-gain:.4g} {metric} behind them at trial fidelity. {retrain} compares "
-                    "the two at full fidelity."]
-    return [_no_winner(study, baseline)]
+                    "the two at full fidelity.")
+    return _no_winner(study, baseline)
 
 
 def _no_winner(study: optuna.Study, baseline: FrozenTrial) -> str:
