@@ -61,6 +61,7 @@ def test_workers_are_pinned_to_gpus_with_distinct_seeds(tmp_path, cache_dir, mon
     assert all(job.target is plan.target and job.max_train_seconds == 60.0 for job in jobs)
     assert [job.trials for job in jobs] == [2, 2, 1]
     assert len({job.seed for job in jobs}) == 3
+    assert {job.startup_trials for job in jobs} == {4}  # after the baseline, 3 random draws
     assert opened.base.train.device == "auto"  # the shared base config is untouched
 
 

@@ -31,13 +31,13 @@ from pathlib import Path
 import optuna
 
 from cliptune.hpo.definition import StudySettings
+from cliptune.hpo.reports import FIDELITY_CHECK
 from cliptune.hpo.search_space import BASELINE_ATTR
 from cliptune.hpo.warm_start import WARM_ATTR
 
 GOOD_SPEARMAN = 0.7  # a fidelity (or rung) that ranks at least this well is trusted
 STARTUP_FRACTION = 0.1  # of the study's trials, drawn at random before TPE models
 MIN_STARTUP = 3
-FIDELITY_CHECK_FILE = "fidelity_check.json"
 ENQUEUED_ATTRS = (BASELINE_ATTR, WARM_ATTR)  # trials the study enqueued itself
 
 
@@ -55,7 +55,7 @@ def enqueued_trials(study: optuna.Study) -> int:
 
 def read_fidelity_check(results_dir: str | Path, study_name: str) -> dict | None:
     """The study's recorded fidelity check (fidelity_check.json), or None."""
-    path = Path(results_dir) / study_name / FIDELITY_CHECK_FILE
+    path = Path(results_dir) / study_name / f"{FIDELITY_CHECK}.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 

@@ -167,6 +167,7 @@ class OpenedStudy:
     space: SearchSpace
     notes: list[str] = field(default_factory=list)  # what the user should know
     data: PreparedData | None = None  # the trials' data, prepared once (None: no trials)
+    startup: int = 10  # the sampler's random start-up (`design.startup_trials`)
 
     @property
     def budget(self) -> int:
@@ -286,7 +287,11 @@ def open_for_trials(settings: StudySettings, plan: StudyPlan, space: SearchSpace
     notes += [design_note] if design_note else []
     notes += enqueue_warm_starts(study, warm)
     study.set_user_attr("search_space", describe(space))
-    return OpenedStudy(study, storage, base, existing, created, settings, plan, space, notes, data)
+    # random start-up draws: a tenth of the study's trials, after the enqueued ones
+    startup = startup_trials(settings.max_trials or existing + settings.trials,
+                             enqueued_trials(study))
+    return OpenedStudy(study, storage, base, existing, created, settings, plan, space, notes, data,
+                       startup)
 
 
 def pruner_label(settings: StudySettings, budget: int) -> str:
@@ -324,7 +329,7 @@ def report_context(settings: StudySettings, opened: OpenedStudy, space: SearchSp
 
 
 def _jobs(settings: StudySettings, opened: OpenedStudy, plan: StudyPlan, space: SearchSpace,
-          seed_for, startup: int) -> list[WorkerJob]:
+          seed_for) -> list[WorkerJob]:
     threads = max(1, torch.get_num_threads() // settings.workers)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     jobs = []
@@ -337,7 +342,7 @@ def _jobs(settings: StudySettings, opened: OpenedStudy, plan: StudyPlan, space: 
         jobs.append(WorkerJob(settings, base, space, index, n,
                               seed_for(index, 0), threads, settings.timeout,
                               data_record(opened.data), plan.target,
-                              plan.max_train_seconds, startup))
+                              plan.max_train_seconds, opened.startup))
     return jobs
 
 
@@ -356,10 +361,7 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
         return sampler_seed(driver_seed(settings, plan), opened.existing,
                             index + restart * max(1, settings.workers), salt)
 
-    # random start-up draws: a tenth of the study's trials, after the enqueued ones
-    startup = startup_trials(settings.max_trials or opened.existing + settings.trials,
-                             enqueued_trials(study))
-    study.sampler = make_sampler(settings.sampler, seed_for(0, 0), startup)
+    study.sampler = make_sampler(settings.sampler, seed_for(0, 0), opened.startup)
     if settings.show_progress:
         state = f"continued, {opened.existing} trials so far" if not opened.created else "new"
         print(f"study {settings.study_name!r} ({state}): {settings.trials} trials of up to "
@@ -391,7 +393,7 @@ def run_study(settings: StudySettings, plan: StudyPlan, space: SearchSpace) -> S
             interrupted = True
     elif settings.trials > 0:
         interrupted, errors, messages = run_workers(
-            study, opened.storage, _jobs(settings, opened, plan, space, seed_for, startup),
+            study, opened.storage, _jobs(settings, opened, plan, space, seed_for),
             lambda: monitor.poll(study), seed_for)
     progress.close()
     reporter.write_safely(study, plots=True)

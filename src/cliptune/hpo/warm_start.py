@@ -82,7 +82,10 @@ def load_source(item: str, settings: StudySettings) -> tuple[optuna.Study, str]:
         raise ConfigError(f"--warm-start {item}: no study journal at {storage}; give "
                           "NAME@STORAGE (a journal file or a database URL) for a study kept "
                           f"elsewhere, or check the name (--results-dir {settings.results_dir})")
-    opened = make_storage(storage, settings.results_dir, name, settings.heartbeat)
+    try:
+        opened = make_storage(storage, settings.results_dir, name, settings.heartbeat)
+    except ConfigError as err:  # a database that cannot be opened: say which flag named it
+        raise ConfigError(f"--warm-start {item}: {err}") from None
     try:
         return optuna.load_study(study_name=name, storage=opened), storage_display(storage)
     except KeyError:
