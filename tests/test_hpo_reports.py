@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from hpo_tiny import synthetic_definition
 from optuna.trial import TrialState
 from PIL import Image
 
@@ -56,10 +57,8 @@ def make_study(tmp_path: Path, n_trials: int) -> optuna.Study:
 
 
 def context(tmp_path: Path) -> ReportContext:
-    return ReportContext(study_name="s", out_dir=tmp_path / "results" / "s", metric="val_loss",
-                         budget=BUDGET, runs_dir=str(tmp_path / "runs"),
-                         checkpoints_dir=str(tmp_path / "ckpt"), storage_label="s.journal",
-                         search_space=["lr: float [0.0001, 0.01] log -> train.lr"])
+    return ReportContext(synthetic_definition(tmp_path, BUDGET), "s", tmp_path / "results" / "s",
+                         storage_label="s.journal")
 
 
 def test_full_report_from_a_study(tmp_path):
