@@ -39,7 +39,7 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from cliptune.cli import optimize  # noqa: E402
-from cliptune.hpo.reports import ReportContext, StudyReporter, summarize  # noqa: E402
+from cliptune.hpo.report.files import ReportContext, StudyReporter, summarize  # noqa: E402
 from cliptune.hpo.search_space import baseline_trial  # noqa: E402
 from cliptune.hpo.study import make_storage  # noqa: E402
 

@@ -157,7 +157,8 @@ class Bench:
         target = copy.deepcopy(self.plan.target)
         target.seed = seed
         if folder is not None:
-            target.runs_dir, target.checkpoints_dir = str(folder / "runs"), str(folder / "checkpoints")
+            target.runs_dir = str(folder / "runs")
+            target.checkpoints_dir = str(folder / "checkpoints")
         return replace(self.plan, target=target, fidelity=fidelity)
 
     def full_fidelity(self, params: dict, seed: int) -> RunConfig:

@@ -180,7 +180,7 @@ def test_a_failing_trial_does_not_stop_the_study(tmp_path, cache_dir, monkeypatc
 
 
 def test_a_failing_report_does_not_stop_the_study(tmp_path, cache_dir, monkeypatch, capsys):
-    from cliptune.hpo import reports
+    from cliptune.hpo.report import files as reports
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from cliptune.config import RunConfig, config_to_dict, load_config
-from cliptune.hpo.progress import trial_line
-from cliptune.hpo.reports import ReportContext, StudyReporter, summarize
+from cliptune.hpo.report.files import ReportContext, StudyReporter, summarize
+from cliptune.hpo.report.progress import trial_line
 from cliptune.hpo.results import settle_trial_checkpoint
 from cliptune.hpo.study import TrialFailed
 
@@ -195,7 +195,7 @@ def test_trial_line_shows_state_value_epochs_and_reason(tmp_path):
 
 
 def test_learning_curves_name_the_metric_and_tell_states_apart(tmp_path):
-    from cliptune.hpo.plots import learning_curves_html
+    from cliptune.hpo.report.plots import learning_curves_html
 
     study = make_study(tmp_path, 12)
     figure = learning_curves_html(study, None, "val_loss")
@@ -209,7 +209,7 @@ def test_learning_curves_name_the_metric_and_tell_states_apart(tmp_path):
 
 
 def test_a_failing_plot_is_logged_and_the_rest_is_written(tmp_path, monkeypatch, capsys):
-    from cliptune.hpo import plots
+    from cliptune.hpo.report import plots
 
     def broken(study, evaluator, metric):
         raise ValueError("no contour today")
@@ -227,7 +227,7 @@ def test_a_failing_plot_is_logged_and_the_rest_is_written(tmp_path, monkeypatch,
 
 
 def test_rung_importances_use_pruned_trials_at_their_common_epoch(tmp_path):
-    from cliptune.hpo.importances import deepest_common_epoch, rung_importances
+    from cliptune.hpo.report.importances import deepest_common_epoch, rung_importances
 
     study = make_study(tmp_path, 12)
     reported = [t for t in study.trials if t.intermediate_values]

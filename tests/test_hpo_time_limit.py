@@ -14,7 +14,7 @@ from cliptune.config import RunConfig, apply_overrides, config_to_dict
 from cliptune.errors import ConfigError
 from cliptune.hpo.definition import StudySettings, adopt_recorded, load_plan, study_fingerprint
 from cliptune.hpo.driver import run_study
-from cliptune.hpo.reports import ReportContext, StudyReporter
+from cliptune.hpo.report.files import ReportContext, StudyReporter
 from cliptune.hpo.results import beats, best_trial
 from cliptune.hpo.search_space import describe, search_space_from_dict
 from cliptune.hpo.time_limit import CONSTRAINT, measured_epochs, project_train_seconds

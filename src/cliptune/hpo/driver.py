@@ -37,8 +37,14 @@ from cliptune.hpo.definition import (
 )
 from cliptune.hpo.objective import Objective, scratch_dir
 from cliptune.hpo.owners import fail_dead_owners
-from cliptune.hpo.progress import StudyProgress
-from cliptune.hpo.reports import ReportContext, StudyReporter, StudySummary, best_trial, summarize
+from cliptune.hpo.report.files import (
+    ReportContext,
+    StudyReporter,
+    StudySummary,
+    best_trial,
+    summarize,
+)
+from cliptune.hpo.report.progress import StudyProgress
 from cliptune.hpo.results import (
     artifact_folder,
     check_study_folder,

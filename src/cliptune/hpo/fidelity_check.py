@@ -34,7 +34,7 @@ from cliptune.errors import ConfigError
 from cliptune.files import write_atomic
 from cliptune.hpo.definition import CALLBACK_KEYS, StudyDefinition, StudySettings, driver_seed
 from cliptune.hpo.objective import data_key
-from cliptune.hpo.reports import FIDELITY_CHECK, fmt, table
+from cliptune.hpo.report.files import FIDELITY_CHECK, fmt, table
 from cliptune.hpo.search_space import SearchSpace, base_params
 from cliptune.hpo.study import METRICS, pruner_rungs
 from cliptune.trainer import Trainer

@@ -168,8 +168,8 @@ class Objective:
             history.append(metrics)
             if len(history) == 1:
                 full = self.definition.space.apply(self.definition.target, params)
-                record_projection(trial, full, trainer.data, metrics, self.definition.max_train_seconds,
-                                  trainer.config)
+                record_projection(trial, full, trainer.data, metrics,
+                                  self.definition.max_train_seconds, trainer.config)
             trial.report(metrics[key], epoch)
             if trial.should_prune():
                 _record_best(trial, history, key, minimize)

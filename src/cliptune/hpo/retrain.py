@@ -21,7 +21,7 @@ from scipy import stats
 from cliptune.config import RunConfig
 from cliptune.errors import CliptuneError
 from cliptune.files import write_atomic
-from cliptune.hpo.reports import (
+from cliptune.hpo.report.files import (
     RETRAIN_FILE,
     ReportContext,
     best_config,

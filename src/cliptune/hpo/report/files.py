@@ -27,8 +27,8 @@ from optuna.trial import FrozenTrial, TrialState
 from cliptune.config import RunConfig, dump_config
 from cliptune.files import atomic_path, write_atomic
 from cliptune.hpo.definition import PLOT_INTERVAL_S, StudyDefinition
-from cliptune.hpo.importances import Importances, all_importances, importance_evaluator
-from cliptune.hpo.plots import PLOTS, write_plots
+from cliptune.hpo.report.importances import Importances, all_importances, importance_evaluator
+from cliptune.hpo.report.plots import PLOTS, write_plots
 from cliptune.hpo.results import (
     ARTIFACT_ATTR,
     best_trial,
