@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO / "src"))
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from cliptune.hpo.reports import ReportContext, StudyReporter, summarize  # noqa: E402
+from cliptune.cli import optimize  # noqa: E402
+from cliptune.hpo.report.files import ReportContext, StudyReporter, summarize  # noqa: E402
 from cliptune.hpo.search_space import baseline_trial  # noqa: E402
 from cliptune.hpo.study import make_storage  # noqa: E402
 
@@ -95,8 +96,8 @@ def main() -> None:
           f"worst complete trial val_loss {worst.value:.4f}")
     print(f"   params: {json.dumps(best.params)}")
 
-    ctx = ReportContext(study_name="clip-hpo", out_dir=workdir / "bench-report", metric="val_loss",
-                        budget=budget)
+    definition = optimize.build_plan(optimize.parse_args(args.extra))  # what the study ran
+    ctx = ReportContext(definition, "clip-hpo", workdir / "bench-report")
     reporter = StudyReporter(ctx, plot_interval_s=float("inf"))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # as optimize.py does
     timings = {}

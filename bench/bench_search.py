@@ -58,9 +58,8 @@ from tqdm import tqdm  # noqa: E402
 from cliptune.config import RunConfig, config_from_dict  # noqa: E402
 from cliptune.data import TrainLoader  # noqa: E402
 from cliptune.errors import ConfigError  # noqa: E402
-from cliptune.hpo.definition import StudyPlan, load_plan  # noqa: E402
-from cliptune.hpo.driver import prepare_base  # noqa: E402
-from cliptune.hpo.objective import Objective, ObjectiveSettings  # noqa: E402
+from cliptune.hpo.definition import StudyDefinition, load_plan  # noqa: E402
+from cliptune.hpo.objective import Objective  # noqa: E402
 from cliptune.hpo.search_space import (  # noqa: E402
     SearchSpace,  # noqa: E402
     base_params,
@@ -140,7 +139,7 @@ DESIGNS = {d.name: d for d in (
 class Bench:
     """What every study of this run shares."""
 
-    plan: StudyPlan
+    plan: StudyDefinition
     space: SearchSpace
     budget_flops: float  # training FLOPs per study
     epochs: int  # default per-trial budget
@@ -149,14 +148,18 @@ class Bench:
     retrain_epochs: int | None  # None: the target's (full fidelity)
     retrain_max_samples: int | None  # None: the target's (all its data)
 
-    def trial_base(self, design: Design, seed: int) -> RunConfig:
-        """The config `design`'s trials start from in the study of seed `seed`."""
+    def definition(self, design: Design, seed: int, folder: Path | None = None
+                   ) -> StudyDefinition:
+        """The definition of `design`'s study of seed `seed` (its runs under `folder`)."""
         fidelity = replace(self.plan.fidelity, epochs=design.epochs or self.epochs,
                            max_samples=design.max_samples or self.max_samples,
                            max_eval_samples=self.max_eval_samples)
         target = copy.deepcopy(self.plan.target)
         target.seed = seed
-        return prepare_base(fidelity.apply(target), self.space, METRIC)
+        if folder is not None:
+            target.runs_dir = str(folder / "runs")
+            target.checkpoints_dir = str(folder / "checkpoints")
+        return replace(self.plan, target=target, fidelity=fidelity)
 
     def full_fidelity(self, params: dict, seed: int) -> RunConfig:
         """The target with `params` (its own epochs and data unless the run reduces them)."""
@@ -179,7 +182,7 @@ def pairs_per_epoch(config: RunConfig, data) -> int:
 
 def baseline_trial_flops(bench: Bench, data) -> float:
     """Training FLOPs of the target's own config over a full-budget trial (the budget unit)."""
-    config = bench.trial_base(DESIGNS["shipped"], bench.plan.target.seed)
+    config = bench.definition(DESIGNS["shipped"], bench.plan.target.seed).trial_base
     return (epochs_flops_per_sample(config.model, config.train, bench.epochs)
             * pairs_per_epoch(config, data))
 
@@ -572,9 +575,10 @@ def main(argv: list[str] | None = None) -> dict:
 def run(args: argparse.Namespace) -> dict:
     """Studies, curves, retrains and the result files of the parsed command line."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    plan = load_plan(args.study_config)
-    bench = Bench(plan, load_search_space(args.search_space), budget_flops=0.0,
-                  epochs=args.epochs or plan.trial_base().train.epochs,
+    plan = load_plan(args.study_config, space=load_search_space(args.search_space), metric=METRIC)
+    plan.check_machine()
+    bench = Bench(plan, plan.space, budget_flops=0.0,
+                  epochs=args.epochs or plan.budget,
                   max_samples=args.max_samples or plan.fidelity.max_samples,
                   max_eval_samples=args.max_eval_samples or plan.fidelity.max_eval_samples,
                   retrain_epochs=args.retrain_epochs,
@@ -587,13 +591,12 @@ def run(args: argparse.Namespace) -> dict:
     objectives: dict[tuple, Objective] = {}
 
     def objective_for(design: Design, seed: int) -> Objective:
-        base = bench.trial_base(design, seed)
-        base.runs_dir, base.checkpoints_dir = str(work / "runs"), str(work / "checkpoints")
+        definition = bench.definition(design, seed, work)
+        base = definition.trial_base
         key = (base.train.epochs, base.data.max_samples, seed)
         if key not in objectives:
             objectives.clear()  # one loaded dataset at a time
-            objectives[key] = Objective(bench.space, base,
-                                        ObjectiveSettings(f"seed{seed}", METRIC, base.train.epochs))
+            objectives[key] = Objective(definition, f"seed{seed}")
             objectives[key].load_data()
         return objectives[key]
 

@@ -14,8 +14,9 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from tiny_model import TINY_MODEL
 
-from cliptune.config import RunConfig, apply_overrides, save_config
-from cliptune.hpo.definition import Fidelity, StudyPlan
+from cliptune.config import RunConfig, apply_overrides, save_config, set_value
+from cliptune.hpo.definition import Fidelity, StudyDefinition
+from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.hpo.study import make_storage
 
 TINY = TINY_MODEL + [
@@ -43,10 +44,25 @@ def target_config(root: Path, cache_dir: Path, epochs: int = 2) -> RunConfig:
 
 
 def tiny_plan(root: Path, cache_dir: Path, trial_epochs: int = 1, target_epochs: int = 2,
-              max_samples: int | None = 32) -> StudyPlan:
-    """Target (all 48 training images, `target_epochs`) and trials at lower fidelity."""
-    return StudyPlan(target_config(root, cache_dir, target_epochs),
-                     Fidelity(epochs=trial_epochs, max_samples=max_samples), "target.yaml")
+              max_samples: int | None = 32, **changes) -> StudyDefinition:
+    """Target (all 48 training images, `target_epochs`) and trials at lower fidelity, over
+    SPACE; `changes`: other `StudyDefinition` fields, and `target.<key>` values."""
+    target = target_config(root, cache_dir, target_epochs)
+    for key in [k for k in changes if k.startswith("target.")]:
+        set_value(target, key[len("target."):], changes.pop(key))
+    return StudyDefinition(target, Fidelity(epochs=trial_epochs, max_samples=max_samples),
+                           search_space_from_dict(SPACE), target_path="target.yaml", **changes)
+
+
+def synthetic_definition(root: Path, epochs: int, **changes) -> StudyDefinition:
+    """The definition of a study whose trials train nothing (reports' tests): `lr` and
+    `depth` searched on a default target writing under `root`."""
+    target = RunConfig(runs_dir=str(root / "runs"), checkpoints_dir=str(root / "ckpt"))
+    space = {"parameters": {
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True, "target": "train.lr"},
+        "depth": {"type": "int", "low": 1, "high": 3, "target": "model.vision_layers"}}}
+    return StudyDefinition(target, Fidelity(epochs=epochs), search_space_from_dict(space),
+                           **changes)
 
 
 def write_study_files(root: Path, cache_dir: Path, trial_epochs: int = 1,

@@ -5,7 +5,7 @@ import torch
 
 from cliptune.config import load_config
 from cliptune.hpo.definition import load_plan
-from cliptune.hpo.search_space import load_search_space
+from cliptune.hpo.search_space import SearchSpace, load_search_space
 from cliptune.resources import EXPERIMENTS_DIR, default_experiment
 
 
@@ -21,17 +21,17 @@ def test_every_shipped_experiment_loads(path):
     if "search" in path.name:
         assert load_search_space(path).parameters
     elif "hpo" in path.name:
-        plan = load_plan(path)
-        assert plan.trial_base().train.epochs == plan.fidelity.epochs
+        plan = load_plan(path, space=SearchSpace(()))
+        assert plan.trial_base.train.epochs == plan.fidelity.epochs
     else:
         assert load_config(path).name == path.stem
 
 
 def test_gpu_search_space_fits_its_study():
     space = load_search_space(EXPERIMENTS_DIR / "gpu-search-space.yaml")
-    plan = load_plan(EXPERIMENTS_DIR / "gpu-hpo.yaml")
+    plan = load_plan(EXPERIMENTS_DIR / "gpu-hpo.yaml", space=space)  # checks the space
     assert plan.target.model.image_size == 224
-    space.check_against(plan.trial_base())
+    space.check_against(plan.trial_base)
 
 
 def test_cpu_machine_gets_the_cpu_experiments(monkeypatch):

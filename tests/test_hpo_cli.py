@@ -27,11 +27,11 @@ def test_defaults_tune_the_default_experiment_at_reduced_fidelity():
     plan = optimize.build_plan(args)
     settings = optimize.build_settings(args)
     assert (settings.trials, settings.study_name, settings.workers) == (50, "clip-hpo", 1)
-    assert (settings.sampler, settings.pruner, settings.metric) == ("tpe", "auto", "val_loss")
+    assert (settings.sampler, settings.pruner, plan.metric) == ("tpe", "auto", "val_loss")
     assert settings.warm_start == () and settings.warm_start_top == 1
     assert settings.storage is None and settings.max_trials is None and settings.seeds == 3
     assert plan.target == load_config(REPO / "experiments" / "default.yaml")
-    trial = plan.trial_base()
+    trial = plan.trial_base
     assert (trial.train.epochs, trial.data.max_samples, trial.data.max_eval_samples) == (
         12, 2000, 300)
     assert trial.train.figure_images == 0 and trial.data.source == "auto"
@@ -52,7 +52,7 @@ def test_flags_reach_the_base_config_and_settings():
     ])
     plan = optimize.build_plan(args)
     settings = optimize.build_settings(args)
-    config, trial = plan.target, plan.trial_base()
+    config, trial = plan.target, plan.trial_base
     assert (config.data.max_samples, config.seed, config.data.source) == (None, 0, "shapes")
     assert settings.seed == 7  # the sampler's: the trials train with the target's seed
     assert (config.train.batch_size, config.model.vision_layers) == (64, 2)
@@ -60,7 +60,7 @@ def test_flags_reach_the_base_config_and_settings():
         500, 100, 4)
     assert (settings.trials, settings.study_name, settings.workers, settings.timeout) == (
         3, "s", 2, 60.0)
-    assert (settings.sampler, settings.pruner, settings.patience, settings.metric) == (
+    assert (settings.sampler, settings.pruner, settings.patience, plan.metric) == (
         "random", "median", 2, "rsum")
     assert settings.min_epochs == 2 and optimize.build_settings(
         optimize.parse_args([])).min_epochs == 1

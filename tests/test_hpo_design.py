@@ -8,12 +8,11 @@ import math
 
 import optuna
 import pytest
-from hpo_tiny import SPACE, tiny_plan
+from hpo_tiny import tiny_plan
 
 from cliptune.hpo.definition import StudySettings
 from cliptune.hpo.design import first_rung, resolve_pruner, startup_trials
 from cliptune.hpo.driver import open_for_trials, pruner_label
-from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.hpo.study import make_pruner, make_sampler, pruner_rungs
 
 
@@ -69,43 +68,43 @@ def write_check(results, study, rungs: dict[int, float], epochs=12, metric="val_
 
 def test_auto_moves_the_first_rung_to_the_earliest_trusted_one(tmp_path):
     settings = StudySettings(study_name="s", results_dir=str(tmp_path))
-    resolved, note = resolve_pruner(settings, 12)  # no check yet: hyperband from epoch 1
+    resolved, note = resolve_pruner(settings, 12, "val_loss")  # no check yet: hyperband from epoch 1
     assert (resolved.pruner, resolved.min_epochs) == ("hyperband", 1)
     assert "no fidelity check" in note and pruner_rungs(resolved.pruner, 12) == [1, 5]
     write_check(tmp_path, "s", {1: 0.29, 5: 0.95})  # the CPU study's measured check
-    resolved, note = resolve_pruner(settings, 12)
+    resolved, note = resolve_pruner(settings, 12, "val_loss")
     assert (resolved.pruner, resolved.min_epochs) == ("hyperband", 5)
     assert "first rung at epoch 5" in note and "epoch 1: 0.29, epoch 5: 0.95" in note
     pruner = make_pruner(resolved.pruner, 12, min_epochs=resolved.min_epochs)
     assert pruner._min_resource == 5
     assert pruner_rungs(resolved.pruner, 12, resolved.min_epochs) == [5]  # one SHA bracket
     # another budget or metric than the check's: the check does not apply
-    assert resolve_pruner(settings, 8)[0].min_epochs == 1
-    assert resolve_pruner(StudySettings(study_name="s", results_dir=str(tmp_path),
-                                        metric="rsum"), 12)[0].min_epochs == 1
+    assert resolve_pruner(settings, 8, "val_loss")[0].min_epochs == 1
+    assert resolve_pruner(settings, 12, "rsum")[0].min_epochs == 1
     # never earlier than --min-epochs; an explicit pruner is left alone
     assert first_rung({"metric": "val_loss", "reduced_fidelity": {"epochs": 30},
                        "agreement": {"epoch 1": {"spearman": 0.8},
                                      "epoch 5": {"spearman": 0.9}}}, 30, "val_loss", 2)[0] == 5
     explicit = StudySettings(study_name="s", results_dir=str(tmp_path), pruner="sha")
-    assert resolve_pruner(explicit, 12) == (explicit, None)
+    assert resolve_pruner(explicit, 12, "val_loss") == (explicit, None)
 
 
 @pytest.mark.parametrize("rhos", [{1: 0.29, 5: 0.5}, {1: float("nan")}])
 def test_auto_prunes_nothing_where_no_rung_ranks_well(tmp_path, rhos):
     write_check(tmp_path, "s", rhos)
-    resolved, note = resolve_pruner(StudySettings(study_name="s", results_dir=str(tmp_path)), 12)
+    resolved, note = resolve_pruner(StudySettings(study_name="s", results_dir=str(tmp_path)), 12,
+                                  "val_loss")
     assert resolved.pruner == "none" and "no trial is pruned" in note
 
 
 def test_a_study_opened_with_auto_judges_from_the_checked_rung(tmp_path, cache_dir):
-    plan, space = tiny_plan(tmp_path, cache_dir, trial_epochs=4), search_space_from_dict(SPACE)
+    plan = tiny_plan(tmp_path, cache_dir, trial_epochs=4)
     results = tmp_path / "results"
     write_check(results, "s", {1: 0.2, 2: 0.8}, epochs=4)
     opened = open_for_trials(StudySettings(study_name="s", trials=0, results_dir=str(results),
-                                           show_progress=False), plan, space)
+                                           show_progress=False), plan)
     assert (opened.settings.pruner, opened.settings.min_epochs) == ("hyperband", 2)
     assert opened.study.pruner._min_resource == 2
     assert any(note.startswith("pruner auto: Hyperband, first rung at epoch 2: the fidelity "
                                "check ranks epoch 2") for note in opened.notes)
-    assert pruner_label(opened.settings, opened.budget) == "hyperband (rungs at epoch(s) 2)"
+    assert pruner_label(opened.settings, opened.definition.budget) == "hyperband (rungs at epoch(s) 2)"

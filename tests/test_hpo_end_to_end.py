@@ -17,7 +17,6 @@ from cliptune.errors import ConfigError, TrainingDiverged
 from cliptune.hpo import objective as objective_module
 from cliptune.hpo.definition import SPACE_ATTR, StudySettings
 from cliptune.hpo.driver import run_study
-from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.trainer import Trainer
 
 
@@ -173,7 +172,7 @@ def test_a_failing_trial_does_not_stop_the_study(tmp_path, cache_dir, monkeypatc
     monkeypatch.setattr(objective_module, "Trainer", DivergesOnSecondRun)
     settings = StudySettings(study_name="f", trials=3, pruner="none",
                              results_dir=str(tmp_path / "results"), show_progress=False)
-    outcome = run_study(settings, tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE))
+    outcome = run_study(settings, tiny_plan(tmp_path, cache_dir))
     assert (outcome.summary.complete, outcome.summary.failed) == (2, 1)
     frame = pd.read_csv(tmp_path / "results" / "f" / "trials.csv")
     assert frame.loc[1, "state"] == "FAIL"
@@ -181,7 +180,7 @@ def test_a_failing_trial_does_not_stop_the_study(tmp_path, cache_dir, monkeypatc
 
 
 def test_a_failing_report_does_not_stop_the_study(tmp_path, cache_dir, monkeypatch, capsys):
-    from cliptune.hpo import reports
+    from cliptune.hpo.report import files as reports
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -189,7 +188,7 @@ def test_a_failing_report_does_not_stop_the_study(tmp_path, cache_dir, monkeypat
     monkeypatch.setattr(reports, "trials_frame", broken)
     settings = StudySettings(study_name="r", trials=2, pruner="none",
                              results_dir=str(tmp_path / "results"), show_progress=False)
-    outcome = run_study(settings, tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE))
+    outcome = run_study(settings, tiny_plan(tmp_path, cache_dir))
     assert outcome.summary.complete == 2
     assert "report not (fully) written: RuntimeError: disk full" in capsys.readouterr().err
 
@@ -197,7 +196,7 @@ def test_a_failing_report_does_not_stop_the_study(tmp_path, cache_dir, monkeypat
 def test_two_worker_processes_share_one_study(tmp_path, cache_dir):
     settings = StudySettings(study_name="w", trials=3, workers=2, pruner="none",
                              results_dir=str(tmp_path / "results"), show_progress=False)
-    outcome = run_study(settings, tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE))
+    outcome = run_study(settings, tiny_plan(tmp_path, cache_dir))
     assert outcome.worker_errors == [] and not outcome.interrupted
     assert outcome.summary.complete == 3
     frame = pd.read_csv(tmp_path / "results" / "w" / "trials.csv")
@@ -208,12 +207,12 @@ def test_two_worker_processes_share_one_study(tmp_path, cache_dir):
 
 
 def test_a_total_trial_budget_is_shared_by_all_drivers(tmp_path, cache_dir):
-    plan, space = tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE)
+    plan = tiny_plan(tmp_path, cache_dir)
 
     def driver(trials: int) -> int:
         settings = StudySettings(study_name="m", trials=trials, max_trials=3, pruner="none",
                                  results_dir=str(tmp_path / "results"), show_progress=False)
-        return run_study(settings, plan, space).summary.complete
+        return run_study(settings, plan).summary.complete
 
     assert driver(10) == 3  # stops at the study's budget, not at its own 10
     assert driver(10) == 3  # a later driver finds the budget spent

@@ -10,12 +10,13 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from hpo_tiny import synthetic_definition
 from optuna.trial import TrialState
 from PIL import Image
 
 from cliptune.config import RunConfig, config_to_dict, load_config
-from cliptune.hpo.progress import trial_line
-from cliptune.hpo.reports import ReportContext, StudyReporter, summarize
+from cliptune.hpo.report.files import ReportContext, StudyReporter, summarize
+from cliptune.hpo.report.progress import trial_line
 from cliptune.hpo.results import settle_trial_checkpoint
 from cliptune.hpo.study import TrialFailed
 
@@ -56,10 +57,8 @@ def make_study(tmp_path: Path, n_trials: int) -> optuna.Study:
 
 
 def context(tmp_path: Path) -> ReportContext:
-    return ReportContext(study_name="s", out_dir=tmp_path / "results" / "s", metric="val_loss",
-                         budget=BUDGET, runs_dir=str(tmp_path / "runs"),
-                         checkpoints_dir=str(tmp_path / "ckpt"), storage_label="s.journal",
-                         search_space=["lr: float [0.0001, 0.01] log -> train.lr"])
+    return ReportContext(synthetic_definition(tmp_path, BUDGET), "s", tmp_path / "results" / "s",
+                         storage_label="s.journal")
 
 
 def test_full_report_from_a_study(tmp_path):
@@ -196,7 +195,7 @@ def test_trial_line_shows_state_value_epochs_and_reason(tmp_path):
 
 
 def test_learning_curves_name_the_metric_and_tell_states_apart(tmp_path):
-    from cliptune.hpo.plots import learning_curves_html
+    from cliptune.hpo.report.plots import learning_curves_html
 
     study = make_study(tmp_path, 12)
     figure = learning_curves_html(study, None, "val_loss")
@@ -210,7 +209,7 @@ def test_learning_curves_name_the_metric_and_tell_states_apart(tmp_path):
 
 
 def test_a_failing_plot_is_logged_and_the_rest_is_written(tmp_path, monkeypatch, capsys):
-    from cliptune.hpo import plots
+    from cliptune.hpo.report import plots
 
     def broken(study, evaluator, metric):
         raise ValueError("no contour today")
@@ -228,7 +227,7 @@ def test_a_failing_plot_is_logged_and_the_rest_is_written(tmp_path, monkeypatch,
 
 
 def test_rung_importances_use_pruned_trials_at_their_common_epoch(tmp_path):
-    from cliptune.hpo.importances import deepest_common_epoch, rung_importances
+    from cliptune.hpo.report.importances import deepest_common_epoch, rung_importances
 
     study = make_study(tmp_path, 12)
     reported = [t for t in study.trials if t.intermediate_values]

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from hpo_tiny import SPACE, load, read_json, tiny_plan
+from hpo_tiny import load, read_json, tiny_plan
 from optuna.trial import TrialState
 
 from cliptune import checkpoint as checkpointer_module
@@ -23,7 +23,6 @@ from cliptune.hpo import driver
 from cliptune.hpo import objective as objective_module
 from cliptune.hpo.definition import StudySettings
 from cliptune.hpo.objective import scratch_dir
-from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.hpo.workers import run_workers
 from cliptune.trainer import Trainer
 
@@ -37,7 +36,7 @@ def settings(root: Path, name: str, **kwargs) -> StudySettings:
 
 def run(root: Path, cache: Path, name: str, trial_epochs: int = 1, **kwargs):
     plan = tiny_plan(root, cache, trial_epochs=trial_epochs)
-    return driver.run_study(settings(root, name, **kwargs), plan, search_space_from_dict(SPACE))
+    return driver.run_study(settings(root, name, **kwargs), plan)
 
 
 def offline_probe(monkeypatch) -> None:
@@ -50,10 +49,8 @@ def offline_probe(monkeypatch) -> None:
 def test_the_study_records_its_data_and_joining_drivers_keep_it(tmp_path, cache_dir,
                                                                 monkeypatch):
     offline_probe(monkeypatch)
-    plan = tiny_plan(tmp_path, cache_dir)
-    plan.target.data.source = "auto"
-    space = search_space_from_dict(SPACE)
-    driver.run_study(settings(tmp_path, "d", trials=1), plan, space)
+    plan = tiny_plan(tmp_path, cache_dir, **{"target.data.source": "auto"})
+    driver.run_study(settings(tmp_path, "d", trials=1), plan)
     study = load(tmp_path, "d")
     recorded = study.user_attrs["fingerprint"]["data"]
     assert recorded["source"] == "shapes" and recorded["images"] == 32 + 16 + 16  # at fidelity
@@ -69,17 +66,17 @@ def test_the_study_records_its_data_and_joining_drivers_keep_it(tmp_path, cache_
         raise AssertionError("a joining driver resolved `auto` again")
 
     monkeypatch.setattr(flickr30k, "load", must_not_load)
-    driver.run_study(settings(tmp_path, "d", trials=1), plan, space)
+    driver.run_study(settings(tmp_path, "d", trials=1), plan)
     study = load(tmp_path, "d")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert study.trials[1].user_attrs["data"] == recorded
     # its workers get the resolved source and the record to check against
-    opened = driver.open_for_trials(settings(tmp_path, "d", trials=2, workers=2), plan, space)
+    opened = driver.open_for_trials(settings(tmp_path, "d", trials=2, workers=2), plan)
     assert "data: shapes, as the study decided" in opened.notes[0]
-    jobs = driver._jobs(settings(tmp_path, "d", trials=2, workers=2), opened, plan, space,
+    jobs = driver._jobs(settings(tmp_path, "d", trials=2, workers=2), opened,
                         lambda index, restart: index)
-    assert [job.base.data.source for job in jobs] == ["shapes", "shapes"]
-    assert all(job.data == recorded for job in jobs)
+    assert [job.definition.trial_base.data.source for job in jobs] == ["shapes", "shapes"]
+    assert all(job.definition.data == recorded for job in jobs)
     assert plan.target.data.source == "auto"  # the target itself is left as written
 
 
@@ -99,10 +96,10 @@ def test_other_data_is_refused_and_a_worker_seeing_it_stops_loudly(tmp_path, cap
 
     # a worker that loads other data than its driver decided on (the dataset changed in
     # between) stops with both fingerprints and is not replaced
-    plan, space = tiny_plan(tmp_path, cache), search_space_from_dict(SPACE)
     opts = settings(tmp_path, "o", trials=1, workers=2, allow_changes=True)
-    opened = driver.open_for_trials(opts, plan, space)
-    job = dataclasses.replace(driver._jobs(opts, opened, plan, space, lambda i, r: i)[0], data=recorded)
+    opened = driver.open_for_trials(opts, tiny_plan(tmp_path, cache))
+    job = driver._jobs(opts, opened, lambda i, r: i)[0]
+    job = dataclasses.replace(job, definition=dataclasses.replace(job.definition, data=recorded))
     interrupted, errors, _ = run_workers(opened.study, opened.storage, [job], lambda: None,
                                          lambda i, r: i)
     err = capfd.readouterr().err

@@ -12,7 +12,12 @@ import yaml
 from cliptune.config import RunConfig, model_config_for
 from cliptune.errors import ConfigError
 from cliptune.hpo.definition import load_plan
-from cliptune.hpo.search_space import base_params, load_search_space, search_space_from_dict
+from cliptune.hpo.search_space import (
+    SearchSpace,
+    base_params,
+    load_search_space,
+    search_space_from_dict,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +29,7 @@ def space(**entries):
 def test_shipped_search_space_loads_and_fits_the_base_experiment():
     loaded = load_search_space(REPO / "experiments" / "search_space.yaml")
     assert {"lr", "temperature", "depth"} <= set(loaded.names)
-    loaded.check_against(load_plan(REPO / "experiments" / "hpo.yaml").trial_base())
+    loaded.check_against(load_plan(REPO / "experiments" / "hpo.yaml", space=loaded).trial_base)
 
 
 def test_shipped_optional_loss_entry_uncommented_searches_siglip():
@@ -32,7 +37,7 @@ def test_shipped_optional_loss_entry_uncommented_searches_siglip():
     block = re.search(r"^  # loss:.*\n(?:  #   .*\n)+", text, flags=re.M).group(0)
     entry = yaml.safe_load(re.sub(r"^  # ", "", block, flags=re.M))["loss"]
     searched = space(loss=entry)
-    base = load_plan(REPO / "experiments" / "hpo.yaml").trial_base()
+    base = load_plan(REPO / "experiments" / "hpo.yaml", space=SearchSpace(())).trial_base
     searched.check_against(base)
     trial = searched.apply(base, {"loss": "siglip"})
     assert trial.train.loss == "siglip" and model_config_for(trial).init_logit_bias == -10.0

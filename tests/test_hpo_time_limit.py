@@ -7,14 +7,14 @@ import json
 import optuna
 import pandas as pd
 import pytest
-from hpo_tiny import SPACE, load, read_json, tiny_plan, write_study_files
+from hpo_tiny import SPACE, load, read_json, synthetic_definition, tiny_plan, write_study_files
 
 from cliptune.cli import optimize
 from cliptune.config import RunConfig, apply_overrides, config_to_dict
 from cliptune.errors import ConfigError
 from cliptune.hpo.definition import StudySettings, adopt_recorded, load_plan, study_fingerprint
 from cliptune.hpo.driver import run_study
-from cliptune.hpo.reports import ReportContext, StudyReporter
+from cliptune.hpo.report.files import ReportContext, StudyReporter
 from cliptune.hpo.results import beats, best_trial
 from cliptune.hpo.search_space import describe, search_space_from_dict
 from cliptune.hpo.time_limit import CONSTRAINT, measured_epochs, project_train_seconds
@@ -22,12 +22,12 @@ from cliptune.model.flops import training_flops_per_sample
 
 
 def run_tiny(tmp_path, cache_dir, name: str, limit: float | None) -> optuna.Study:
-    plan = tiny_plan(tmp_path, cache_dir, trial_epochs=1, target_epochs=2, max_samples=32)
-    plan.max_train_seconds = limit
+    plan = tiny_plan(tmp_path, cache_dir, trial_epochs=1, target_epochs=2, max_samples=32,
+                     max_train_seconds=limit)
     settings = StudySettings(study_name=name, trials=2, sampler="random", pruner="none",
                              results_dir=str(tmp_path / "results"), show_progress=False,
                              plot_interval_s=1e9)
-    run_study(settings, plan, search_space_from_dict(SPACE))
+    run_study(settings, plan)
     return load(tmp_path, name)
 
 
@@ -117,8 +117,8 @@ def test_the_best_trial_is_the_feasible_one_over_a_better_slower_one(tmp_path):
     assert not beats(False, 0.5, best_trial(study), "val_loss")  # better, but too slow
     assert beats(True, 1.4, best_trial(study), "val_loss")
     assert not beats(True, 1.6, best_trial(study), "val_loss")
-    ctx = ReportContext(study_name="c", out_dir=tmp_path / "c", metric="val_loss", budget=1,
-                        max_train_seconds=300.0)
+    ctx = ReportContext(synthetic_definition(tmp_path, 1, max_train_seconds=300.0), "c",
+                        tmp_path / "c")
     StudyReporter(ctx).write(study, plots=False)
     assert json.loads((ctx.out_dir / "best_results.json").read_text())["trial"] == 1
     report = (ctx.out_dir / "report.md").read_text()
@@ -149,15 +149,15 @@ def test_joining_with_another_limit_is_refused_naming_the_key(tmp_path, cache_di
 
 
 def test_a_study_from_before_limits_keeps_none_unless_the_command_sets_one(tmp_path, cache_dir):
-    plan = tiny_plan(tmp_path, cache_dir)
-    plan.max_train_seconds = 300.0  # as from a study file's default, not from the command
-    space = search_space_from_dict(SPACE)
-    recorded = study_fingerprint("val_loss", describe(space), plan.target, plan.fidelity.record())
+    # a limit as from a study file's default, not from the command
+    plan = tiny_plan(tmp_path, cache_dir, max_train_seconds=300.0)
+    recorded = study_fingerprint("val_loss", describe(plan.space), plan.target,
+                                 plan.fidelity.record())
     assert "limits" not in recorded
-    kept, _, _, adopted = adopt_recorded(recorded, None, plan, space, "val_loss", frozenset())
+    kept, adopted = adopt_recorded(plan, recorded, None, frozenset())
     assert kept.max_train_seconds is None and adopted == ["limits.max_train_seconds 300.0 -> None"]
     given = frozenset({"limits.max_train_seconds"})
-    kept, _, _, adopted = adopt_recorded(recorded, None, plan, space, "val_loss", given)
+    kept, adopted = adopt_recorded(plan, recorded, None, given)
     assert kept.max_train_seconds == 300.0 and adopted == []
 
 
@@ -168,4 +168,4 @@ def test_a_wrong_limit_names_the_flag_or_the_key(tmp_path, cache_dir):
     study_file = tmp_path / "study.yaml"
     study_file.write_text(study_file.read_text() + "max_train_seconds: fast\n")
     with pytest.raises(ConfigError, match=r"study.yaml: max_train_seconds: expected positive"):
-        load_plan(study_file)
+        load_plan(study_file, space=search_space_from_dict(SPACE))

@@ -4,11 +4,12 @@ training)."""
 from __future__ import annotations
 
 import optuna
+from hpo_tiny import synthetic_definition
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from cliptune.config import RunConfig, config_to_dict
-from cliptune.hpo.reports import ReportContext, StudyReporter
+from cliptune.hpo.report.files import ReportContext, StudyReporter
 from cliptune.hpo.verdict import verdict
 
 DISTRIBUTIONS = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "depth": IntDistribution(1, 4),
@@ -79,7 +80,7 @@ def test_without_a_baseline_the_verdict_says_it_cannot_tell():
 def test_the_verdict_opens_the_report(tmp_path):
     study = study_of([({"lr": 1e-3, "depth": 2, "width": 64}, 2.0),
                       ({"lr": 2e-3, "depth": 3, "width": 64}, 2.1)])
-    ctx = ReportContext(study_name="v", out_dir=tmp_path / "v", metric="val_loss", budget=4)
+    ctx = ReportContext(synthetic_definition(tmp_path, 4), "v", tmp_path / "v")
     StudyReporter(ctx).write(study, plots=False)
     lines = (tmp_path / "v" / "report.md").read_text().splitlines()
     assert lines[0] == "# Optuna study `v`"

@@ -69,9 +69,8 @@ def settings(tmp_path, **kwargs) -> StudySettings:
 
 def test_warm_starts_follow_the_baseline_with_provenance_once(tmp_path, cache_dir):
     journal = make_source(tmp_path / "results")
-    plan, space = tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE)
-    opened = open_for_trials(settings(tmp_path, warm_start=("src",), warm_start_top=3), plan,
-                             space)
+    plan = tiny_plan(tmp_path, cache_dir)
+    opened = open_for_trials(settings(tmp_path, warm_start=("src",), warm_start_top=3), plan)
     trials = opened.study.trials
     assert [t.state for t in trials] == [TrialState.WAITING] * 3
     assert trials[0].user_attrs == {"baseline": True}
@@ -91,15 +90,14 @@ def test_warm_starts_follow_the_baseline_with_provenance_once(tmp_path, cache_di
             "parameters; not enqueued") in notes
     assert "pruner auto: Hyperband, first rung at epoch 1: no fidelity check" in notes
 
-    again = open_for_trials(settings(tmp_path, warm_start=("src",), warm_start_top=3), plan,
-                            space)
+    again = open_for_trials(settings(tmp_path, warm_start=("src",), warm_start_top=3), plan)
     assert len(again.study.trials) == 3  # continued with the same --warm-start: nothing new
     assert f"warm start src#3 ({journal}): already trial 1 of this study" in again.notes
 
 
 def test_unknown_sources_are_refused_before_anything_is_written(tmp_path, cache_dir):
     journal = make_source(tmp_path / "results")
-    plan, space = tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE)
+    plan = tiny_plan(tmp_path, cache_dir)
     for spec, message in [
         ("nope", "--warm-start nope: no study journal at .*nope/study.journal"),
         (f"other@{journal}", "--warm-start other@.*holds no study 'other' .*it holds: src"),
@@ -107,7 +105,7 @@ def test_unknown_sources_are_refused_before_anything_is_written(tmp_path, cache_
         ("dst", "that is this study itself"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            open_for_trials(settings(tmp_path, warm_start=("src", spec)), plan, space)
+            open_for_trials(settings(tmp_path, warm_start=("src", spec)), plan)
     assert not (tmp_path / "results" / "dst").exists()
     assert not (tmp_path / "missing.journal").exists()
     with pytest.raises(ConfigError, match="--warm-start ','"):

@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hpo_tiny import SPACE, kill_mid_trial, load, tiny_plan, wait_for, write_study_files
+from hpo_tiny import kill_mid_trial, load, tiny_plan, wait_for, write_study_files
 from optuna.trial import TrialState
 
 from cliptune.cli import optimize
 from cliptune.hpo import driver
 from cliptune.hpo.definition import StudySettings
-from cliptune.hpo.search_space import search_space_from_dict
 from cliptune.hpo.workers import worker_device
 
 OPTIMIZE = Path(__file__).resolve().parent.parent / "src" / "optimize.py"
@@ -52,17 +51,17 @@ def test_workers_are_pinned_to_gpus_with_distinct_seeds(tmp_path, cache_dir, mon
     monkeypatch.setattr(driver.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     settings = StudySettings(study_name="g", trials=5, workers=3,
                              results_dir=str(tmp_path / "results"))
-    plan, space = tiny_plan(tmp_path, cache_dir), search_space_from_dict(SPACE)
-    plan.target.train.device = "auto"  # the machine chooses: what pinning workers is about
-    opened = driver.open_for_trials(settings, plan, space)
-    plan.max_train_seconds = 60.0
-    jobs = driver._jobs(settings, opened, plan, space, lambda index, restart: 100 + index)
-    assert [job.base.train.device for job in jobs] == ["cuda:0", "cuda:1", "cuda:0"]
-    assert all(job.target is plan.target and job.max_train_seconds == 60.0 for job in jobs)
+    # the machine chooses the device: what pinning workers is about
+    plan = tiny_plan(tmp_path, cache_dir, max_train_seconds=60.0, **{"target.train.device": "auto"})
+    opened = driver.open_for_trials(settings, plan)
+    jobs = driver._jobs(settings, opened, lambda index, restart: 100 + index)
+    assert [job.device for job in jobs] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert all(job.definition is opened.definition for job in jobs)
+    assert opened.definition.max_train_seconds == 60.0
     assert [job.trials for job in jobs] == [2, 2, 1]
     assert len({job.seed for job in jobs}) == 3
     assert {job.startup_trials for job in jobs} == {4}  # after the baseline, 3 random draws
-    assert opened.base.train.device == "auto"  # the shared base config is untouched
+    assert opened.definition.trial_base.train.device == "auto"  # the shared base is untouched
 
 
 def test_drivers_draw_distinct_sampler_seeds():

@@ -216,11 +216,12 @@ def test_save_last_false_writes_no_last_pt(tmp_path, cache_dir, data):
 
 
 def test_hpo_trials_do_not_write_last_pt(tmp_path, cache_dir):
-    from cliptune.hpo.objective import Objective, ObjectiveSettings
+    from cliptune.hpo.definition import Fidelity, StudyDefinition
+    from cliptune.hpo.objective import Objective
     from cliptune.hpo.search_space import SearchSpace
 
     base = tiny_config(tmp_path, cache_dir)
-    objective = Objective(SearchSpace(parameters=()), base,
-                          ObjectiveSettings(study_name="s", metric="val_loss", epochs=1))
+    objective = Objective(StudyDefinition(base, Fidelity(epochs=1), SearchSpace(parameters=())),
+                          "s")
     config = objective.trial_config(0, {})
     assert config.train.save_last is False and base.train.save_last is True

@@ -11,12 +11,13 @@ best_config.yaml = the target with the best parameters at full fidelity, plots).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from cliptune.cli.common import DATA_FLAGS, add_data_args, add_set_arg, apply_data_args, run_cli
 from cliptune.config import apply_overrides
 from cliptune.errors import ConfigError
-from cliptune.hpo.definition import StudyPlan, StudySettings, load_plan
+from cliptune.hpo.definition import DEFAULT_METRIC, StudyDefinition, StudySettings, load_plan
 from cliptune.hpo.driver import resolve_definition, run_study
 from cliptune.hpo.fidelity_check import check_fidelity, summary_lines
 from cliptune.hpo.retrain import comparison_lines
@@ -131,31 +132,32 @@ def given_keys(args: argparse.Namespace) -> frozenset[str]:
     return frozenset(given)
 
 
-def build_plan(args: argparse.Namespace) -> StudyPlan:
-    """Target and fidelity: the study file (its target or --config), then the data
-    flags and --set on the target, and the fidelity flags. Without
-    --study-config (--search-space) the hardware chooses the shipped one."""
+def build_plan(args: argparse.Namespace) -> StudyDefinition:
+    """The command line's study definition: the study file (its target or --config), the
+    data flags and --set on the target, the fidelity flags, the search space and the
+    metric. Without --study-config (--search-space) the hardware chooses the shipped one."""
     if args.study_config is None:
         choice = default_experiment("hpo", data=args.data)
         print(choice.line().replace("--config FILE", "--study-config FILE"), flush=True)
         args.study_config = str(choice.path)
     if args.search_space is None:
         args.search_space = str(default_experiment("search-space", data=args.data).path)
-    plan = load_plan(args.study_config, args.config)
-    apply_data_args(plan.target, args)
-    apply_overrides(plan.target, args.set)
-    for flag, name in (("epochs", "epochs"), ("max_samples", "max_samples"),
-                       ("max_eval_samples", "max_eval_samples")):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(plan.fidelity, name, value)
+    definition = load_plan(args.study_config, args.config,
+                           space=load_search_space(args.search_space),
+                           metric=args.metric or DEFAULT_METRIC)
+    target = definition.target
+    apply_data_args(target, args)
+    apply_overrides(target, args.set)
+    flags = {name: getattr(args, name) for name in ("epochs", "max_samples", "max_eval_samples")}
+    fidelity = replace(definition.fidelity,
+                       **{name: value for name, value in flags.items() if value is not None})
+    limit = definition.max_train_seconds
     if args.max_train_seconds is not None:
         if args.max_train_seconds < 0:
             raise ConfigError(f"--max-train-seconds must be >= 0 (0: no limit), got "
                               f"{args.max_train_seconds:g}")
-        plan.max_train_seconds = args.max_train_seconds or None
-    plan.trial_base()  # fidelity errors now, naming the key
-    return plan
+        limit = args.max_train_seconds or None
+    return replace(definition, target=target, fidelity=fidelity, max_train_seconds=limit)
 
 
 def build_settings(args: argparse.Namespace) -> StudySettings:
@@ -167,7 +169,6 @@ def build_settings(args: argparse.Namespace) -> StudySettings:
         timeout=args.timeout, sampler=args.sampler,
         pruner=args.pruner, patience=args.patience, min_epochs=args.min_epochs,
         warm_start=parse_warm_start(args.warm_start), warm_start_top=args.warm_start_top,
-        metric=args.metric or DEFAULTS.metric,
         results_dir=args.results_dir, allow_changes=args.allow_changes,
         retrain_best=args.retrain_best, seeds=args.seeds, show_progress=not args.quiet,
         heartbeat=heartbeat, seed=args.seed, given=args.given,
@@ -177,23 +178,22 @@ def build_settings(args: argparse.Namespace) -> StudySettings:
 def run(argv: list[str] | None = None) -> int:
     """Parse `argv` and do the work; user errors raise `CliptuneError`. Returns the exit code."""
     args = parse_args(argv)
-    plan = build_plan(args)
+    definition = build_plan(args)
     settings = build_settings(args)
-    space = load_search_space(args.search_space)
     if args.check_fidelity is not None:
-        settings, plan, space, notes = resolve_definition(settings, plan, space)
+        definition, notes = resolve_definition(settings, definition)
         for note in notes:
             print(f"note: {note}", flush=True)
-        payload = check_fidelity(settings, plan, space, args.check_fidelity)
+        payload = check_fidelity(settings, definition, args.check_fidelity)
         print("\n".join(summary_lines(payload)))
         print(f"report: {Path(settings.results_dir) / settings.study_name / 'fidelity_check.md'}")
         return 0
-    outcome = run_study(settings, plan, space)
+    outcome = run_study(settings, definition)
     s = outcome.summary
     print(f"study {outcome.study_name!r}: {s.complete} complete, {s.pruned} pruned, "
           f"{s.failed} failed; pruning saved {100 * s.saved_fraction:.0f}% of the epochs")
     if outcome.best_trial is not None:
-        print(f"best {settings.metric} = {outcome.best_value:.4f} (trial {outcome.best_trial})")
+        print(f"best {outcome.metric} = {outcome.best_value:.4f} (trial {outcome.best_trial})")
     print(f"verdict: {outcome.verdict}")
     if outcome.retrain is not None:
         print("\n".join(comparison_lines(outcome.retrain)))

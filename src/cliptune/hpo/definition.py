@@ -1,5 +1,6 @@
 """A study's definition: what it tunes, at what fidelity, under which limits, on which
-data, and how this driver runs it.
+data (`StudyDefinition`, made once per driver and read by every later stage), and how
+this driver runs it (`StudySettings`).
 
 A study file (experiments/hpo.yaml) names the *target* experiment being tuned and the
 reduced *fidelity* its trials run at:
@@ -42,7 +43,7 @@ source and stop, naming both, if what they load has another fingerprint.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from cliptune.data import PreparedData
 from cliptune.errors import ConfigError, DataError
 from cliptune.hpo.search_space import SearchSpace, describe, search_space_from_dict
 from cliptune.hpo.study import METRICS, Heartbeat
+from cliptune.runtime import check_precision, resolve_device
 from cliptune.trainer import Trainer
 
 FIDELITY_KEYS = {"epochs", "max_samples", "max_eval_samples", "set"}
@@ -105,23 +107,63 @@ def _smaller(cap: int, existing: int | None) -> int:
     return cap if existing is None else min(cap, existing)
 
 
+# The Trainer's callback key of each objective metric.
+CALLBACK_KEYS = {"val_loss": "val_loss", "rsum": "val_rsum"}
+DEFAULT_METRIC = "val_loss"
+
+
 @dataclass
-class StudyPlan:
-    """The target experiment (with the command line's changes), the trials' fidelity and
-    the limit on the target's training time."""
+class StudyDefinition:
+    """What a study is: the metric, the target experiment (with the command line's
+    changes), the trials' fidelity, the search space and the limit on the target's
+    training time; once decided, the data (`data_record`). Its `record()` is the study's
+    fingerprint.
+
+    It is validated when made: `trial_base`, the config every trial starts from (the
+    target at the study's fidelity, the metric as the Trainer's objective), is the
+    result, and its epochs are the study's one trial budget. Make a changed one with
+    `dataclasses.replace`, which validates it again.
+    """
 
     target: RunConfig
     fidelity: Fidelity
-    target_path: str = ""
+    space: SearchSpace
+    metric: str = DEFAULT_METRIC
     max_train_seconds: float | None = None  # None: no limit
+    target_path: str = ""
+    data: dict | None = None  # the study's data decision (None: not made)
+    trial_base: RunConfig = field(init=False, repr=False)
 
-    def limits(self) -> dict[str, Any]:
-        """The study fingerprint's `limits` part."""
-        return {"max_train_seconds": self.max_train_seconds}
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ConfigError(f"--metric {self.metric!r}: choose one of {', '.join(METRICS)}")
+        try:
+            base = self.fidelity.apply(self.target)
+        except ConfigError as err:
+            raise ConfigError(f"fidelity: {err}") from None
+        base.train.best_metric = CALLBACK_KEYS[self.metric]
+        if self.data is not None:  # the data decision: `auto` resolved
+            base.data.source = self.data["source"]
+        self.space.check_against(base)
+        self.trial_base = base
 
-    def trial_base(self) -> RunConfig:
-        """Target at the study's fidelity: what every trial starts from."""
-        return self.fidelity.apply(self.target)
+    @property
+    def budget(self) -> int:
+        """Epochs per trial: the pruner's maximum resource."""
+        return self.trial_base.train.epochs
+
+    def record(self) -> dict[str, Any]:
+        """The study's fingerprint (see the module docstring); the `data` part once the
+        data decision is made."""
+        fingerprint = study_fingerprint(self.metric, describe(self.space), self.target,
+                                        self.fidelity.record(),
+                                        {"max_train_seconds": self.max_train_seconds})
+        return fingerprint if self.data is None else {**fingerprint, "data": self.data}
+
+    def check_machine(self) -> None:
+        """Raise `ConfigError` when this machine cannot train the trials (device, precision)."""
+        check_precision(self.trial_base.train.precision,
+                        resolve_device(self.trial_base.train.device))
 
 
 def _positive_or_none(value: Any, where: str) -> int | None:
@@ -162,8 +204,10 @@ def parse_fidelity(raw: Any, source: str) -> Fidelity:
     )
 
 
-def load_plan(path: str | Path, target: str | Path | None = None) -> StudyPlan:
-    """Read a study file; `target` (the --config flag) replaces the file's target.
+def load_plan(path: str | Path, target: str | Path | None = None, *, space: SearchSpace,
+              metric: str = DEFAULT_METRIC) -> StudyDefinition:
+    """The definition a study file gives, with `space` and `metric`; `target` (the
+    --config flag) replaces the file's target.
 
     Errors name the file and the key.
     """
@@ -178,12 +222,11 @@ def load_plan(path: str | Path, target: str | Path | None = None) -> StudyPlan:
     fidelity = parse_fidelity(data.get("fidelity"), str(path))
     limit = check_time_limit(data.get("max_train_seconds"), f"{path}: max_train_seconds")
     target_path = Path(target) if target is not None else path.parent / str(data["target"])
-    plan = StudyPlan(load_config(target_path), fidelity, str(target_path), limit)
     try:
-        plan.trial_base()
+        return StudyDefinition(load_config(target_path), fidelity, space, metric, limit,
+                               str(target_path))
     except ConfigError as err:
-        raise ConfigError(f"{path}: fidelity: {err}") from None
-    return plan
+        raise ConfigError(f"{path}: {err}") from None
 
 
 # Keys that say where or on what a run happens, not what it learns.
@@ -211,7 +254,7 @@ def study_fingerprint(metric: str, search_space: list[str], target: RunConfig,
                       fidelity: dict[str, Any], limits: dict[str, Any] | None = None
                       ) -> dict[str, Any]:
     """The fingerprint of a study (plain JSON-able dict), less its `data` part
-    (`limits`: `StudyPlan.limits()`; None leaves the part out)."""
+    (`limits` None leaves that part out, as in a study from before it existed)."""
     flat = {k: v for k, v in _flatten(config_to_dict(target)).items() if k not in MACHINE_KEYS}
     fingerprint = {"metric": metric, "search_space": list(search_space), "target": flat,
                    "fidelity": _flatten(fidelity)}
@@ -246,18 +289,19 @@ def _given(given: frozenset[str] | None, part: str, key: str | None = None) -> b
     return given is None or part in given or (key is not None and f"{part}.{key}" in given)
 
 
-def adopt_recorded(recorded: dict[str, Any] | None, recorded_space: dict[str, Any] | None,
-                   plan: StudyPlan, space: SearchSpace, metric: str,
-                   given: frozenset[str] | None) -> tuple[StudyPlan, SearchSpace, str, list[str]]:
-    """The plan, space and metric to run an existing study with: the study's recorded
-    values wherever they differ from what the command line did not set (`given`: the
-    parts and `part.key`s it set). Returns them with the adopted changes in words;
-    what the command line set is kept, for `check_fingerprint` to refuse.
+def adopt_recorded(definition: StudyDefinition, recorded: dict[str, Any] | None,
+                   recorded_space: dict[str, Any] | None,
+                   given: frozenset[str] | None) -> tuple[StudyDefinition, list[str]]:
+    """The definition to run an existing study with: the study's recorded values
+    wherever they differ from what the command line did not set (`given`: the parts and
+    `part.key`s it set). Returns it with the adopted changes in words; what the command
+    line set is kept, for `check_fingerprint` to refuse.
     """
     recorded = normalize(recorded)
     if recorded is None:
-        return plan, space, metric, []
-    plan = copy.deepcopy(plan)
+        return definition, []
+    metric, space, limit = definition.metric, definition.space, definition.max_train_seconds
+    target = copy.deepcopy(definition.target)
     adopted: list[str] = []
     if recorded.get("metric") not in (None, metric) and not _given(given, "metric"):
         adopted.append(f"metric {metric} -> {recorded['metric']}")
@@ -266,27 +310,30 @@ def adopt_recorded(recorded: dict[str, Any] | None, recorded_space: dict[str, An
             and not _given(given, "search_space")):
         space = search_space_from_dict(recorded_space, "the study's recorded search space")
         adopted.append("its search space")
-    current = study_fingerprint(metric, describe(space), plan.target, plan.fidelity.record())
+    current = study_fingerprint(metric, describe(space), target, definition.fidelity.record())
     for key, value in recorded.get("target", {}).items():
         if current["target"].get(key, value) != value and not _given(given, "target", key):
             adopted.append(f"target.{key} {current['target'][key]!r} -> {value!r}")
-            set_value(plan.target, key, value)
+            set_value(target, key, value)
     flat = dict(current["fidelity"])
     for key in sorted(set(flat) | set(recorded.get("fidelity", {}))):
         value = recorded.get("fidelity", {}).get(key)
         if flat.get(key) != value and not _given(given, "fidelity", key):
             adopted.append(f"fidelity.{key} {flat.get(key)!r} -> {value!r}")
             flat[key] = value
-    plan.fidelity = Fidelity.from_flat({k: v for k, v in flat.items() if v is not None
-                                        or not k.startswith("set.")})
     # a study from before the limits part had no limit
-    for key, value in recorded.get("limits", {"max_train_seconds": None}).items():
-        if key == "max_train_seconds" and plan.max_train_seconds != value and not _given(
-                given, "limits", key):
-            adopted.append(f"limits.{key} {plan.max_train_seconds!r} -> {value!r}")
-            plan.max_train_seconds = value
-    plan.trial_base()  # the adopted definition is valid (errors name the key)
-    return plan, space, metric, adopted
+    recorded_limit = recorded.get("limits", {"max_train_seconds": None})
+    if ("max_train_seconds" in recorded_limit and limit != recorded_limit["max_train_seconds"]
+            and not _given(given, "limits", "max_train_seconds")):
+        adopted.append(f"limits.max_train_seconds {limit!r} -> "
+                       f"{recorded_limit['max_train_seconds']!r}")
+        limit = recorded_limit["max_train_seconds"]
+    if not adopted:
+        return definition, []
+    fidelity = Fidelity.from_flat({k: v for k, v in flat.items()
+                                   if v is not None or not k.startswith("set.")})
+    return replace(definition, target=target, fidelity=fidelity, space=space, metric=metric,
+                   max_train_seconds=limit), adopted
 
 
 def _changes(recorded: Any, current: Any) -> list[str]:
@@ -346,22 +393,24 @@ def prepare_trial_data(config: RunConfig, *, quiet: bool = True) -> PreparedData
     return Trainer(config, show_progress=not quiet, resume=None).prepare_data()
 
 
-def decide_data(recorded: dict | None, base: RunConfig, *,
-                quiet: bool) -> tuple[PreparedData, str | None]:
-    """Prepare the trials' data for the study whose fingerprint is `recorded`.
+def decide_data(definition: StudyDefinition, recorded: dict | None, *,
+                quiet: bool) -> tuple[StudyDefinition, PreparedData, str | None]:
+    """Make the data decision of `definition`, the study whose fingerprint is `recorded`,
+    and prepare the trials' data.
 
-    `base.data.source` `auto` becomes the recorded source when the study has one (the
-    note says so), else what `auto` resolves to now; either way `base` is left holding
-    the resolved source, which is what the workers get. Returns (data, note)."""
+    `data.source` `auto` becomes the recorded source when the study has one (the note
+    says so), else what `auto` resolves to now. Returns the definition with its data
+    decision (its trial base holds the resolved source, which is what the workers get),
+    the data and the note."""
+    config = copy.deepcopy(definition.trial_base)
     decided = (recorded or {}).get("data")
     note = None
-    if decided and base.data.source == "auto":
-        base.data.source = decided["source"]
+    if decided and config.data.source == "auto":
+        config.data.source = decided["source"]
         note = (f"data: {decided['source']}, as the study decided when its data was first "
                 "recorded (`auto` is not resolved again)")
-    data = prepare_trial_data(base, quiet=quiet)
-    base.data.source = data.source
-    return data, note
+    data = prepare_trial_data(config, quiet=quiet)
+    return replace(definition, data=data_record(data)), data, note
 
 
 def check_same_data(data: PreparedData, expected: dict | None, who: str) -> None:
@@ -384,7 +433,7 @@ PLOT_INTERVAL_S = 60.0  # at most one plot rewrite per minute while the study ru
 
 @dataclass
 class StudySettings:
-    """How to run a study (what it tunes and at what fidelity is a `StudyPlan`)."""
+    """How this driver runs a study (what the study is: its `StudyDefinition`)."""
 
     study_name: str = "clip-hpo"
     trials: int = 50  # trials this driver adds to the study
@@ -399,7 +448,6 @@ class StudySettings:
     min_epochs: int = 1  # the pruner's first rung (Hyperband / SHA minimum resource)
     warm_start: tuple[str, ...] = ()  # earlier studies whose best trials run first
     warm_start_top: int = 1  # best trials taken from each of them
-    metric: str = "val_loss"
     results_dir: str = "optuna-results"
     allow_changes: bool = False  # continue a study whose fingerprint differs
     retrain_best: bool = False
@@ -423,14 +471,12 @@ class StudySettings:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"--timeout must be positive seconds, got {self.timeout}")
-        if self.metric not in METRICS:
-            raise ConfigError(f"--metric {self.metric!r}: choose one of {', '.join(METRICS)}")
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
         if self.warm_start_top < 1:
             raise ConfigError(f"--warm-start-top must be at least 1, got {self.warm_start_top}")
 
 
-def driver_seed(settings: StudySettings, plan: StudyPlan) -> int:
+def driver_seed(settings: StudySettings, definition: StudyDefinition) -> int:
     """This driver's sampler seed: --seed, else the target's seed."""
-    return plan.target.seed if settings.seed is None else settings.seed
+    return definition.target.seed if settings.seed is None else settings.seed

@@ -31,7 +31,7 @@ from pathlib import Path
 import optuna
 
 from cliptune.hpo.definition import StudySettings
-from cliptune.hpo.reports import FIDELITY_CHECK
+from cliptune.hpo.report.files import FIDELITY_CHECK
 from cliptune.hpo.search_space import BASELINE_ATTR
 from cliptune.hpo.warm_start import WARM_ATTR
 
@@ -93,14 +93,15 @@ def _rho(value: float) -> str:
     return "undefined" if not math.isfinite(value) else f"{value:.2f}"
 
 
-def resolve_pruner(settings: StudySettings, budget: int) -> tuple[StudySettings, str | None]:
-    """`settings` with `--pruner auto` made concrete for trials of `budget` epochs (see the
-    module docstring), and the choice with its reason in words; other pruners unchanged
-    (None)."""
+def resolve_pruner(settings: StudySettings, budget: int,
+                   metric: str) -> tuple[StudySettings, str | None]:
+    """`settings` with `--pruner auto` made concrete for trials of `budget` epochs judged
+    on `metric` (see the module docstring), and the choice with its reason in words;
+    other pruners unchanged (None)."""
     if settings.pruner != "auto":
         return settings, None
     check = read_fidelity_check(settings.results_dir, settings.study_name)
-    epoch, why = first_rung(check, budget, settings.metric, settings.min_epochs)
+    epoch, why = first_rung(check, budget, metric, settings.min_epochs)
     if epoch is None:
         return replace(settings, pruner="none"), f"pruner auto: no pruning: {why}"
     return (replace(settings, pruner="hyperband", min_epochs=epoch),

@@ -2,9 +2,9 @@
 
 `python src/optimize.py --check-fidelity K` draws K configurations from the search
 space (seeded; the target's own settings first, when the space holds them), trains
-each twice: at the study's trial fidelity (`StudyPlan.trial_base()`: its subset, all
-its epochs, the validation metric at every epoch) and at the target's full fidelity
-(`StudyPlan.target`: all its data, its epochs). It then measures how well the first
+each twice: at the study's trial fidelity (`StudyDefinition.trial_base`: its subset,
+all its epochs, the validation metric at every epoch) and at the target's full fidelity
+(`StudyDefinition.target`: all its data, its epochs). It then measures how well the first
 ranks the second: Spearman and Kendall correlation with a seeded bootstrap 95%
 interval over the K pairs, and the overlap of the two top-3 sets; for the final
 (best-epoch) value and for the value at each rung the pruner judges trials at.
@@ -32,11 +32,10 @@ from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData
 from cliptune.errors import ConfigError
 from cliptune.files import write_atomic
-from cliptune.hpo.definition import StudyPlan, StudySettings, driver_seed
+from cliptune.hpo.definition import CALLBACK_KEYS, StudyDefinition, StudySettings, driver_seed
 from cliptune.hpo.design import GOOD_SPEARMAN
-from cliptune.hpo.driver import prepare_base
-from cliptune.hpo.objective import CALLBACK_KEYS, data_key
-from cliptune.hpo.reports import FIDELITY_CHECK, fmt, table
+from cliptune.hpo.objective import data_key
+from cliptune.hpo.report.files import FIDELITY_CHECK, fmt, table
 from cliptune.hpo.search_space import SearchSpace, base_params
 from cliptune.hpo.study import METRICS, pruner_rungs
 from cliptune.trainer import Trainer
@@ -128,21 +127,19 @@ def _run_name(study: str, kind: str, index: int, config: RunConfig) -> str:
 class FidelityCheck:
     """Trains the configurations (cached) and writes the report."""
 
-    def __init__(self, settings: StudySettings, plan: StudyPlan, space: SearchSpace,
+    def __init__(self, settings: StudySettings, definition: StudyDefinition,
                  configurations: int):
+        definition.check_machine()
         self.s = settings
-        self.plan = plan
-        self.space = space
+        self.definition = definition
         self.configurations = configurations
-        self.seed = driver_seed(settings, plan)  # draws of the configurations, the bootstrap
-        # target at the study's fidelity, objective set
-        self.trial_base = trial_base = prepare_base(plan.trial_base(), space, settings.metric)
+        self.seed = driver_seed(settings, definition)  # draws of the configurations, the bootstrap
         self.out_dir = Path(settings.results_dir) / settings.study_name
         self.cache = self.out_dir / CACHE_DIR
-        self.key = CALLBACK_KEYS[settings.metric]
-        self.minimize = METRICS[settings.metric] == "minimize"
+        self.key = CALLBACK_KEYS[definition.metric]
+        self.minimize = METRICS[definition.metric] == "minimize"
         # the rungs checked; a bad --min-epochs fails now, not after the training
-        self.rungs = pruner_rungs(settings.pruner, trial_base.train.epochs, settings.min_epochs)
+        self.rungs = pruner_rungs(settings.pruner, definition.budget, settings.min_epochs)
         self._data: dict[str, PreparedData] = {}
 
     def _say(self, line: str) -> None:
@@ -151,7 +148,7 @@ class FidelityCheck:
 
     def train(self, kind: str, index: int, base: RunConfig, params: dict, label: str) -> dict:
         """Train `base + params` (or read its cached result): the metric at every epoch."""
-        config = self.space.apply(base, params)
+        config = self.definition.space.apply(base, params)
         config.train.best_metric = self.key
         config.train.save_last = True  # an interrupted check resumes the run
         config.name = _run_name(self.s.study_name, kind, index, config)
@@ -173,22 +170,22 @@ class FidelityCheck:
                   "epochs": config.train.epochs, "seconds": time.perf_counter() - start}
         self.cache.mkdir(parents=True, exist_ok=True)
         write_atomic(cached, json.dumps(result, indent=2) + "\n")
-        self._say(f"{label}: {self.s.metric} {result['best']:.4f} "
+        self._say(f"{label}: {self.definition.metric} {result['best']:.4f} "
                   f"({result['seconds']:.0f} s)")
         return result
 
     def run(self) -> dict:
         """Train every configuration at both fidelities; write and return the results."""
-        drawn = draw_configurations(self.space, self.plan.target, self.configurations,
-                                    self.seed)
+        d = self.definition
+        drawn = draw_configurations(d.space, d.target, self.configurations, self.seed)
         rows = []
         for i, params in enumerate(drawn):
             head = f"fidelity check {i + 1}/{len(drawn)}"
             rows.append({
                 "index": i, "params": params,
-                "reduced": self.train("reduced", i, self.trial_base, params,
+                "reduced": self.train("reduced", i, d.trial_base, params,
                                       f"{head}, trial fidelity"),
-                "full": self.train("full", i, self.plan.target, params, f"{head}, full fidelity"),
+                "full": self.train("full", i, d.target, params, f"{head}, full fidelity"),
             })
         payload = self.summarize(rows)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +197,7 @@ class FidelityCheck:
     def summarize(self, rows: list[dict]) -> dict:
         """The agreement of the final value and of each rung with the full fidelity."""
         full = [r["full"]["best"] for r in rows]
-        epochs = self.trial_base.train.epochs
+        d = self.definition
         levels = {"final": [r["reduced"]["best"] for r in rows]}
         for rung in self.rungs:
             levels[f"epoch {rung}"] = [r["reduced"]["values"][rung - 1]
@@ -213,15 +210,13 @@ class FidelityCheck:
                 agreement[name] = rank_agreement([values[i] for i in keep],
                                                  [full[i] for i in keep], self.minimize,
                                                  seed=self.seed)
-        f = self.plan.fidelity
         return {
-            "study": self.s.study_name, "metric": self.s.metric, "direction": METRICS[self.s.metric],
+            "study": self.s.study_name, "metric": d.metric, "direction": METRICS[d.metric],
             "seed": self.seed, "pruner": self.s.pruner, "rungs": self.rungs,
-            "reduced_fidelity": {"epochs": epochs, "max_samples": f.max_samples,
-                                 "max_eval_samples": f.max_eval_samples},
-            "full_fidelity": {"target": self.plan.target_path,
-                              "epochs": self.plan.target.train.epochs,
-                              "max_samples": self.plan.target.data.max_samples},
+            "reduced_fidelity": {"epochs": d.budget, "max_samples": d.fidelity.max_samples,
+                                 "max_eval_samples": d.fidelity.max_eval_samples},
+            "full_fidelity": {"target": d.target_path, "epochs": d.target.train.epochs,
+                              "max_samples": d.target.data.max_samples},
             "configurations": rows, "agreement": agreement,
         }
 
@@ -303,9 +298,9 @@ def summary_lines(payload: dict) -> list[str]:
     return lines + [f"  {line}" for line in advice(payload)]
 
 
-def check_fidelity(settings: StudySettings, plan: StudyPlan, space: SearchSpace,
+def check_fidelity(settings: StudySettings, definition: StudyDefinition,
                    configurations: int) -> dict:
-    """Run the fidelity check of `configurations` draws (see the module docstring) for the
-    study `settings`, `plan` and `space` define; returns fidelity_check.json's content."""
+    """Run the fidelity check of `configurations` draws (see the module docstring) of the
+    study `definition`; returns fidelity_check.json's content."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened
-    return FidelityCheck(settings, plan, space, configurations).run()
+    return FidelityCheck(settings, definition, configurations).run()

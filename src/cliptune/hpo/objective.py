@@ -13,7 +13,6 @@ import gc
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,19 @@ from cliptune.checkpoint import save_checkpoint
 from cliptune.config import RunConfig, config_to_dict
 from cliptune.data import PreparedData
 from cliptune.errors import ConfigError, TrainingDiverged
-from cliptune.hpo.definition import data_record, prepare_trial_data
+from cliptune.hpo.definition import (
+    CALLBACK_KEYS,
+    StudyDefinition,
+    data_record,
+    prepare_trial_data,
+)
 from cliptune.hpo.owners import Beat
 from cliptune.hpo.results import ARTIFACT_ATTR, beats, best_trial, is_feasible
-from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.study import METRICS, TrialFailed
 from cliptune.hpo.time_limit import record_projection, record_times
 from cliptune.model import CLIP
 from cliptune.trainer import Trainer
 
-# The Trainer's callback key of each objective metric.
-CALLBACK_KEYS = {"val_loss": "val_loss", "rsum": "val_rsum"}
 SCRATCH_DIR = ".hpo-scratch"  # under checkpoints_dir: trial checkpoints until judged
 
 
@@ -70,18 +71,6 @@ def _failure_reason(err: BaseException) -> str | None:
     return None
 
 
-@dataclass
-class ObjectiveSettings:
-    """What every trial of a study shares."""
-
-    study_name: str
-    metric: str  # val_loss | rsum
-    epochs: int  # the per-trial budget
-    artifact_store: Any = None  # where the best trials' checkpoints go (None: not uploaded)
-    target: RunConfig | None = None  # the target at full fidelity (None: no time projection)
-    max_train_seconds: float | None = None  # the target's time limit (a trial constraint)
-
-
 def keep_weights(model: CLIP, kept: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """A CPU copy of `model`'s weights, written into `kept` (the previous copy) when given."""
     state = model.state_dict()
@@ -99,22 +88,26 @@ class Objective:
     data settings match (image size, vocabulary and context length included).
     """
 
-    def __init__(self, space: SearchSpace, base: RunConfig, settings: ObjectiveSettings):
-        if settings.metric not in METRICS:
-            raise ConfigError(f"--metric {settings.metric!r}: choose one of {', '.join(METRICS)}")
-        self.space = space
-        self.base = base
-        self.settings = settings
+    def __init__(self, definition: StudyDefinition, study_name: str, artifact_store: Any = None):
+        self.definition = definition
+        self.study_name = study_name
+        self.artifact_store = artifact_store  # the best trials' checkpoints (None: not uploaded)
         self._data: PreparedData | None = None
         self._data_key: str | None = None
 
+    @property
+    def base(self) -> RunConfig:
+        """The config every trial starts from (the definition's trial base)."""
+        return self.definition.trial_base
+
     def trial_config(self, number: int, params: dict) -> RunConfig:
-        """The config trial `number` trains with: base + params + name, budget, folders."""
-        config = self.space.apply(self.base, params)
-        config.name = trial_run_name(self.settings.study_name, number)
+        """The config trial `number` trains with: base + params + name, folders; the
+        budget and the objective stay the study's, whatever the space sets."""
+        config = self.definition.space.apply(self.base, params)
+        config.name = trial_run_name(self.study_name, number)
         config.checkpoints_dir = str(Path(self.base.checkpoints_dir) / SCRATCH_DIR)
-        config.train.epochs = self.settings.epochs
-        config.train.best_metric = CALLBACK_KEYS[self.settings.metric]
+        config.train.epochs = self.definition.budget
+        config.train.best_metric = self.base.train.best_metric
         config.train.save_last = False  # trials never resume: best.pt is all they keep
         return config
 
@@ -142,7 +135,7 @@ class Objective:
             return self._call(trial)
 
     def _call(self, trial: optuna.Trial) -> float:
-        params = self.space.suggest(trial)
+        params = self.definition.space.suggest(trial)
         try:
             return self._run(trial, params)
         except optuna.TrialPruned:
@@ -163,8 +156,8 @@ class Objective:
     def _run(self, trial: optuna.Trial, params: dict) -> float:
         config = self.trial_config(trial.number, params)
         trial.set_user_attr("config", config_to_dict(config))
-        key = CALLBACK_KEYS[self.settings.metric]
-        minimize = METRICS[self.settings.metric] == "minimize"
+        metric = self.definition.metric
+        key, minimize = CALLBACK_KEYS[metric], METRICS[metric] == "minimize"
         history: list[dict[str, float]] = []
         keep = config.train.save_checkpoints
         config.train.save_checkpoints = False  # the Trainer writes nothing; see below
@@ -173,10 +166,10 @@ class Objective:
         def report(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
             nonlocal kept
             history.append(metrics)
-            if len(history) == 1 and self.settings.target is not None:
-                record_projection(trial, self.space.apply(self.settings.target, params),
-                                  trainer.data, metrics, self.settings.max_train_seconds,
-                                  trainer.config)
+            if len(history) == 1:
+                full = self.definition.space.apply(self.definition.target, params)
+                record_projection(trial, full, trainer.data, metrics,
+                                  self.definition.max_train_seconds, trainer.config)
             trial.report(metrics[key], epoch)
             if trial.should_prune():
                 _record_best(trial, history, key, minimize)
@@ -190,7 +183,7 @@ class Objective:
             callbacks=[report],
             show_progress=False,
             resume=None,
-            hparams_extra={"trial": trial.number, "study": self.settings.study_name,
+            hparams_extra={"trial": trial.number, "study": self.study_name,
                            **{f"hpo.{name}": value for name, value in params.items()}},
         )
         start = time.perf_counter()
@@ -204,7 +197,7 @@ class Objective:
             record_times(trial, history, time.perf_counter() - start)
         value = _record_best(trial, history, key, minimize)
         if kept is not None and beats(is_feasible(trial), value, best_trial(trial.study),
-                                      self.settings.metric):
+                                      metric):
             self._save_best(trial, trainer, kept)
         return value
 
@@ -216,9 +209,9 @@ class Objective:
         path = trainer.checkpoint_dir / "best.pt"
         try:
             save_checkpoint(trainer.checkpoint_state(metrics, weights=weights), path)
-            if self.settings.artifact_store is not None:
+            if self.artifact_store is not None:
                 artifact = optuna.artifacts.upload_artifact(
-                    artifact_store=self.settings.artifact_store, file_path=str(path),
+                    artifact_store=self.artifact_store, file_path=str(path),
                     study_or_trial=trial)
                 trial.set_user_attr(ARTIFACT_ATTR, artifact)  # set once the upload is whole
         except Exception as err:  # noqa: BLE001 - a lost checkpoint must not lose the trial

@@ -21,14 +21,13 @@ from scipy import stats
 from cliptune.config import RunConfig
 from cliptune.errors import CliptuneError
 from cliptune.files import write_atomic
-from cliptune.hpo.definition import StudyPlan
-from cliptune.hpo.reports import (
+from cliptune.hpo.report.files import (
     RETRAIN_FILE,
     ReportContext,
     best_config,
     best_trial,
 )
-from cliptune.hpo.search_space import SearchSpace, base_params, baseline_trial
+from cliptune.hpo.search_space import base_params, baseline_trial
 from cliptune.metrics import SCORES
 from cliptune.trainer import Trainer
 
@@ -111,8 +110,8 @@ def comparison_lines(payload: dict) -> list[str]:
     return lines + [payload["verdict"]]
 
 
-def retrain_study(study: optuna.Study, ctx: ReportContext, plan: StudyPlan, space: SearchSpace,
-                  seeds: int, *, show_progress: bool = True) -> dict:
+def retrain_study(study: optuna.Study, ctx: ReportContext, seeds: int, *,
+                  show_progress: bool = True) -> dict:
     """Train the best trial's parameters and the base config at full fidelity with
     `seeds` seeds each (target seed, +1, ...); write and return retrain_results.json.
 
@@ -123,13 +122,14 @@ def retrain_study(study: optuna.Study, ctx: ReportContext, plan: StudyPlan, spac
         raise CliptuneError(
             f"--retrain-best: study {ctx.study_name!r} has no complete trial yet; run trials first"
         )
-    baseline = baseline_trial(study)
+    baseline, definition = baseline_trial(study), ctx.definition
+    target = definition.target
     configs = {"best": (best_config(best, ctx), best.number, best.params),
-               "base": (plan.target, baseline.number if baseline else None,
-                        base_params(space, plan.target)[0])}
-    seed_list = [plan.target.seed + k for k in range(seeds)]
-    payload: dict = {"epochs": plan.target.train.epochs, "seeds": seed_list,
-                     "target": plan.target_path, "configs": {}}
+               "base": (target, baseline.number if baseline else None,
+                        base_params(definition.space, target)[0])}
+    seed_list = [target.seed + k for k in range(seeds)]
+    payload: dict = {"epochs": target.train.epochs, "seeds": seed_list,
+                     "target": definition.target_path, "configs": {}}
     for name, (config, trial, params) in configs.items():
         runs = []
         for seed in seed_list:

@@ -24,13 +24,11 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from cliptune.config import RunConfig
 from cliptune.errors import CliptuneError
-from cliptune.hpo.definition import StudySettings, check_same_data
-from cliptune.hpo.objective import Objective, ObjectiveSettings, scratch_dir
+from cliptune.hpo.definition import StudyDefinition, StudySettings, check_same_data
+from cliptune.hpo.objective import Objective, scratch_dir
 from cliptune.hpo.owners import OWNER_ATTR, fail_trial
 from cliptune.hpo.results import make_artifact_store
-from cliptune.hpo.search_space import SearchSpace
 from cliptune.hpo.study import TrialFailed, make_pruner, make_sampler, make_storage
 
 # States that use up a shared --max-trials budget (a FAIL is retried or replaced).
@@ -87,17 +85,13 @@ class WorkerJob:
     """What one worker process needs (picklable)."""
 
     settings: StudySettings
-    base: RunConfig  # the trial base config (its epochs: the study's one trial budget),
-    # device already pinned, data source resolved
-    space: SearchSpace
+    definition: StudyDefinition  # its data decision made: the source resolved
+    device: str  # the worker's device for the trial base's `train.device`
     index: int
     trials: int
     seed: int
     threads: int
     timeout: float | None = None
-    data: dict | None = None  # the study's data record (`definition.data_record`)
-    target: RunConfig | None = None  # the target at full fidelity (time projection)
-    max_train_seconds: float | None = None  # the target's time limit
     startup_trials: int = 10  # the sampler's random start-up (`design.startup_trials`)
 
 
@@ -115,17 +109,16 @@ def worker_main(job: WorkerJob) -> None:
 def _work(job: WorkerJob) -> None:
     torch.set_num_threads(job.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    s = job.settings
+    s, definition = job.settings, job.definition
+    definition.trial_base.train.device = job.device  # this process's copy
     storage = make_storage(s.storage, s.results_dir, s.study_name, s.heartbeat)
     study = optuna.load_study(study_name=s.study_name, storage=storage,
                               sampler=make_sampler(s.sampler, job.seed, job.startup_trials),
-                              pruner=make_pruner(s.pruner, job.base.train.epochs, s.patience,
+                              pruner=make_pruner(s.pruner, definition.budget, s.patience,
                                                  s.min_epochs))
     store = make_artifact_store(s.artifact_store, s.results_dir, s.study_name)
-    objective = Objective(job.space, job.base,
-                          ObjectiveSettings(s.study_name, s.metric, job.base.train.epochs, store,
-                                            job.target, job.max_train_seconds))
-    check_same_data(objective.load_data(), job.data, f"worker {job.index}")
+    objective = Objective(definition, s.study_name, store)
+    check_same_data(objective.load_data(), definition.data, f"worker {job.index}")
     run_trials(study, objective, job.trials, job.timeout, s.max_trials)
 
 
@@ -196,7 +189,7 @@ class WorkerPool:
             failed = [t.number for t in mine if t.state == TrialState.RUNNING
                       and fail_trial(self.study, self.storage, t, reason)]
             for number in failed:  # its half-written checkpoints
-                shutil.rmtree(scratch_dir(slot.job.base.checkpoints_dir,
+                shutil.rmtree(scratch_dir(slot.job.definition.trial_base.checkpoints_dir,
                                           slot.job.settings.study_name, number),
                               ignore_errors=True)
             slot.finished += sum(t.state in FINISHED for t in mine)

@@ -24,11 +24,11 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from cliptune.config import RunConfig, config_from_dict, dump_config
+from cliptune.config import RunConfig, dump_config
 from cliptune.files import atomic_path, write_atomic
-from cliptune.hpo.definition import PLOT_INTERVAL_S
-from cliptune.hpo.importances import Importances, all_importances, importance_evaluator
-from cliptune.hpo.plots import PLOTS, write_plots
+from cliptune.hpo.definition import PLOT_INTERVAL_S, StudyDefinition
+from cliptune.hpo.report.importances import Importances, all_importances, importance_evaluator
+from cliptune.hpo.report.plots import PLOTS, write_plots
 from cliptune.hpo.results import (
     ARTIFACT_ATTR,
     best_trial,
@@ -38,7 +38,7 @@ from cliptune.hpo.results import (
     ranked,
     study_checkpoint_dir,
 )
-from cliptune.hpo.search_space import SearchSpace, baseline_trial
+from cliptune.hpo.search_space import baseline_trial, describe
 from cliptune.hpo.study import METRICS
 from cliptune.hpo.verdict import verdict
 from cliptune.hpo.warm_start import warm_start_section
@@ -51,24 +51,42 @@ PLOTS_DIR = "plots"
 
 @dataclass
 class ReportContext:
-    """What the reports need to know beyond the study itself."""
+    """What the reports need to know beyond the study itself: its definition (the
+    properties below read it) and where this driver keeps the study's files."""
 
+    definition: StudyDefinition
     study_name: str
     out_dir: Path  # optuna-results/<study>
-    metric: str  # val_loss | rsum
-    budget: int  # epochs per trial
-    runs_dir: str = "runs"
-    checkpoints_dir: str = "checkpoints"
     storage_label: str = ""  # what optuna-dashboard is pointed at (no password)
     artifact_dir: str | None = None  # the artifact folder optuna-dashboard serves (not a bucket)
-    search_space: list[str] = field(default_factory=list)  # describe() lines
     settings: dict[str, Any] = field(default_factory=dict)  # sampler, pruner, ...
-    target: RunConfig | None = None  # the experiment tuned; best_config.yaml = target + params
-    space: SearchSpace | None = None  # applies a trial's params to the target
-    fidelity: str = ""  # the trials' fidelity against the target's, in words
     notes: list[str] = field(default_factory=list)  # shown at the top of report.md
     artifact_store: Any = None  # holds the checkpoints of trials that were the best
-    max_train_seconds: float | None = None  # the target's training time limit (None: none)
+
+    @property
+    def metric(self) -> str:
+        """The objective: val_loss | rsum."""
+        return self.definition.metric
+
+    @property
+    def budget(self) -> int:
+        """Epochs per trial."""
+        return self.definition.budget
+
+    @property
+    def max_train_seconds(self) -> float | None:
+        """The target's training time limit (None: none)."""
+        return self.definition.max_train_seconds
+
+    @property
+    def runs_dir(self) -> str:
+        """Where the trials' TensorBoard runs are."""
+        return self.definition.trial_base.runs_dir
+
+    @property
+    def checkpoints_dir(self) -> str:
+        """Where the study's best checkpoint is."""
+        return self.definition.trial_base.checkpoints_dir
 
 
 @dataclass
@@ -144,14 +162,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 def best_config(trial: FrozenTrial, ctx: ReportContext) -> RunConfig:
     """The trial's parameters on the target experiment, at the target's full fidelity
-    (all its data, its epochs), named `<study>-best`. Without a target (reports of a
-    foreign study): the trial's own config."""
-    if ctx.target is not None and ctx.space is not None:
-        config = ctx.space.apply(ctx.target, trial.params)
-    else:
-        data = dict(trial.user_attrs["config"])
-        data["runs_dir"], data["checkpoints_dir"] = ctx.runs_dir, ctx.checkpoints_dir
-        config = config_from_dict(data)
+    (all its data, its epochs), named `<study>-best`."""
+    config = ctx.definition.space.apply(ctx.definition.target, trial.params)
     config.name = f"{ctx.study_name}-best"
     return config
 
@@ -209,12 +221,22 @@ def best_hyperparameters_text(trial: FrozenTrial, ctx: ReportContext) -> str:
     width = max((len(name) for name in trial.params), default=0)
     for name, value in trial.params.items():
         lines.append(f"{name.ljust(width)} = {value!r}")
-    lines.append(f"# search space: {'; '.join(ctx.search_space)}" if ctx.search_space else "")
+    space = describe(ctx.definition.space)
+    lines.append(f"# search space: {'; '.join(space)}" if space else "")
     lines.append(f"# retrain: python src/main.py --config {ctx.out_dir / 'best_config.yaml'}")
     return "\n".join(line for line in lines if line) + "\n"
 
 
 # ------------------------------------------------------------------ report.md
+
+def fidelity_text(definition: StudyDefinition) -> str:
+    """The trials' fidelity against the target's, in words."""
+    f = definition.fidelity
+    return (f"{definition.budget} epochs, {f.max_samples or 'all'} training / "
+            f"{f.max_eval_samples or 'all'} validation images per trial; target "
+            f"`{definition.target_path}` ({definition.target.train.epochs} epochs, all its "
+            "data)")
+
 
 def fmt(value: Any) -> str:
     """Floats with 4 significant digits, the rest as str."""
@@ -365,8 +387,7 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
     settings = ", ".join(f"{k} {v}" for k, v in ctx.settings.items())
     out += [f"Objective: **{direction} {ctx.metric}** (the best validation epoch of each trial), "
             f"{ctx.budget} epochs per trial" + (f"; {settings}" if settings else "") + "."]
-    if ctx.fidelity:
-        out += ["", f"Fidelity: trials run {ctx.fidelity}."]
+    out += ["", f"Fidelity: trials run {fidelity_text(ctx.definition)}."]
     check = ctx.out_dir / f"{FIDELITY_CHECK}.json"
     if check.is_file():
         final = json.loads(check.read_text(encoding="utf-8"))["agreement"].get("final")
@@ -388,8 +409,9 @@ def report_markdown(study: optuna.Study, ctx: ReportContext, summary: StudySumma
                                         study.user_attrs.get("baseline_note", ""))),
     ]
     out += warm_start_section(study, ctx.metric)
-    if ctx.search_space:
-        out += ["", "Search space:", "", *(f"- `{line}`" for line in ctx.search_space)]
+    space = describe(ctx.definition.space)
+    if space:
+        out += ["", "Search space:", "", *(f"- `{line}`" for line in space)]
     out += ["", "## Best trial", ""]
     if best is None:
         out.append("No trial has completed yet.")

@@ -23,7 +23,7 @@ import optuna.visualization.matplotlib as vis_mpl  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from cliptune.files import atomic_path  # noqa: E402
-from cliptune.hpo.importances import plot_source  # noqa: E402
+from cliptune.hpo.report.importances import plot_source  # noqa: E402
 
 STATE_STYLE = {  # (colour, legend label) of the curves of each trial state
     TrialState.COMPLETE: ("#1f77b4", "complete"),

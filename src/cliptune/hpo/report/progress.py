@@ -8,6 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from cliptune.hpo.definition import StudyDefinition
 from cliptune.hpo.results import best_trial, is_feasible
 
 
@@ -44,9 +45,8 @@ def trial_line(trial: FrozenTrial, metric: str, budget: int) -> str:
 class StudyProgress:
     """A tqdm bar over this run's trials with best-so-far and state counts (ETA from tqdm)."""
 
-    def __init__(self, total: int | None, metric: str, budget: int, enabled: bool = True):
-        self.metric = metric
-        self.budget = budget
+    def __init__(self, total: int | None, definition: StudyDefinition, enabled: bool = True):
+        self.definition = definition
         self.enabled = enabled
         self.bar = tqdm(total=total, desc="trials", unit="trial", disable=not enabled,
                         dynamic_ncols=True)
@@ -55,7 +55,7 @@ class StudyProgress:
         """Print the trial's line and advance the bar."""
         if not self.enabled:
             return
-        tqdm.write(trial_line(trial, self.metric, self.budget))
+        tqdm.write(trial_line(trial, self.definition.metric, self.definition.budget))
         counts = trial_counts(study)
         postfix = {"complete": counts["COMPLETE"], "pruned": counts["PRUNED"],
                    "failed": counts["FAIL"]}
