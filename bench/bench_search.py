@@ -21,8 +21,9 @@ study (`--budget`). A task file (bench/tasks/*.yaml) names them, relative to its
     designs: [shipped, random]  # optional: the designs compared (random is always added)
     seeds: 5                    # optional: study seeds 0..N-1
 
-Each setting comes from, in order: the command line, --quick's reductions, the task file,
-the defaults (experiments/hpo.yaml and search_space.yaml, budget 10, 5 seeds). Without
+Each setting comes from, in order: the command line, --quick's reductions (seeds, budget,
+fidelities), the task file, the defaults (experiments/hpo.yaml and search_space.yaml,
+budget 10, 5 seeds); a task's designs win over --quick's. Without
 --task the results and stage cache live at --out's top, as before tasks existed; with
 tasks each lives under --out/<task file's name>/ and --out's own search_benchmark.md holds
 the pooled table (designs compared over every task's seeds) and each task's tables.
@@ -884,11 +885,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def task_settings(args: argparse.Namespace, task: Task) -> argparse.Namespace:
-    """The settings of one task's run: a flag wins, then --quick's reductions, then the
-    task file, then the full run's defaults."""
+    """The settings of one task's run: a flag wins, then --quick's reductions (seeds,
+    budget, fidelities), then the task file, then the full run's defaults; the task's
+    designs win over --quick's list."""
     settings = copy.copy(args)
-    layers = (QUICK if args.quick else {}, task.settings, FULL)
+    quick = QUICK if args.quick else {}
     for key in FULL:
+        layers = (task.settings, quick, FULL) if key == "designs" else (quick, task.settings, FULL)
         if getattr(settings, key) is None:
             setattr(settings, key, next(layer[key] for layer in layers if key in layer))
     settings.task = task.name
