@@ -1,9 +1,36 @@
-"""Optuna study designs compared at equal compute (issue 16): anytime curves, speed-up over
-random search, paired wins, and the full-fidelity test R-sum of each design's winner.
+"""Optuna study designs compared at equal compute (issue 16), on benchmark tasks (issue 30):
+anytime curves, speed-up over random search, paired wins, and the full-fidelity test R-sum
+of each design's winner against the task's target.
 
     python bench/bench_search.py --out bench-search --quick                  # <= 10 min here
     python bench/bench_search.py --out bench-search --seeds 5 \\
         --designs shipped,random,tpe,random-median,tpe-sha-min2 --retrain-seeds 3
+    python bench/bench_search.py --out bs-tasks --task bench/tasks/small-data.yaml
+    python bench/bench_search.py --out bs-tasks --task bench/tasks/small-data.yaml \\
+        --task bench/tasks/larger-model.yaml --task bench/tasks/recipe.yaml   # + pooled
+    python bench/bench_search.py --out bs-tasks --task bench/tasks/recipe.yaml --spread 10
+
+A task is what a study tunes and with what: a study file (`--study-config`, the format of
+experiments/hpo.yaml: target experiment, fidelity, time limit), a search space
+(`--search-space`, the format of experiments/search_space.yaml) and a compute budget per
+study (`--budget`). A task file (bench/tasks/*.yaml) names them, relative to itself:
+
+    study_config: small-data/study.yaml
+    search_space: small-data/space.yaml
+    budget: 10                  # N or Nx: N full-budget trials of the target; or 3e15flop
+    designs: [shipped, random]  # optional: the designs compared (random is always added)
+    seeds: 5                    # optional: study seeds 0..N-1
+
+Each setting comes from, in order: the command line, --quick's reductions (seeds, budget,
+fidelities), the task file, the defaults (experiments/hpo.yaml and search_space.yaml,
+budget 10, 5 seeds); a task's designs win over --quick's. Without
+--task the results and stage cache live at --out's top, as before tasks existed; with
+tasks each lives under --out/<task file's name>/ and --out's own search_benchmark.md holds
+the pooled table (designs compared over every task's seeds) and each task's tables.
+
+The budget unit: a "full-budget trial of the target" is the target's own config trained
+at the trial fidelity for the study's whole epoch budget (what an unpruned baseline trial
+costs). `89.4TFLOP` (prefixes k, G, T, P, E; `flop` or `flops`) gives FLOPs instead.
 
 A design = sampler + pruner + fidelity (per-trial epoch budget, training subset). Every
 (design, seed) study runs in this process with in-memory storage through the package's
@@ -21,11 +48,20 @@ gives every figure for the searched trials only (the baseline's compute counts, 
 does not), since a strong target hides what a search found. A design's final
 best is its curve at the budget; "compute to reach" is where its curve first reaches
 random search's final best of the same seed; the speed-up is random search's median
-compute to reach its own final best over the design's median.
+compute to reach its own final best over the design's median. Pooled over tasks, the
+compute is a fraction of each task's budget.
 
-Every stage is a file under --out: `studies/<design>_seed<s>.json` and
-`retrain/<params-hash>_seed<k>.json`; a second invocation reuses them and trains nothing.
-Results: search_benchmark.{json,md}, anytime.html (plotly, offline) and anytime.png.
+`--spread K` asks whether hyperparameters matter on a task at all: K configurations drawn
+at random from its space (RandomSampler, seed 0) are trained once each, and the target at
+--spread-seeds seeds, all at full fidelity (the target's, unless --retrain-epochs /
+--retrain-max-samples reduce it); spread.md gives the span of the K test rsums against
+the target's seed-to-seed std (a task is worth keeping when the span is >= 5x the std).
+No study runs in this mode.
+
+Every stage is a file under --out (or --out/<task>): `studies/<design>_seed<s>.json` and
+`retrain/<params-hash>_seed<k>.json` (winners, the target and --spread's runs);
+a second invocation reuses them and trains nothing. Results: search_benchmark.{json,md},
+anytime.html (plotly, offline) and anytime.png; with --spread, spread.{json,md}.
 """
 
 from __future__ import annotations
@@ -36,6 +72,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -55,10 +92,11 @@ import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from cliptune.config import RunConfig, config_from_dict  # noqa: E402
+from cliptune.config import RunConfig, config_from_dict, read_yaml  # noqa: E402
 from cliptune.data import TrainLoader  # noqa: E402
 from cliptune.errors import ConfigError  # noqa: E402
 from cliptune.hpo.definition import StudyDefinition, load_plan  # noqa: E402
+from cliptune.hpo.design import startup_trials  # noqa: E402
 from cliptune.hpo.objective import Objective  # noqa: E402
 from cliptune.hpo.search_space import (  # noqa: E402
     SearchSpace,  # noqa: E402
@@ -98,7 +136,7 @@ def _tpe(startup: int) -> Callable[[int], optuna.samplers.BaseSampler]:
 
 
 def _sampler(name: str) -> Callable[[int], optuna.samplers.BaseSampler]:
-    return lambda seed: make_sampler(name, seed)
+    return lambda seed: make_sampler(name, seed)  # Optuna's 10 random start-up trials
 
 
 def _pruner(name: str, min_epochs: int = 1, factor: int = REDUCTION_FACTOR
@@ -109,7 +147,12 @@ def _pruner(name: str, min_epochs: int = 1, factor: int = REDUCTION_FACTOR
 
 
 DESIGNS = {d.name: d for d in (
-    Design("shipped", "TPE + Hyperband (min 1, factor 5): optimize.py's defaults",
+    Design("shipped", "TPE + Hyperband (min 1, factor 5), TPE's random start-up as "
+           "`optimize.py --trials 50` sets it (the baseline + 5 draws): optimize.py's defaults "
+           "without a recorded fidelity check", _tpe(startup_trials(50, enqueued=1)),
+           _pruner("hyperband")),
+    Design("tpe10-hb", "TPE (10 random start-up trials, Optuna's default) + Hyperband (min 1, "
+           "factor 5): optimize.py's defaults before start-ups were scaled",
            _sampler("tpe"), _pruner("hyperband")),
     Design("random", "random search, no pruning", _sampler("random"), _pruner("none")),
     Design("tpe", "TPE, no pruning", _sampler("tpe"), _pruner("none")),
@@ -453,13 +496,14 @@ def _summary_table(result: dict, summary: dict) -> list[str]:
     return lines
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, title: str = "# Study designs at equal compute") -> str:
     """search_benchmark.md: the settings and one table row per design."""
     s, budget = result["settings"], result["budget_flops"]
     lines = [
-        "# Study designs at equal compute", "",
-        f"Budget per study: {budget / 1e12:.3g} TFLOP of training ({s['budget']} full-budget "
-        f"trials of the target's own config); study seeds "
+        title, "",
+        f"Study file {s['study_config']}, search space {s['search_space']}. "
+        f"Budget per study: {budget / 1e12:.3g} TFLOP of training ({s['budget_trials']:.3g} "
+        f"full-budget trials of the target's own config); study seeds "
         f"{', '.join(result['studies']['random'])}; trials at {s['epochs']} epochs, "
         f"{s['max_samples'] or 'all'} training / {s['max_eval_samples'] or 'all'} validation "
         f"images unless the design says otherwise; metric: validation loss (lower is better). "
@@ -481,23 +525,286 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- tasks
+
+@dataclass(frozen=True)
+class Budget:
+    """Training compute per study: `amount` full-budget trials of the target's own config
+    (unit "trials", the trial-fidelity run of the target: today's unit) or training FLOPs."""
+
+    amount: float
+    unit: str  # trials | FLOP
+
+    def flops(self, trial_flops: float) -> float:
+        """The budget in FLOPs, given the FLOPs of one full-budget trial of the target."""
+        return self.amount * trial_flops if self.unit == "trials" else self.amount
+
+    def record(self) -> float | str:
+        """Its entry in definition.json (a plain number for trials, as before tasks)."""
+        return self.amount if self.unit == "trials" else f"{self.amount:g} FLOP"
+
+
+BUDGET_SYNTAX = re.compile(r"(?P<amount>(\d+\.?\d*|\.\d+)(e[+-]?\d+)?)\s*"
+                           r"(?P<unit>x|(?P<prefix>[kgtpe]?)flops?)?", re.IGNORECASE)
+SI_PREFIX = {"": 1.0, "k": 1e3, "g": 1e9, "t": 1e12, "p": 1e15, "e": 1e18}
+MAX_TRIALS = 1e6  # a bare number above this is a FLOP count written without its unit
+
+
+def parse_budget(value: object, where: str) -> Budget:
+    """`10` or `10x`: 10 full-budget trials of the target; `3e15flop`, `89.4TFLOP`: FLOPs."""
+    match = None if isinstance(value, bool) else BUDGET_SYNTAX.fullmatch(str(value).strip())
+    if match is None or float(match["amount"]) <= 0:
+        raise ConfigError(f"{where}: expected a positive number of full-budget trials of the "
+                          f"target (10 or 10x) or training FLOPs (3e15flop, 89.4TFLOP), "
+                          f"got {value!r}")
+    amount = float(match["amount"])
+    if match["prefix"] is not None:
+        return Budget(amount * SI_PREFIX[match["prefix"].lower()], "FLOP")
+    if amount > MAX_TRIALS:
+        raise ConfigError(f"{where}: {value} would be {amount:g} full-budget trials: a bare "
+                          f"number counts trials of the target; write {value}flop for FLOPs")
+    return Budget(amount, "trials")
+
+
+def check_designs(value: object, where: str) -> list[str]:
+    """Design names from `a,b` or a list, random search (the reference) first."""
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list) or not names:
+        raise ConfigError(f"{where}: expected design names (a list or `a,b`), got {value!r}")
+    names = [str(n).strip() for n in names]
+    unknown = [n for n in names if n not in DESIGNS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown design(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(DESIGNS)}")
+    return list(dict.fromkeys(["random", *names]))
+
+
+TASK_KEYS = ("study_config", "search_space", "budget", "designs", "seeds")
+TASK_REQUIRED = ("study_config", "search_space", "budget")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark task: its name (the file's stem; None: the command line alone) and the
+    settings its file gives, study and space paths resolved against the file's folder."""
+
+    name: str | None
+    settings: dict
+
+
+def load_task(path: str | Path) -> Task:
+    """Read a task file (bench/tasks/*.yaml); every error names the file and the key."""
+    path = Path(path)
+    data = read_yaml(path, "--task: file not found")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of {', '.join(TASK_KEYS)}")
+    unknown = sorted(set(data) - set(TASK_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(map(str, unknown))}; a task file "
+                          f"holds {', '.join(TASK_KEYS)}")
+    missing = [key for key in TASK_REQUIRED if key not in data]
+    if missing:
+        raise ConfigError(f"{path}: missing key(s) {', '.join(missing)}; a task file needs "
+                          f"{', '.join(TASK_REQUIRED)}")
+    settings: dict = {}
+    for key in ("study_config", "search_space"):
+        file = path.parent / str(data[key])
+        if not file.is_file():
+            raise ConfigError(f"{path}: {key}: file not found: {file} (relative to the task "
+                              "file's folder)")
+        settings[key] = str(file.resolve())
+    settings["budget"] = parse_budget(data["budget"], f"{path}: budget")
+    if "designs" in data:
+        settings["designs"] = check_designs(data["designs"], f"{path}: designs")
+    if "seeds" in data:
+        seeds = data["seeds"]
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise ConfigError(f"{path}: seeds: expected a positive whole number, got {seeds!r}")
+        settings["seeds"] = seeds
+    return Task(path.stem, settings)
+
+
+# ---------------------------------------------------------------------------- spread
+
+SPREAD_RATIO = 5.0  # hyperparameters matter: the configurations' span >= 5x the seed std
+
+
+def spread_configs(space: SearchSpace, k: int) -> list[dict]:
+    """`k` configurations of `space` from Optuna's RandomSampler (seed 0): the first k of
+    one fixed sequence, so a larger K reuses a smaller one's runs."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    return [space.suggest(study.ask()) for _ in range(k)]
+
+
+def spread_summary(config_rsums: list[float], target_rsums: list[float]) -> dict:
+    """Span of the configurations' test rsums against the target's seed-to-seed std."""
+    span = max(config_rsums) - min(config_rsums)
+    std = statistics.stdev(target_rsums)
+    ratio = span / std if std > 0 else math.inf
+    return {"span": span, "min": min(config_rsums), "max": max(config_rsums),
+            "target_mean": statistics.fmean(target_rsums), "target_std": std,
+            "ratio": ratio, "matters": ratio >= SPREAD_RATIO}
+
+
+def run_spread(settings: argparse.Namespace, out: Path) -> dict:
+    """--spread K: K random configurations of the space and the target over several seeds,
+    all at full fidelity (the retrain's); spread.{json,md} under `out`."""
+    bench = make_bench(settings)
+    cache = Cache(out, {k: getattr(settings, k) for k in (
+        "study_config", "search_space", "retrain_epochs", "retrain_max_samples")})
+    work = out / "work" / str(os.getpid())
+    seed = bench.plan.target.seed
+
+    def trained(params: dict, run_seed: int) -> dict:
+        return cache.get("retrain", f"{params_key(params)}_seed{run_seed}",
+                         lambda: retrain(bench, params, run_seed, work / "retrain"))
+
+    configs = [trained(params, seed) for params in spread_configs(bench.space, settings.spread)]
+    target_params = base_params(bench.space, bench.plan.target)[0] or {}  # {}: the target as is
+    target = [trained(target_params, seed + k) for k in range(settings.spread_seeds)]
+    shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "task": settings.task, "study_config": settings.study_config,
+        "search_space": settings.search_space, "fidelity": retrain_fidelity(settings),
+        "configs": configs, "target": target,
+        **spread_summary([r["test"]["rsum"] for r in configs], [r["test"]["rsum"] for r in target]),
+        "computed_this_run": cache.computed,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spread.json").write_text(json.dumps(result, indent=1))
+    (out / "spread.md").write_text(spread_markdown(result))
+    return result
+
+
+def _param(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def spread_verdict(result: dict) -> str:
+    """The criterion in words."""
+    return ("hyperparameters matter" if result["matters"] else "hyperparameters do not clearly "
+            "matter") + f" (span / std {_fmt(result['ratio'], '.1f')}, criterion >= {SPREAD_RATIO:g})"
+
+
+def spread_markdown(result: dict, title: str = "# Do hyperparameters matter? Random "
+                    "configurations against seed noise") -> str:
+    """spread.md: one row per configuration, the target's seeds, the verdict."""
+    names = list(result["configs"][0]["params"])
+    seeds = ", ".join(str(r["seed"]) for r in result["target"])
+    lines = [
+        title, "",
+        f"Study file {result['study_config']}, search space {result['search_space']}. "
+        f"{len(result['configs'])} configurations drawn at random from the space "
+        f"(RandomSampler, seed 0), each trained once (seed {result['configs'][0]['seed']}), and "
+        f"the target's own config at seeds {seeds}; all at {result['fidelity']}, scored by "
+        "test rsum.", "",
+        "| run | test rsum | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for i, run in enumerate(result["configs"], 1):
+        lines.append(f"| random {i} | {run['test']['rsum']:.1f} | "
+                     + " | ".join(_param(run["params"][n]) for n in names) + " |")
+    for run in result["target"]:
+        lines.append(f"| target, seed {run['seed']} | {run['test']['rsum']:.1f} | "
+                     + " | ".join(_param(run["params"].get(n, "")) for n in names) + " |")
+    lines += [
+        "", f"Span of the random configurations: **{result['span']:.1f}** rsum "
+        f"({result['min']:.1f} to {result['max']:.1f}); the target over {len(result['target'])} "
+        f"seeds: {result['target_mean']:.1f} +- **{result['target_std']:.2f}** (std). "
+        f"Verdict: {spread_verdict(result)}.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- pooled
+
+def versus_target(result: dict, name: str) -> dict | None:
+    """The design's winner against the target at full fidelity: mean test rsum difference
+    and the pooled std of the two (None: either was not retrained over 2+ seeds)."""
+    mine, base = result["retrain"].get(name), result["retrain"].get("target (no search)")
+    if not mine or not base or min(len(mine["runs"]), len(base["runs"])) < 2:
+        return None
+    difference = mine["test_rsum_mean"] - base["test_rsum_mean"]
+    pooled_std = math.sqrt((mine["test_rsum_std"] ** 2 + base["test_rsum_std"] ** 2) / 2)
+    return {"difference": difference, "pooled_std": pooled_std,
+            "beats": difference > 2 * pooled_std}
+
+
+def pooled(results: dict[str, dict]) -> dict:
+    """Per design, over every task's paired seeds: wins against random search and the
+    speed-up from compute fractions of each task's budget (so tasks of any cost pool), as
+    `summarize` defines them for one task; per task: speed-up and winner vs target."""
+    first = next(iter(results.values()))
+    designs = [n for n in first["summary"] if all(n in r["summary"] for r in results.values())]
+    rows = {}
+    for name in designs:
+        mine, theirs = [], []
+        for result in results.values():
+            budget, summary = result["budget_flops"], result["summary"]
+            for seed, reach in summary[name]["compute_to_reach"].items():
+                ref = summary["random"]["compute_to_reach"][seed]
+                mine.append(None if reach is None else reach / budget)
+                theirs.append(None if ref is None else ref / budget)
+        mine_median, theirs_median = _median_or_inf(mine), _median_or_inf(theirs)
+        rows[name] = {
+            "median_reach_fraction_of_budget": (mine_median if math.isfinite(mine_median)
+                                                else None),
+            "speedup": (theirs_median / mine_median if 0 < mine_median < math.inf else None),
+            "wins": sum(r["summary"][name]["wins"] for r in results.values()),
+            "seeds": sum(r["summary"][name]["seeds"] for r in results.values()),
+            "speedup_per_task": {t: r["summary"][name]["speedup"] for t, r in results.items()},
+            "versus_target": {t: versus_target(r, name) for t, r in results.items()},
+        }
+    return rows
+
+
+def pooled_markdown(results: dict[str, dict], rows: dict) -> str:
+    """search_benchmark.md of several tasks: the pooled table, then each task's tables."""
+    lines = [
+        f"# Study designs at equal compute: {len(results)} task(s)", "",
+        f"Tasks: {', '.join(f'`{t}`' for t in results)}. Pooled over every task's paired "
+        "seeds; compute to reach random search's final best is a fraction of each task's "
+        "budget, so tasks of different cost pool. Winner vs target: the design's winner "
+        "retrained at full fidelity minus the target's own config (mean test rsum; the "
+        "pooled std of the two in brackets; **bold** where the gain exceeds twice it).", "",
+        "| design | compute to reach random's final best (median, x budget) | speed-up "
+        "| speed-up per task | wins vs random | winner vs target, test rsum per task |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        per_task = ", ".join(_fmt(s, ".2f") if s else "not reached"
+                             for s in row["speedup_per_task"].values())
+        versus = ", ".join(
+            "-" if v is None else
+            (f"**{v['difference']:+.1f}**" if v["beats"] else f"{v['difference']:+.1f}")
+            + f" ({v['pooled_std']:.1f})" for v in row["versus_target"].values())
+        lines.append(
+            f"| {name} | {_fmt(row['median_reach_fraction_of_budget'], '.2f')} "
+            f"| {_fmt(row['speedup'], '.2f') if row['speedup'] else 'not reached'} "
+            f"| {per_task} | {row['wins']} of {row['seeds']} | {versus} |")
+    for task, result in results.items():
+        lines += ["", markdown(result, title=f"## Task `{task}`")]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- main
 
 class Cache:
-    """One JSON file per finished stage; counts the stages this invocation computed."""
+    """One JSON file per finished stage; counts the stages this invocation computed.
+
+    definition.json holds the settings the stages depend on; a later invocation whose
+    settings differ on a key both record stops (another --out, or delete it)."""
 
     def __init__(self, out: Path, definition: dict):
         self.out = out
         self.computed = {"budget": 0, "studies": 0, "retrain": 0}
         path = out / "definition.json"
-        if path.is_file():
-            old = json.loads(path.read_text())
-            changed = sorted(k for k in definition if old.get(k) != definition[k])
-            if changed:
-                raise ConfigError(f"--out {out} holds a run with other settings "
-                                  f"({', '.join(changed)}); pass another --out or delete it")
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        changed = sorted(k for k in definition if k in old and old[k] != definition[k])
+        if changed:
+            raise ConfigError(f"--out {out} holds a run with other settings "
+                              f"({', '.join(changed)}); pass another --out or delete it")
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(definition, indent=1))
+        path.write_text(json.dumps({**old, **definition}, indent=1))
 
     def has(self, kind: str, name: str) -> bool:
         """Whether the stage is finished (its file exists)."""
@@ -517,54 +824,92 @@ class Cache:
         return record
 
 
-QUICK = {"seeds": 3, "designs": "shipped,random,tpe", "budget": 3.0, "epochs": 5,
-         "max_samples": 500, "max_eval_samples": 100, "retrain_seeds": 2, "retrain_epochs": 3,
-         "retrain_max_samples": 1000}
-FULL = {"seeds": 5, "designs": "shipped,random,tpe,random-median,tpe-sha-min2", "budget": 10.0,
-        "epochs": None, "max_samples": None, "max_eval_samples": None, "retrain_seeds": 3,
-        "retrain_epochs": None, "retrain_max_samples": None}
+# Settings by precedence: a flag, then --quick's reductions, then the task file, then FULL.
+QUICK = {"seeds": 3, "designs": ["random", "shipped", "tpe"], "budget": Budget(3.0, "trials"),
+         "epochs": 5, "max_samples": 500, "max_eval_samples": 100, "retrain_seeds": 2,
+         "retrain_epochs": 3, "retrain_max_samples": 1000, "spread_seeds": 2}
+FULL = {"seeds": 5, "designs": ["random", "shipped", "tpe", "random-median", "tpe-sha-min2"],
+        "budget": Budget(10.0, "trials"), "epochs": None, "max_samples": None,
+        "max_eval_samples": None, "retrain_seeds": 3, "retrain_epochs": None,
+        "retrain_max_samples": None, "spread_seeds": 3,
+        "study_config": str(REPO / "experiments" / "hpo.yaml"),
+        "search_space": str(REPO / "experiments" / "search_space.yaml")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="results and stage cache folder")
+    parser.add_argument("--task", action="append", metavar="FILE[,FILE]", help="a task file "
+                        "(bench/tasks/*.yaml: study file, search space, budget); repeat or "
+                        "separate with commas for several, pooled (results under --out/<name>/)")
     parser.add_argument("--quick", action="store_true", help="a reduced run (<= 10 min here)")
-    parser.add_argument("--seeds", type=int, help="study seeds 0..N-1 (default 5; quick 3)")
+    parser.add_argument("--seeds", type=int, help="study seeds 0..N-1 (default: the task's, "
+                        "else 5; quick 3)")
     parser.add_argument("--only-seeds", metavar="LIST", help="comma-separated subset of the "
                         "seeds to run now (processes sharing one --out can split a run)")
     parser.add_argument("--cached-only", action="store_true", help="train no new study: "
                         "report the studies already under --out (a design is compared with "
                         "random search on the seeds both have)")
     parser.add_argument("--designs", help=f"comma-separated, from {', '.join(DESIGNS)} "
-                        "(random is always added)")
-    parser.add_argument("--budget", type=float, help="training compute per study, in full-budget "
-                        "trials of the target's own config (default 10; quick 3)")
+                        "(random is always added; default: the task's)")
+    parser.add_argument("--budget", help="training compute per study: N (or Nx) full-budget "
+                        "trials of the target's own config, or FLOPs such as 3e15flop or "
+                        "89.4TFLOP (default: the task's, else 10; quick 3)")
     parser.add_argument("--epochs", type=int, help="per-trial epoch budget (default: the study "
                         "file's)")
     parser.add_argument("--max-samples", type=int, help="training images per trial")
     parser.add_argument("--max-eval-samples", type=int, help="validation images per trial")
     parser.add_argument("--retrain-seeds", type=int, metavar="K",
                         help="seeds per winner at full fidelity (default 3; 0: no retraining)")
-    parser.add_argument("--retrain-epochs", type=int, help="reduce the retrain (quick runs)")
-    parser.add_argument("--retrain-max-samples", type=int, help="reduce the retrain (quick runs)")
-    parser.add_argument("--study-config", default=str(REPO / "experiments" / "hpo.yaml"))
-    parser.add_argument("--search-space", default=str(REPO / "experiments" / "search_space.yaml"))
+    parser.add_argument("--retrain-epochs", type=int, help="reduce the full-fidelity runs "
+                        "(retrains and --spread; quick runs)")
+    parser.add_argument("--retrain-max-samples", type=int, help="reduce the full-fidelity runs "
+                        "(retrains and --spread; quick runs)")
+    parser.add_argument("--spread", type=int, metavar="K", help="instead of studies: train K "
+                        "random configurations of the space and the target at --spread-seeds "
+                        "seeds at full fidelity; spread.md says whether the span of their test "
+                        f"rsums is >= {SPREAD_RATIO:g}x the target's seed std")
+    parser.add_argument("--spread-seeds", type=int, metavar="N",
+                        help="seeds of the target in --spread (default 3; quick 2)")
+    parser.add_argument("--study-config", help="study file (default: the task's, else "
+                        "experiments/hpo.yaml)")
+    parser.add_argument("--search-space", help="search space file (default: the task's, else "
+                        "experiments/search_space.yaml)")
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    names = list(dict.fromkeys(["random", *args.designs.split(",")]))
-    unknown = [n for n in names if n not in DESIGNS]
-    if unknown:
-        parser.error(f"--designs: unknown {', '.join(unknown)}; choose from {', '.join(DESIGNS)}")
-    args.designs = names
-    if args.seeds < 1 or args.budget <= 0:
-        parser.error("--seeds must be >= 1 and --budget > 0")
+    try:
+        if args.designs is not None:
+            args.designs = check_designs(args.designs, "--designs")
+        if args.budget is not None:
+            args.budget = parse_budget(args.budget, "--budget")
+    except ConfigError as err:
+        parser.error(str(err))
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    if args.spread is not None and args.spread < 2:
+        parser.error("--spread K needs K >= 2 configurations to have a span")
+    if args.spread_seeds is not None and args.spread_seeds < 2:
+        parser.error("--spread-seeds must be >= 2 (a standard deviation needs two runs)")
+    args.task = [p.strip() for arg in args.task or [] for p in arg.split(",") if p.strip()]
     return args
 
 
+def task_settings(args: argparse.Namespace, task: Task) -> argparse.Namespace:
+    """The settings of one task's run: a flag wins, then --quick's reductions (seeds,
+    budget, fidelities), then the task file, then the full run's defaults; the task's
+    designs win over --quick's list."""
+    settings = copy.copy(args)
+    quick = QUICK if args.quick else {}
+    for key in FULL:
+        layers = (task.settings, quick, FULL) if key == "designs" else (quick, task.settings, FULL)
+        if getattr(settings, key) is None:
+            setattr(settings, key, next(layer[key] for layer in layers if key in layer))
+    settings.task = task.name
+    return settings
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Run (or resume) the benchmark; returns what search_benchmark.json holds."""
+    """Run (or resume) the benchmark; returns what search_benchmark.json (or spread.json)
+    holds."""
     args = parse_args(argv)
     try:
         return run(args)
@@ -573,20 +918,77 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Studies, curves, retrains and the result files of the parsed command line."""
+    """One run without --task (results at --out's top, as before tasks); with tasks, each
+    under --out/<task>/ and the pooled results at --out's top."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    plan = load_plan(args.study_config, space=load_search_space(args.search_space), metric=METRIC)
+    one = run_spread if args.spread else run_task
+    if not args.task:
+        return one(task_settings(args, Task(None, {})), args.out)
+    tasks = [load_task(path) for path in args.task]
+    names = [task.name for task in tasks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--task: two task files named {twice[0]}.yaml; results are kept "
+                          "under --out/<file name>/, so task names must differ")
+    results = {task.name: one(task_settings(args, task), args.out / task.name) for task in tasks}
+    if args.spread:
+        combined = {"tasks": results}
+        text = spread_overview(results)
+        files = ("spread.json", "spread.md")
+    else:
+        combined = {"tasks": results, "pooled": pooled(results)}
+        text = pooled_markdown(results, combined["pooled"])
+        files = ("search_benchmark.json", "search_benchmark.md")
+    (args.out / files[0]).write_text(json.dumps(combined, indent=1))
+    (args.out / files[1]).write_text(text)
+    print(text)
+    return combined
+
+
+def spread_overview(results: dict[str, dict]) -> str:
+    """spread.md of several tasks: one summary row each, then each task's table."""
+    lines = ["# Do hyperparameters matter? Spread per task", "",
+             "| task | random configurations | span of their test rsum | target's seed std "
+             "(seeds) | span / std | verdict |", "|---|---|---|---|---|---|"]
+    for task, r in results.items():
+        lines.append(f"| `{task}` | {len(r['configs'])} | {r['span']:.1f} | "
+                     f"{r['target_std']:.2f} ({len(r['target'])}) | {_fmt(r['ratio'], '.1f')} | "
+                     f"{'matters' if r['matters'] else 'does not clearly matter'} |")
+    for task, r in results.items():
+        lines += ["", spread_markdown(r, title=f"## Task `{task}`")]
+    return "\n".join(lines)
+
+
+def make_bench(settings: argparse.Namespace, budget_flops: float = 0.0) -> Bench:
+    """The study file, search space and fidelities of `settings`."""
+    plan = load_plan(settings.study_config, space=load_search_space(settings.search_space),
+                     metric=METRIC)
     plan.check_machine()
-    bench = Bench(plan, plan.space, budget_flops=0.0,
-                  epochs=args.epochs or plan.budget,
-                  max_samples=args.max_samples or plan.fidelity.max_samples,
-                  max_eval_samples=args.max_eval_samples or plan.fidelity.max_eval_samples,
-                  retrain_epochs=args.retrain_epochs,
-                  retrain_max_samples=args.retrain_max_samples)
-    definition = {k: getattr(args, k) for k in (
-        "study_config", "search_space", "budget", "epochs", "max_samples", "max_eval_samples",
+    return Bench(plan, plan.space, budget_flops=budget_flops,
+                 epochs=settings.epochs or plan.budget,
+                 max_samples=settings.max_samples or plan.fidelity.max_samples,
+                 max_eval_samples=settings.max_eval_samples or plan.fidelity.max_eval_samples,
+                 retrain_epochs=settings.retrain_epochs,
+                 retrain_max_samples=settings.retrain_max_samples)
+
+
+def retrain_fidelity(settings: argparse.Namespace) -> str:
+    """Where winners (and --spread's runs) train, in words."""
+    if settings.retrain_epochs is None and settings.retrain_max_samples is None:
+        return "the target's full fidelity"
+    return (f"reduced fidelity ({settings.retrain_epochs or 'target'} epochs, "
+            f"{settings.retrain_max_samples or 'all'} training images)")
+
+
+def run_task(settings: argparse.Namespace, out: Path) -> dict:
+    """Studies, curves, retrains and the result files of one task, under `out`."""
+    bench = make_bench(settings)
+    plan = bench.plan
+    definition = {k: getattr(settings, k) for k in (
+        "study_config", "search_space", "epochs", "max_samples", "max_eval_samples",
         "retrain_epochs", "retrain_max_samples")}
-    out, cache = args.out, Cache(args.out, definition)
+    definition["budget"] = settings.budget.record()
+    cache = Cache(out, definition)
     work = out / "work" / str(os.getpid())  # per process: runs sharing --out each clean their own
     objectives: dict[tuple, Objective] = {}
 
@@ -602,20 +1004,21 @@ def run(args: argparse.Namespace) -> dict:
 
     unit = cache.get("budget", "unit", lambda: {"baseline_trial_flops": baseline_trial_flops(
         bench, objective_for(DESIGNS["shipped"], plan.target.seed).data)})["baseline_trial_flops"]
-    bench = replace(bench, budget_flops=args.budget * unit)
-    records: dict[str, dict[int, dict]] = {name: {} for name in args.designs}
-    seeds = range(args.seeds) if args.only_seeds is None else [
-        int(s) for s in args.only_seeds.split(",")]
+    bench = replace(bench, budget_flops=settings.budget.flops(unit))
+    records: dict[str, dict[int, dict]] = {name: {} for name in settings.designs}
+    seeds = range(settings.seeds) if settings.only_seeds is None else [
+        int(s) for s in settings.only_seeds.split(",")]
+    prefix = f"{settings.task}: " if settings.task else ""
     for seed in seeds:  # seed-major: the designs of a seed share loaded data
-        for name in args.designs:
+        for name in settings.designs:
             design = DESIGNS[name]
             stage = f"{name}_seed{seed}"
-            if args.cached_only and not cache.has("studies", stage):
+            if settings.cached_only and not cache.has("studies", stage):
                 continue
             records[name][seed] = cache.get(
                 "studies", stage,
                 lambda d=design, s=seed: run_study(bench, d, s, objective_for(d, s), work))
-            print(f"{name} seed {seed}: {len(records[name][seed]['trials'])} trials, "
+            print(f"{prefix}{name} seed {seed}: {len(records[name][seed]['trials'])} trials, "
                   f"{records[name][seed]['wall_s'] / 60:.1f} min", flush=True)
     objectives.clear()
     missing = [name for name, by_seed in records.items() if not by_seed]
@@ -626,7 +1029,7 @@ def run(args: argparse.Namespace) -> dict:
     searched = summarize({n: {s: anytime_curve(r, searched_only=True) for s, r in by_seed.items()}
                           for n, by_seed in records.items()}, bench.budget_flops)
 
-    winners = {n: winner(records[n], curves[n], bench.budget_flops) for n in args.designs}
+    winners = {n: winner(records[n], curves[n], bench.budget_flops) for n in settings.designs}
     base = base_params(bench.space, plan.target)[0]
     if base is not None:
         winners["target (no search)"] = {"params": base}
@@ -637,35 +1040,35 @@ def run(args: argparse.Namespace) -> dict:
         runs = [cache.get("retrain", f"{params_key(win['params'])}_seed{plan.target.seed + k}",
                           lambda w=win, k=k: retrain(bench, w["params"], plan.target.seed + k,
                                                      work / "retrain"))
-                for k in range(args.retrain_seeds)]
+                for k in range(settings.retrain_seeds)]
         rsums = [r["test"]["rsum"] for r in runs]
         retrains[name] = {**win, "runs": runs,
                           "test_rsum_mean": statistics.fmean(rsums) if rsums else None,
                           "test_rsum_std": statistics.stdev(rsums) if len(rsums) > 1 else 0.0}
     shutil.rmtree(work, ignore_errors=True)
 
-    fidelity = ("the target's full fidelity" if args.retrain_epochs is None
-                and args.retrain_max_samples is None else
-                f"reduced fidelity ({args.retrain_epochs or 'target'} epochs, "
-                f"{args.retrain_max_samples or 'all'} training images)")
     result = {
-        "settings": {"seeds": args.seeds, "designs": args.designs, "budget": args.budget,
-                     "epochs": bench.epochs, "max_samples": bench.max_samples,
-                     "max_eval_samples": bench.max_eval_samples, "quick": args.quick,
-                     "retrain_seeds": args.retrain_seeds, "retrain_fidelity": fidelity,
-                     "study_config": args.study_config, "search_space": args.search_space},
+        "settings": {"task": settings.task, "seeds": settings.seeds,
+                     "designs": settings.designs, "budget": settings.budget.record(),
+                     "budget_trials": bench.budget_flops / unit, "epochs": bench.epochs,
+                     "max_samples": bench.max_samples, "max_eval_samples": bench.max_eval_samples,
+                     "quick": settings.quick, "retrain_seeds": settings.retrain_seeds,
+                     "retrain_fidelity": retrain_fidelity(settings),
+                     "study_config": settings.study_config, "search_space": settings.search_space},
         "metric": METRIC, "direction": "minimize", "budget_flops": bench.budget_flops,
         "baseline_trial_flops": unit,
-        "designs": {n: DESIGNS[n].description for n in args.designs},
+        "designs": {n: DESIGNS[n].description for n in settings.designs},
         "studies": {n: {str(s): r for s, r in by_seed.items()} for n, by_seed in records.items()},
         "curves": {n: {str(s): c for s, c in by_seed.items()} for n, by_seed in curves.items()},
-        "summary": summary, "summary_searched_only": searched, "retrain": retrains, "computed_this_run": cache.computed,
+        "summary": summary, "summary_searched_only": searched, "retrain": retrains,
+        "computed_this_run": cache.computed,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "search_benchmark.json").write_text(json.dumps(result, indent=1))
     (out / "search_benchmark.md").write_text(markdown(result))
     write_plots(curve_bands(curves, bench.budget_flops), out, bench.budget_flops)
-    print(markdown(result))
+    if not settings.task:
+        print(markdown(result))
     return result
 
 
