@@ -139,9 +139,8 @@ def test_shipped_tasks_are_untuned_valid_and_cover_their_regimes(bench):
     default = load_config(REPO / "experiments" / "default.yaml")
     plans, spaces = {}, {}
     for name, task in tasks.items():
-        plan = plans[name] = load_plan(task.settings["study_config"])
         space = spaces[name] = load_search_space(task.settings["search_space"])
-        space.check_against(plan.trial_base())
+        plan = plans[name] = load_plan(task.settings["study_config"], space=space)  # checks it
         params, why = base_params(space, plan.target)
         assert params is not None, (name, why)  # the target is the baseline trial
         assert plan.target.data.source == "shapes"  # runs anywhere
