@@ -116,9 +116,19 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
         assert job.poll() is None, job.communicate()
         assert time.monotonic() < deadline, "no checkpoint written"
         time.sleep(0.05)
-    job.send_signal(signal.SIGINT)
-    _, stderr = job.communicate(timeout=120)
-    assert job.returncode == 130
+    # Python drops a KeyboardInterrupt raised while a finalizer runs ("Exception ignored
+    # in ..."): seen once on a loaded machine, where the run then finished. A user presses
+    # Ctrl-C again; so does the test, at most 5 times.
+    for _ in range(5):
+        job.send_signal(signal.SIGINT)
+        try:
+            _, stderr = job.communicate(timeout=20)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130, stderr
     hint = next(line for line in stderr.splitlines() if "interrupted" in line)
     assert hint == ("interrupted: checkpoints/cli/last.pt holds the run up to its last "
                     "checkpoint; the same command (with --run-name cli) resumes it from there")
