@@ -3,15 +3,14 @@ and pooled, the shipped tasks, and the --spread mode."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from hpo_tiny import SPACE, write_study_files
+from test_bench_search import _bench as load_bench_search
 
 from cliptune.config import load_config
 from cliptune.errors import ConfigError
@@ -23,11 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_search", REPO / "bench" / "bench_search.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_search"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_search()
 
 
 def _task(root: Path, cache_dir: Path, name: str = "tiny", space: dict | None = None,
